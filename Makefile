@@ -1,0 +1,41 @@
+# cxr-triton: the two commands a new user runs are `make demo` and `make test`.
+# Both create .venv at the repository root and install the project into it first.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+CXR    := $(VENV)/bin/cxr
+STAMP  := $(VENV)/.installed
+DEMO   ?= demo-out
+DEMO_IMAGES ?= 200
+
+.PHONY: help setup test demo clean
+
+help:
+	@echo "make demo    set up .venv and run the end-to-end demo on the embedded CPU default (writes $(DEMO)/)"
+	@echo "make test    set up .venv and run the test suite (what CI runs)"
+	@echo "make setup   only create .venv and install cxr-triton[all]"
+	@echo "make clean   remove .venv and demo output"
+
+setup: $(STAMP)
+
+# torch==2.14.1 / torchvision==0.29.1 are pinned in pyproject.toml (see README).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[all]'
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q
+
+demo: setup
+	$(CXR) synth $(DEMO)/data --images $(DEMO_IMAGES) --seed 1 --preview --dicom
+	$(CXR) data info $(DEMO)/data
+	@echo
+	@echo "demo output:"
+	@echo "  dataset      $(DEMO)/data  (NIH ChestX-ray14 layout)"
+	@echo "  preview      $(DEMO)/data/preview.png"
+
+clean:
+	rm -rf $(VENV) $(DEMO)
