@@ -32,10 +32,15 @@ test: setup
 demo: setup
 	$(CXR) synth $(DEMO)/data --images $(DEMO_IMAGES) --seed 1 --preview --dicom
 	$(CXR) data info $(DEMO)/data
+	$(CXR) train --data $(DEMO)/data --preset cpu-demo --out $(DEMO)/run
+	$(CXR) evaluate --checkpoint $(DEMO)/run/best.pt --data $(DEMO)/data --split test --out $(DEMO)/eval
 	@echo
 	@echo "demo output:"
-	@echo "  dataset      $(DEMO)/data  (NIH ChestX-ray14 layout)"
+	@echo "  dataset      $(DEMO)/data  (NIH ChestX-ray14 layout; DICOM copies in $(DEMO)/data/dicom)"
 	@echo "  preview      $(DEMO)/data/preview.png"
+	@echo "  checkpoint   $(DEMO)/run/best.pt"
+	@echo "  metrics      $(DEMO)/eval/metrics.md, metrics.json, predictions.csv"
+	@echo "  plots        $(DEMO)/eval/examples.png, pr_froc.png, loss_curve.png"
 
 clean:
 	rm -rf $(VENV) $(DEMO)

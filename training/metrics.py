@@ -40,7 +40,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 FROC_FP_RATES: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-FROC_IOU = 0.4  # VinDr-CXR convention; see the module docstring
+VINDR_IOU = 0.4  # mAP@0.4, the VinDr-CXR competition's metric
+FROC_IOU = VINDR_IOU  # default lesion-hit overlap; see the module docstring
 DEFAULT_THRESHOLD = 0.5  # used for a class that has no stored threshold
 ANY_FINDING = "any_finding"  # key of the abnormal-vs-normal entry and its threshold
 # pycocotools' own grids, built the same way so the floats are identical.
@@ -151,34 +152,38 @@ def _coco_ap(tp: np.ndarray, n_gt: float, w: np.ndarray | None = None) -> float:
     """
     if n_gt <= 0:
         return math.nan
-    if w is not None:
-        tp, w = tp[w > 0], w[w > 0]
-    else:
-        w = np.ones(len(tp))
+    w = np.ones(len(tp)) if w is None else w
+    tp, w = tp[w > 0], w[w > 0]
     if not len(tp):
         return 0.0
     tps, fps = np.cumsum(w * tp), np.cumsum(w * ~tp)
-    rc = tps / n_gt
     pr = np.maximum.accumulate((tps / (tps + fps + np.spacing(1)))[::-1])[::-1]
-    idx = np.searchsorted(rc, _REC_THRS, side="left")
+    idx = np.searchsorted(tps / n_gt, _REC_THRS, side="left")
     return float(np.where(idx < len(pr), pr[np.minimum(idx, len(pr) - 1)], 0.0).mean())
 
 
-def _froc(score: np.ndarray, tp: np.ndarray, det_img: np.ndarray, n_gt: float, n_images: int, w: np.ndarray | None = None) -> np.ndarray:
-    """Sensitivity at each of :data:`FROC_FP_RATES` (NaN without lesions).
+def _froc_points(score: np.ndarray, tp: np.ndarray, det_img: np.ndarray, w: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative (false positives, true positives) at every score threshold, from (0, 0).
 
-    Operating points are score thresholds, so equal scores enter together; the value
-    at a rate is the best sensitivity whose false positives per image do not exceed it
-    (a step curve, no interpolation between operating points).
+    Operating points are thresholds, so detections with equal scores enter together.
+    ``w`` are image multiplicities of a bootstrap resample.
     """
-    if n_gt <= 0:
-        return np.full(len(FROC_FP_RATES), math.nan)
     wd = np.ones(len(score)) if w is None else w[det_img].astype(float)
     order = np.argsort(-score, kind="mergesort")
     s, t, wd = score[order], tp[order], wd[order]
-    tps, fps = np.cumsum(wd * t), np.cumsum(wd * ~t)
     ends = np.r_[s[1:] != s[:-1], True] if len(s) else np.zeros(0, dtype=bool)
-    tps, fps = np.r_[0.0, tps[ends]], np.r_[0.0, fps[ends]]
+    return np.r_[0.0, np.cumsum(wd * ~t)[ends]], np.r_[0.0, np.cumsum(wd * t)[ends]]
+
+
+def _froc(score: np.ndarray, tp: np.ndarray, det_img: np.ndarray, n_gt: float, n_images: int, w: np.ndarray | None = None) -> np.ndarray:
+    """Lesion sensitivity at each of :data:`FROC_FP_RATES` (NaN without lesions).
+
+    The value at a rate is the best sensitivity whose false positives per image do not
+    exceed it (a step curve, no interpolation between operating points).
+    """
+    if n_gt <= 0:
+        return np.full(len(FROC_FP_RATES), math.nan)
+    fps, tps = _froc_points(score, tp, det_img, w)
     at = np.searchsorted(fps, np.asarray(FROC_FP_RATES) * n_images, side="right") - 1
     return tps[at] / n_gt
 
@@ -225,17 +230,15 @@ def _best_f1_threshold(y: np.ndarray, s: np.ndarray) -> float:
     the midpoint keeps the decision stable when a backend (FP16, INT8) moves scores
     slightly.  Among equal F1 the highest threshold (fewer false alarms) wins.
     """
-    if not y.any() or not (s > 0).any():
-        return DEFAULT_THRESHOLD
-    cand = np.unique(s[s > 0])[::-1]  # descending candidate thresholds
-    tp = np.array([(y & (s >= c)).sum() for c in cand])
-    fp = np.array([(~y & (s >= c)).sum() for c in cand])
-    f1 = 2 * tp / (2 * tp + fp + (y.sum() - tp))
+    order = np.argsort(-s, kind="mergesort")
+    ss, tp, fp = s[order], np.cumsum(y[order]), np.cumsum(~y[order])
+    ends = np.r_[ss[1:] != ss[:-1], True] & (ss > 0)  # one candidate per distinct score > 0
+    f1 = 2 * tp[ends] / np.maximum(tp[ends] + fp[ends] + y.sum(), 1)
+    if not len(f1) or f1.max() <= 0:
+        return DEFAULT_THRESHOLD  # no positives, or none scored: nothing to learn from
     best = int(np.argmax(f1))  # first maximum = highest threshold
-    if f1[best] <= 0:
-        return DEFAULT_THRESHOLD
-    lower = s[s < cand[best]]
-    return float((cand[best] + (lower.max() if len(lower) else 0.0)) / 2.0)
+    cand, lower = ss[ends][best], ss[ss < ss[ends][best]]
+    return float((cand + (lower[0] if len(lower) else 0.0)) / 2.0)
 
 
 def choose_thresholds(preds: Sequence[Mapping], gts: Sequence[Mapping], class_names: Sequence[str]) -> dict[str, float]:
@@ -275,15 +278,14 @@ def _coco_eval(data: _Data) -> np.ndarray:
 
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         ev = COCOeval(coco(data.gt, False), coco(data.pred, True), iouType="bbox")
-        ev.params.iouThrs = np.r_[FROC_IOU, COCO_IOUS]
+        ev.params.iouThrs = np.r_[VINDR_IOU, COCO_IOUS]
         ev.params.areaRng, ev.params.areaRngLbl = [[0.0, 1e5**2]], ["all"]
         # Never truncate: maxDets at least COCO's 100 and at least every image's count.
         ev.params.maxDets = [max(100, *(len(p[1]) for p in data.pred), 0)]
         ev.evaluate()
         ev.accumulate()
-    prec = ev.eval["precision"][:, :, :, 0, -1]  # [T, R, K]
-    ap = prec.mean(axis=1)
-    return np.where((prec > -1).all(axis=1), ap, np.nan)
+    prec = ev.eval["precision"][:, :, :, 0, -1]  # [T, R, K]; -1 marks "no GT"
+    return np.where((prec > -1).all(axis=1), prec.mean(axis=1), np.nan)
 
 
 class _Fast:
@@ -293,7 +295,7 @@ class _Fast:
         self.data = data
         order = np.argsort(-data.det_score, kind="mergesort")  # pycocotools' tie order
         self.cls_order = [order[data.det_cls[order] == c + 1] for c in range(data.k)]
-        self.tp = {t: _match(data, t) for t in {0.5, FROC_IOU, froc_iou}}
+        self.tp = {t: _match(data, t) for t in {0.5, VINDR_IOU, froc_iou}}
         self.froc_iou = froc_iou
 
     def ap(self, iou: float, w: np.ndarray | None = None) -> np.ndarray:
@@ -358,12 +360,14 @@ def evaluate_detections(
     resamples give 95% intervals in ``ci`` (0 disables).  Undefined values are ``None``.
     """
     data = _Data(preds, gts, class_names, image_ids)
-    thresholds = dict(thresholds or {})
-    names = data.class_names
-    thr = np.array([float(thresholds.get(n, DEFAULT_THRESHOLD)) for n in names] + [float(thresholds.get(ANY_FINDING, DEFAULT_THRESHOLD))])
+    names, thresholds = data.class_names, dict(thresholds or {})
+    unknown = sorted(set(thresholds) - set(names) - {ANY_FINDING})
+    if unknown:
+        raise ValueError(f"thresholds for unknown classes {unknown}; valid keys are {names + [ANY_FINDING]}")
+    thr = np.array([float(thresholds.get(n, DEFAULT_THRESHOLD)) for n in names + [ANY_FINDING]])
 
     coco = _coco_eval(data)  # rows: 0.4, 0.5, 0.55, ..., 0.95
-    ap40, ap50, ap50_95 = coco[0], coco[1], np.array([_nanmean(coco[1:, c]) if np.isfinite(coco[1, c]) else math.nan for c in range(data.k)])
+    ap40, ap50, ap50_95 = coco[0], coco[1], coco[1:].mean(axis=0)  # NaN stays NaN: no GT
     fast = _Fast(data, froc_iou)
     froc = fast.froc()
 
@@ -409,7 +413,7 @@ def _bootstrap(fast: _Fast, y: np.ndarray, s: np.ndarray, thr: np.ndarray, n_boo
     for b in range(n_boot):
         w, i = counts[b], idx[b]
         draws["map50"].append(_nanmean(fast.ap(0.5, w)))
-        draws["map40"].append(_nanmean(fast.ap(FROC_IOU, w)))
+        draws["map40"].append(_nanmean(fast.ap(VINDR_IOU, w)))
         draws["froc_mean"].append(float(np.mean(fast.froc(w))))
         _, f1, auc = _image_level(y[i, :-1], s[i, :-1], thr[:-1])
         draws["image_f1"].append(f1)
@@ -420,7 +424,7 @@ def _bootstrap(fast: _Fast, y: np.ndarray, s: np.ndarray, thr: np.ndarray, n_boo
     for key, vals in draws.items():
         v = np.asarray(vals, dtype=float)
         v = v[np.isfinite(v)]
-        ci[key] = [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) else None
+        ci[key] = np.percentile(v, [2.5, 97.5]).tolist() if len(v) else None
     return ci
 
 
@@ -448,30 +452,3 @@ def format_metrics_table(metrics: Mapping) -> str:
         parts = [f"{k} [{f(v[0])}, {f(v[1])}]" for k, v in ci.items() if v is not None]
         lines.append(f"95% bootstrap CI ({metrics.get('bootstrap')} resamples): " + "; ".join(parts))
     return "\n".join(lines)
-
-
-def precision_recall_curve(preds: Sequence[Mapping], gts: Sequence[Mapping], class_names: Sequence[str], *, iou: float = 0.5) -> dict[str, tuple[np.ndarray, np.ndarray, float | None]]:
-    """Per class ``(recall, interpolated precision, AP)`` at ``iou``, for plotting."""
-    data = _Data(preds, gts, class_names)
-    tp = _match(data, iou)
-    order = np.argsort(-data.det_score, kind="mergesort")
-    out = {}
-    for c, name in enumerate(data.class_names):
-        t = tp[order[data.det_cls[order] == c + 1]]
-        n_gt = int(data.n_gt[:, c].sum())
-        tps, fps = np.cumsum(t), np.cumsum(~t)
-        rc = tps / max(n_gt, 1)
-        pr = np.maximum.accumulate((tps / np.maximum(tps + fps, 1))[::-1])[::-1]
-        ap = _coco_ap(t, n_gt)
-        out[name] = (rc, pr, None if math.isnan(ap) else ap)
-    return out
-
-
-def froc_curve(preds: Sequence[Mapping], gts: Sequence[Mapping], class_names: Sequence[str], *, iou: float = FROC_IOU) -> tuple[np.ndarray, np.ndarray]:
-    """The full FROC curve: (false positives per image, lesion sensitivity) per threshold."""
-    data = _Data(preds, gts, class_names)
-    tp = _match(data, iou)
-    order = np.argsort(-data.det_score, kind="mergesort")
-    t = tp[order]
-    n_gt = max(int(data.n_gt.sum()), 1)
-    return np.r_[0.0, np.cumsum(~t) / max(data.n, 1)], np.r_[0.0, np.cumsum(t) / n_gt]

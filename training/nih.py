@@ -4,8 +4,10 @@ Box frame: BBox_List_2017 gives ``[x, y, w, h]`` in the grid of the RELEASED PNG
 which NIH resized to 1024 x 1024 from the DICOM sizes that Data_Entry lists as
 ``OriginalImage[Width,Height]``.  The image a study points at is that PNG, so a
 :class:`Study` here has ``width = height = 1024`` and boxes (xyxy float32) in that
-grid; ``spacing_mm`` is rescaled from ``OriginalImagePixelSpacing`` to it.  Pass
-``released_size=None`` for data whose PNGs keep the Data_Entry size.
+grid; ``spacing_mm`` is rescaled from ``OriginalImagePixelSpacing`` to it.  Data
+written in its own grid (``cxr synth`` writes one square size S for every row of
+Data_Entry, with PNGs and boxes in S x S) keeps the Data_Entry size: see
+``released_size`` in :meth:`NIHDataset.from_dir`.
 
 Detection policy: the bbox list annotates 880 of 112,120 images.  Images with boxes
 and "No Finding" images are usable for detection; images with findings but no boxes
@@ -18,142 +20,22 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable
-from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from cxr.boxes import xywh_to_xyxy
 from cxr.labels import NIH_NO_FINDING, LabelSet, get_labelset
-from cxr.training.studies import SPLITS, Study, assign_patients, read_csv_rows
+from cxr.training.nih_csv import read_data_entry_columns, read_nih_bbox_list, read_nih_data_entry
+from cxr.training.studies import SPLITS, Study, assign_patients, gc_paused
 from cxr.training.summary import summarize
+
+__all__ = ["NIH_RELEASED_SIZE", "NIHDataset", "read_data_entry_columns", "read_nih_bbox_list", "read_nih_data_entry"]
 
 log = logging.getLogger(__name__)
 
 NIH_RELEASED_SIZE = 1024  # NIH resized every PNG to 1024 x 1024 before release
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
-
-# Column names of Data_Entry_2017 (compared lower-case, whitespace collapsed).
-_DATA_ENTRY_KEYS = {
-    "image index": "image_index",
-    "finding labels": "finding_labels",
-    "follow-up #": "follow_up",
-    "patient id": "patient_id",
-    "patient age": "patient_age",
-    "patient gender": "patient_gender",
-    "view position": "view_position",
-    "originalimage[width": "width",
-    "height]": "height",
-    "originalimagepixelspacing[x": "spacing_x",
-    "y]": "spacing_y",
-}
-_REQUIRED = ("image_index", "finding_labels", "patient_id")
-
-
-def _norm(name: str) -> str:
-    return " ".join(name.split()).lower()
-
-
-def _int_or_none(value: str) -> int | None:
-    value = value.strip()
-    if not value:
-        return None
-    # Early releases wrote ages as "058Y"; the 2017/2020 files write "58".
-    return int(float(value.rstrip("YMDWymdw")))
-
-
-def _float_or_none(value: str) -> float | None:
-    value = value.strip()
-    return float(value) if value else None
-
-
-def _patient(value: str) -> str:
-    # v2020 writes "1", other exports "00001": one patient must have one id.
-    value = value.strip()
-    return str(int(value)) if value.isdigit() else value
-
-
-_CONVERT = {
-    "follow_up": _int_or_none,
-    "patient_id": _patient,
-    "patient_age": _int_or_none,
-    "width": _int_or_none,
-    "height": _int_or_none,
-    "spacing_x": _float_or_none,
-    "spacing_y": _float_or_none,
-}
-
-
-def read_nih_data_entry(path: str | Path) -> list[dict]:
-    """Rows of ``Data_Entry_2017*.csv`` (or ``.csv.gz``) as dicts with clean keys.
-
-    The header's bracketed names contain commas (``OriginalImage[Width,Height]``), so
-    a plain CSV reader sees ``OriginalImage[Width`` and ``Height]`` as two columns;
-    they are mapped to ``width``/``height`` and ``spacing_x``/``spacing_y`` here.
-    Keys: image_index, finding_labels (the raw ``|``-joined string), follow_up,
-    patient_id, patient_age, patient_gender, view_position, width, height,
-    spacing_x, spacing_y (missing columns give ``None``).  Trailing empty or
-    ``Unnamed`` columns (the 2017 original ends each line with a comma) are ignored.
-    """
-    rows = read_csv_rows(path)
-    header = next(rows, None)
-    if header is None:
-        raise ValueError(f"{path}: empty file, expected an NIH Data_Entry_2017 CSV")
-    columns = [(_DATA_ENTRY_KEYS[_norm(h)], i) for i, h in enumerate(header) if _norm(h) in _DATA_ENTRY_KEYS]
-    found = {key for key, _ in columns}
-    missing = [key for key in _REQUIRED if key not in found]
-    if missing:
-        raise ValueError(
-            f"{path}: not an NIH Data_Entry_2017 file: header {','.join(header)!r} lacks "
-            f"{missing}; expected 'Image Index,Finding Labels,Follow-up #,Patient ID,...'"
-        )
-    need = max(i for _, i in columns) + 1
-    plan = [(key, i, _CONVERT.get(key)) for key, i in columns]
-    blank = {key: None for key in _DATA_ENTRY_KEYS.values() if key not in found}
-    out: list[dict] = []
-    for line, row in enumerate(rows, start=2):
-        if len(row) < need:
-            if not any(cell.strip() for cell in row):
-                continue  # a blank line at the end of a hand-edited file
-            raise ValueError(f"{path} line {line}: {len(row)} fields, the header needs {need}: {row!r}")
-        try:
-            rec = {key: (conv(row[i]) if conv else row[i].strip()) for key, i, conv in plan}
-        except ValueError as exc:
-            raise ValueError(f"{path} line {line}: cannot parse {row!r}: {exc}") from exc
-        rec.update(blank)
-        out.append(rec)
-    return out
-
-
-def read_nih_bbox_list(path: str | Path) -> dict[str, list[tuple[str, np.ndarray]]]:
-    """``BBox_List_2017.csv(.gz)`` as ``{image_index: [(label, xyxy), ...]}``.
-
-    The header ``Image Index,Finding Label,Bbox [x,y,w,h],,,`` has 9 fields over 6
-    data fields, so columns are read by position.  Boxes come in as ``[x, y, w, h]``
-    and go out as float32 ``[4]`` xyxy in the 1024 grid of the released PNGs.
-    Labels are canonical NIH names ("Infiltrate" -> "Infiltration").
-    """
-    findings = get_labelset("nih-findings")
-    rows = read_csv_rows(path)
-    header = [_norm(h) for h in next(rows, [])]
-    if len(header) < 3 or header[:2] != ["image index", "finding label"] or not header[2].startswith("bbox"):
-        raise ValueError(
-            f"{path}: not an NIH BBox_List_2017 file: header {header!r}; "
-            f"expected 'Image Index,Finding Label,Bbox [x,y,w,h],,,'"
-        )
-    out: dict[str, list[tuple[str, np.ndarray]]] = {}
-    for line, row in enumerate(rows, start=2):
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) < 6:
-            raise ValueError(f"{path} line {line}: expected image, label, x, y, w, h; got {row!r}")
-        try:
-            xywh = [float(v) for v in row[2:6]]
-        except ValueError as exc:
-            raise ValueError(f"{path} line {line}: box is not 4 numbers: {row[2:6]!r}") from exc
-        label = findings.canonical(row[1])
-        out.setdefault(row[0].strip(), []).append((label, xywh_to_xyxy(xywh)[0]))
-    return out
 
 
 def _read_list(path: Path) -> set[str]:
@@ -214,7 +96,7 @@ class NIHDataset:
         test_fraction: float = 0.2,
         seed: int = 0,
         require_images: bool = False,
-        released_size: int | None = NIH_RELEASED_SIZE,
+        released_size: int | Literal["auto"] | None = "auto",
     ) -> NIHDataset:
         """Read an NIH folder: ``Data_Entry_2017*.csv(.gz)``, ``BBox_List_2017.csv(.gz)``,
         images under ``images*/`` (any depth, as NIH's ``images_001/images/`` tarballs
@@ -225,7 +107,16 @@ class NIHDataset:
         patient-level split of everything.  ``require_images=True`` keeps only the
         studies whose image is on disk (NIH ships 12 tarballs; a partial download is
         common) and fails if there are none.  Box labels must be in ``labelset``.
+
+        ``released_size``: the pixel grid of the image files and boxes.  An int means
+        square files of that size (NIH: 1024) resized from the Data_Entry sizes;
+        ``None`` means the files have the Data_Entry sizes; ``"auto"`` picks ``None``
+        when every row lists the same square size (data written in its own grid,
+        like ``cxr synth``), else :data:`NIH_RELEASED_SIZE` (NIH's sizes vary by row).
         """
+        if not (released_size is None or released_size == "auto"
+                or (isinstance(released_size, int) and released_size > 0)):
+            raise ValueError(f"released_size must be a positive int, None or 'auto', got {released_size!r}")
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"NIH data folder {root} does not exist or is not a folder")
@@ -233,34 +124,41 @@ class NIHDataset:
         entry_path = _find_file(root, ("Data_Entry_2017*.csv", "Data_Entry_2017*.csv.gz"), "Data_Entry file")
         bbox_path = _find_file(root, ("BBox_List_2017.csv", "BBox_List_2017.csv.gz"), "BBox_List file")
         files = {"data_entry": str(entry_path), "bbox_list": str(bbox_path)}
-        entries = read_nih_data_entry(entry_path)
+        with gc_paused():
+            cols = read_data_entry_columns(entry_path)
         bboxes = read_nih_bbox_list(bbox_path)
         images = _find_images(root)
 
-        known = {e["image_index"] for e in entries}
-        orphans = sorted(set(bboxes) - known)
+        ids, patients = cols["image_index"], cols["patient_id"]
+        orphans = sorted(set(bboxes) - set(ids))
         if orphans:  # no patient id for them, so they cannot be split safely
             log.warning("%s: %d boxed images are not in %s and are skipped, e.g. %s",
                         bbox_path.name, len(orphans), entry_path.name, orphans[0])
-        studies = _build_studies(entries, bboxes, images, labels, released_size)
+        paths = [_lookup(images, image_id) for image_id in ids]
+        keep = range(len(ids))
         if require_images:
-            studies = [s for s in studies if s.path is not None]
-            if not studies:
+            keep = [i for i, path in enumerate(paths) if path is not None]
+            if not keep:
                 raise FileNotFoundError(
-                    f"{root}: none of the {len(entries)} images in {entry_path.name} were found "
+                    f"{root}: none of the {len(ids)} images in {entry_path.name} were found "
                     f"under {root}/images*/ (looked for {', '.join(IMAGE_SUFFIXES)} files)"
                 )
 
         lists = {name: root / f"{name}.txt" for name in ("train_val_list", "test_list")}
         if any(p.is_file() for p in lists.values()):
             files.update({name: str(p) for name, p in lists.items() if p.is_file()})
-            where = _official_split(studies, lists, val_fraction=val_fraction, seed=seed)
+            where = _official_split([(ids[i], patients[i]) for i in keep], lists,
+                                    val_fraction=val_fraction, seed=seed)
             source = "official"
         else:
-            where = assign_patients((s.patient_id for s in studies),
+            where = assign_patients((patients[i] for i in keep),
                                     val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
             source = "seeded"
-        studies = [replace(s, split=where.get(s.patient_id)) for s in studies]
+        if released_size == "auto":
+            released_size = None if _one_square_size(cols) else NIH_RELEASED_SIZE
+        # Built once, split included: dataclasses.replace on 112k studies costs seconds.
+        with gc_paused():
+            studies = _build_studies(cols, keep, bboxes, paths, where, labels, released_size)
         return cls(studies, labelset=labels, root=root, files=files, split_source=source)
 
     def split(self, name: str) -> list[Study]:
@@ -269,7 +167,9 @@ class NIHDataset:
             raise ValueError(f"unknown split {name!r}; choose one of: {', '.join(SPLITS)}")
         return [s for s in self.studies if s.split == name]
 
+    @property
     def splits(self) -> dict[str, list[Study]]:
+        """``{"train": [...], "val": [...], "test": [...]}``; no patient is in two."""
         return {name: self.split(name) for name in SPLITS}
 
     def detection_studies(self, split: str | None = None) -> list[Study]:
@@ -278,55 +178,73 @@ class NIHDataset:
         return [s for s in chosen if s.detection_usable]
 
     def summary(self) -> dict:
-        out = summarize(self.studies, self.splits())
+        out = summarize(self.studies, self.splits)
         out.update(dataset="nih", labelset=self.labelset.name, split_source=self.split_source, files=self.files)
         return out
 
 
-def _build_studies(entries: list[dict], bboxes: dict[str, list[tuple[str, np.ndarray]]],
-                   images: dict[str, Path], labels: LabelSet, released_size: int | None) -> list[Study]:
+def _lookup(images: dict[str, Path], image_id: str) -> Path | None:
+    if not images:
+        return None
+    # By file name, else by stem: a folder of .dcm or .jpg files still matches "x.png".
+    return images.get(image_id) or images.get(image_id.rsplit(".", 1)[0])
+
+
+def _one_square_size(cols: dict[str, list]) -> bool:
+    sizes = set(zip(cols["width"], cols["height"]))
+    return len(sizes) == 1 and None not in next(iter(sizes)) and len(set(next(iter(sizes)))) == 1
+
+
+def _build_studies(cols: dict[str, list], keep: Iterable[int],
+                   bboxes: dict[str, list[tuple[str, np.ndarray]]], paths: list[Path | None],
+                   where: dict[str, str], labels: LabelSet, released_size: int | None) -> list[Study]:
     findings_vocab = get_labelset("nih-findings")
     parsed: dict[str, tuple[str, ...]] = {}  # ~800 distinct label strings over 112k rows
     studies = []
-    for e in entries:
-        image_id = e["image_index"]
-        raw = e["finding_labels"]
+    for i in keep:
+        image_id, raw, patient = cols["image_index"][i], cols["finding_labels"][i], cols["patient_id"][i]
         if raw not in parsed:
             names = [n for n in raw.split("|") if n.strip() and n.strip() != NIH_NO_FINDING]
             parsed[raw] = tuple(findings_vocab.canonical(n) for n in names)
-        boxed = bboxes.get(image_id, ())
-        w, h = e["width"], e["height"]
-        sx, sy = e["spacing_x"], e["spacing_y"]
+        w, h = cols["width"][i], cols["height"][i]
+        sx, sy = cols["spacing_x"][i], cols["spacing_y"][i]
         spacing = None if sx is None or sy is None else (sy, sx)  # (row, col) = (y, x)
         if released_size is not None:
-            if spacing is not None and w and h:
-                spacing = (sy * h / released_size, sx * w / released_size)
-            else:
-                spacing = None
+            # Same physical extent over released_size pixels on each axis.
+            spacing = (sy * h / released_size, sx * w / released_size) if spacing and w and h else None
             w = h = released_size
+        boxed = bboxes.get(image_id)
         studies.append(Study(
             image_id=image_id,
-            path=images.get(image_id) or images.get(Path(image_id).stem),
-            patient_id=e["patient_id"],
+            path=paths[i],
+            patient_id=patient,
             findings=parsed[raw],
             boxes=np.stack([b for _, b in boxed]) if boxed else None,
-            box_labels=tuple(labels.canonical(name) for name, _ in boxed),
+            box_labels=tuple(labels.canonical(name) for name, _ in boxed) if boxed else (),
             width=w,
             height=h,
             spacing_mm=spacing,
-            view_position=e["view_position"] or None,
+            view_position=cols["view_position"][i] or None,
+            split=where.get(patient),
         ))
     return studies
 
 
-def _official_split(studies: list[Study], lists: dict[str, Path], *, val_fraction: float,
+def _official_split(images: list[tuple[str, str]], lists: dict[str, Path], *, val_fraction: float,
                     seed: int) -> dict[str, str]:
-    """Patient -> split from NIH's train_val_list.txt / test_list.txt."""
+    """Patient -> split from NIH's train_val_list.txt / test_list.txt.
+
+    Images in neither list follow their patient; a patient with images only outside
+    both lists gets no split.
+    """
     test_ids = _read_list(lists["test_list"]) if lists["test_list"].is_file() else set()
     trainval_ids = _read_list(lists["train_val_list"]) if lists["train_val_list"].is_file() else None
-    test_patients = {s.patient_id for s in studies if s.image_id in test_ids}
-    pool = {s.patient_id for s in studies
-            if s.image_id not in test_ids and (trainval_ids is None or s.image_id in trainval_ids)}
+    test_patients, pool = set(), set()
+    for image_id, patient in images:  # (image_index, patient_id) pairs
+        if image_id in test_ids:
+            test_patients.add(patient)
+        elif trainval_ids is None or image_id in trainval_ids:
+            pool.add(patient)
     both = sorted(test_patients & pool)
     if both:
         raise ValueError(

@@ -17,7 +17,6 @@ from cxr.labels import VINDR_NO_FINDING, get_labelset
 from cxr.training.studies import Study, read_csv_rows
 
 _COLUMNS = ("image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max")
-NO_FINDING_CLASS_ID = 14
 
 
 def fuse_readers(
@@ -41,9 +40,9 @@ def fuse_readers(
     """
     from ensemble_boxes import weighted_boxes_fusion  # the [train] extra, not the core
 
-    coords = np.array([b for boxes in reader_boxes.values() for _, b in boxes], dtype=np.float64).reshape(-1, 4)
-    if len(coords) == 0:
+    if not any(reader_boxes.values()):  # "No finding" from every reader: 10,606 of 15,000
         return np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
+    coords = np.array([b for boxes in reader_boxes.values() for _, b in boxes], dtype=np.float64)
     width, height = size if size is not None else (0.0, 0.0)
     sx = max(float(width), float(coords[:, [0, 2]].max()), 1.0)
     sy = max(float(height), float(coords[:, [1, 3]].max()), 1.0)
@@ -55,8 +54,9 @@ def fuse_readers(
         scores_list.append(np.ones(len(items)))
         labels_list.append(np.array([c for c, _ in items], dtype=np.int64))
     with warnings.catch_warnings():
-        # ensemble_boxes warns about zero-area boxes and drops them: a reader's
-        # degenerate box carries no location, dropping it is what we want.
+        # ensemble_boxes warns about zero-area boxes and drops them (a degenerate box
+        # carries no location, dropping it is what we want) and clips negative
+        # coordinates to 0 (the image edge); neither needs a warning per image.
         warnings.simplefilter("ignore", UserWarning)
         fused, _, fused_labels = weighted_boxes_fusion(
             boxes_list, scores_list, labels_list, iou_thr=iou_thr, skip_box_thr=skip_box_thr
@@ -96,6 +96,7 @@ def read_vindr(
     need = max(col.values()) + 1
     # image_id -> rad_id -> [(class index 0..13, box)]; insertion order keeps file order.
     per_image: dict[str, dict[str, list[tuple[int, list[float]]]]] = defaultdict(lambda: defaultdict(list))
+    class_index: dict[str, int] = {}
     for line, row in enumerate(rows, start=2):
         if not any(cell.strip() for cell in row):
             continue
@@ -113,7 +114,9 @@ def read_vindr(
             raise ValueError(
                 f"{csv_path} line {line}: {name!r} needs 4 coordinates, got {[row[col[c]] for c in _COLUMNS[4:]]!r}"
             ) from exc
-        readers[rad_id].append((labels.class_id(name) - 1, box))
+        if name not in class_index:  # 14 names over 36k rows: canonicalise each once
+            class_index[name] = labels.class_id(name) - 1
+        readers[rad_id].append((class_index[name], box))
 
     studies = []
     for image_id, readers in per_image.items():

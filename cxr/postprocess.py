@@ -1,0 +1,134 @@
+"""Detection postprocessing: per-class NMS, score threshold, top-k, un-letterbox.
+
+The detector (PyTorch, ONNX, TensorRT) returns raw candidate detections in the
+``S x S`` letterbox frame, padded to a fixed count with a valid-count per image.
+:func:`postprocess` turns one image's candidates into final detections in ORIGINAL
+image pixels (and mm when the pixel spacing is known).  Evaluation, the in-process
+baselines and the Triton postprocess model all call it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from cxr.boxes import LetterboxRecord, as_boxes, box_iou, valid_boxes
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Thresholds of :func:`postprocess`; serving overrides them per request."""
+
+    score_threshold: float = 0.05  # low: keeps the full PR/FROC curve; serving raises it
+    iou_threshold: float = 0.5  # per-class NMS, torchvision's default for Faster R-CNN
+    max_detections: int = 100  # per image, after NMS (COCO's maxDets)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
+        if not 0.0 < self.iou_threshold <= 1.0:
+            raise ValueError(f"iou_threshold must be in (0, 1], got {self.iou_threshold}")
+        if self.max_detections < 0:
+            raise ValueError(f"max_detections must be >= 0, got {self.max_detections}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def replace(self, **overrides) -> PostprocessConfig:
+        """A copy with the given fields changed (``None`` values are ignored)."""
+        values = self.to_dict()
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return PostprocessConfig(**values)
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Final detections of one image.
+
+    boxes: float32 ``[N, 4]`` xyxy in ORIGINAL image pixels; scores: float32 ``[N]``
+    sorted descending; labels: int64 ``[N]`` model class ids (1-based);
+    boxes_mm: float32 ``[N, 4]`` xyxy in mm from the top-left corner, or None.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    boxes_mm: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64))
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy NMS (same rule as torchvision.ops.nms: drop IoU > threshold).
+
+    Returns indices of kept boxes, in descending score order (ties keep input order).
+    """
+    boxes = as_boxes(boxes)
+    order = np.argsort(-np.asarray(scores, dtype=np.float32), kind="stable")
+    if order.size == 0:
+        return order.astype(np.int64)
+    iou = box_iou(boxes[order], boxes[order])
+    suppressed = np.zeros(order.size, dtype=bool)
+    keep = []
+    for i in range(order.size):
+        if suppressed[i]:
+            continue
+        keep.append(order[i])
+        suppressed |= iou[i] > iou_threshold
+    return np.asarray(keep, dtype=np.int64)
+
+
+def batched_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """NMS within each class; indices of kept boxes sorted by descending score."""
+    labels = np.asarray(labels)
+    keep = [np.flatnonzero(labels == c)[nms(boxes[labels == c], scores[labels == c], iou_threshold)] for c in np.unique(labels)]
+    if not keep:
+        return np.zeros((0,), np.int64)
+    kept = np.concatenate(keep)
+    return kept[np.argsort(-np.asarray(scores)[kept], kind="stable")]
+
+
+def postprocess(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    record: LetterboxRecord,
+    config: PostprocessConfig = PostprocessConfig(),
+    *,
+    valid_count: int | None = None,
+) -> Detections:
+    """One image's raw detector output -> final :class:`Detections`.
+
+    boxes: ``[K, 4]`` xyxy in the letterbox (``S x S``) frame; scores ``[K]``; labels
+    ``[K]`` (1-based class ids).  Only the first ``valid_count`` rows are candidates
+    (the rest is padding); ``None`` means all.  Boxes come back in ORIGINAL pixels.
+    """
+    k = len(scores) if valid_count is None else int(valid_count)
+    if not 0 <= k <= len(scores):
+        raise ValueError(f"valid_count {valid_count} outside 0..{len(scores)}")
+    boxes = as_boxes(boxes)[:k]
+    scores = np.asarray(scores, dtype=np.float32).reshape(-1)[:k]
+    labels = np.asarray(labels).reshape(-1)[:k].astype(np.int64)
+
+    finite = np.isfinite(scores) & np.isfinite(boxes).all(axis=1)
+    mask = finite & (scores >= config.score_threshold) & (labels > 0)
+    boxes, scores, labels = boxes[mask], scores[mask], labels[mask]
+    if scores.size == 0:
+        return _with_mm(Detections.empty(), record)
+
+    keep = batched_nms(boxes, scores, labels, config.iou_threshold)[: config.max_detections]
+    orig = record.from_letterbox(boxes[keep])
+    ok = valid_boxes(orig)  # a box entirely in the padding collapses to zero size
+    dets = Detections(orig[ok], scores[keep][ok], labels[keep][ok])
+    return _with_mm(dets, record)
+
+
+def _with_mm(dets: Detections, record: LetterboxRecord) -> Detections:
+    mm = record.to_mm(dets.boxes)
+    return Detections(dets.boxes, dets.scores, dets.labels, mm)
