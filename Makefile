@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 CXR    := $(VENV)/bin/cxr
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo-out
-DEMO_IMAGES ?= 200
+DEMO_IMAGES ?= 300
 
 .PHONY: help setup test demo clean
 

@@ -22,3 +22,10 @@ class UnknownLabelError(KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its argument; we want a sentence
         return str(self.args[0]) if self.args else ""
+
+
+class UsageError(RuntimeError):
+    """A failure the user can fix (missing GPU, conflicting artifact, ...).
+
+    The command line prints its message as one line instead of a traceback.
+    """

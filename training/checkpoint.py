@@ -1,0 +1,128 @@
+"""Checkpoint format: weights plus everything needed to serve them.
+
+A checkpoint is one ``torch.save`` file holding only tensors and plain Python
+containers, so it loads with ``torch.load(weights_only=True)`` (no pickled code):
+
+``{"format": "cxr-checkpoint/1", "model": state_dict, "meta": {...}, "train_state": {...} | absent}``
+
+``meta`` carries the model config (architecture, input size, anchors), the
+preprocessing parameters, the class list, the model version, the training data
+fingerprint, validation metrics, image-level thresholds and the loss history.
+Every exported artifact copies these fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from cxr import __version__
+from cxr.labels import LabelSet
+from cxr.postprocess import PostprocessConfig
+from cxr.preprocess import PreprocessConfig
+from cxr.training.model import ModelConfig, build_model
+
+FORMAT = "cxr-checkpoint/1"
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint (``state`` is the model's state dict)."""
+
+    state: dict
+    model_config: ModelConfig
+    preprocess: PreprocessConfig
+    class_names: tuple[str, ...]
+    labelset_name: str = "custom"
+    model_version: str = "0"
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    meta: dict = field(default_factory=dict)
+    train_state: dict | None = None
+
+    @property
+    def labelset(self) -> LabelSet:
+        return LabelSet.from_names(self.class_names, self.labelset_name)
+
+    def build_model(self) -> torch.nn.Module:
+        model = build_model(self.model_config)
+        model.load_state_dict(self.state)
+        return model.eval()
+
+    def metadata(self) -> dict:
+        """The fields every exported artifact carries (JSON-serialisable)."""
+        return {
+            "format": FORMAT,
+            "model_version": self.model_version,
+            "class_names": list(self.class_names),
+            "labelset": self.labelset_name,
+            "model": self.model_config.to_dict(),
+            "preprocess": self.preprocess.to_dict(),
+            "postprocess": self.postprocess.to_dict(),
+            "thresholds": dict(self.meta.get("thresholds", {})),
+            "data_fingerprint": self.meta.get("data_fingerprint"),
+            "cxr_version": self.meta.get("cxr_version", __version__),
+        }
+
+
+def data_fingerprint(studies: Iterable) -> str:
+    """sha256 over image ids, splits and box annotations: same data, same fingerprint."""
+    h = hashlib.sha256()
+    for s in sorted(studies, key=lambda s: s.image_id):
+        h.update(f"{s.image_id}|{s.split}|{','.join(s.box_labels)}|".encode())
+        h.update(s.boxes.astype("<f4").tobytes())
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, ckpt: Checkpoint) -> Path:
+    """Write ``model``'s weights with ``ckpt``'s metadata atomically (tmp + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = dict(ckpt.meta)
+    meta.update(
+        model=ckpt.model_config.to_dict(),
+        preprocess=ckpt.preprocess.to_dict(),
+        postprocess=ckpt.postprocess.to_dict(),
+        class_names=list(ckpt.class_names),
+        labelset=ckpt.labelset_name,
+        model_version=ckpt.model_version,
+        cxr_version=__version__,
+    )
+    json.dumps(meta, allow_nan=True)  # fail here, not at load time, on non-plain metadata
+    obj = {"format": FORMAT, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": meta}
+    if ckpt.train_state is not None:
+        obj["train_state"] = ckpt.train_state
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable checkpoint: {exc}") from exc
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        got = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(f"{path} is not a cxr checkpoint (format {got!r}, expected {FORMAT!r})")
+    meta = obj["meta"]
+    return Checkpoint(
+        state=obj["model"],
+        model_config=ModelConfig.from_dict(meta["model"]),
+        preprocess=PreprocessConfig.from_dict(meta["preprocess"]),
+        class_names=tuple(meta["class_names"]),
+        labelset_name=meta.get("labelset", "custom"),
+        model_version=str(meta.get("model_version", "0")),
+        postprocess=PostprocessConfig(**meta.get("postprocess", {})),
+        meta=meta,
+        train_state=obj.get("train_state"),
+    )

@@ -1,0 +1,139 @@
+"""PyTorch datasets over :class:`~cxr.training.studies.Study` lists, with box-safe augmentation.
+
+Every image goes through the same core functions that serving uses:
+``cxr.imaging.decode_image`` -> ``cxr.preprocess.letterbox`` -> (augmentation, in
+training only) -> ``cxr.preprocess.normalize``.  Targets are xyxy boxes in the
+letterbox frame, which is the frame the model predicts in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from cxr.boxes import LetterboxRecord, valid_boxes
+from cxr.imaging import decode_image
+from cxr.labels import LabelSet
+from cxr.preprocess import PreprocessConfig, letterbox, normalize
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentations that keep boxes correct.
+
+    No horizontal flip: a chest film is not left-right symmetric (heart, aortic knob,
+    gastric bubble on the patient's left), so a flipped film shows dextrocardia and
+    would teach the model anatomy that does not exist; cardiomegaly boxes would move
+    to the wrong side.
+    """
+
+    degrees: float = 5.0  # patient rotation on the detector is a few degrees
+    translate: float = 0.05  # positioning varies by a few % of the field
+    scale: tuple[float, float] = (0.9, 1.1)  # source-to-image distance and body habitus
+    brightness: float = 0.08  # exposure differences between machines
+    contrast: float = 0.15
+    gamma: tuple[float, float] = (0.8, 1.25)  # detector response curves differ
+    noise_std: float = 0.01  # quantum noise
+
+
+class Augmenter:
+    """Random geometric + photometric augmentation of a letterboxed ``[S, S]`` film."""
+
+    def __init__(self, config: AugmentConfig = AugmentConfig()) -> None:
+        from torchvision.transforms import v2
+
+        self.config = config
+        self.affine = v2.RandomAffine(degrees=config.degrees, translate=(config.translate,) * 2, scale=config.scale)
+
+    def __call__(self, canvas: np.ndarray, boxes: np.ndarray, labels: np.ndarray, generator: torch.Generator):
+        """canvas float ``[S, S]`` in [0, 1]; boxes xyxy letterbox frame -> augmented copies."""
+        from torchvision import tv_tensors
+
+        size = canvas.shape[-1]
+        image = torch.from_numpy(canvas)[None]
+        tv_boxes = tv_tensors.BoundingBoxes(torch.from_numpy(boxes), format="XYXY", canvas_size=(size, size))
+        # torchvision samples from torch's global RNG; seed it from our generator so a
+        # run is reproducible by --seed.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+            image, tv_boxes = self.affine(image, tv_boxes)
+        out_boxes = tv_boxes.as_subclass(torch.Tensor).clamp(0, size).numpy()
+        keep = valid_boxes(out_boxes, min_size=2.0)  # boxes pushed out of the field are dropped
+
+        c = self.config
+        u = torch.rand(4, generator=generator).numpy()
+        x = image[0].numpy().clip(0, 1)
+        x = x ** (c.gamma[0] + u[0] * (c.gamma[1] - c.gamma[0]))
+        mean = float(x.mean())
+        x = (x - mean) * (1 + (2 * u[1] - 1) * c.contrast) + mean + (2 * u[2] - 1) * c.brightness
+        noise = torch.randn(x.shape, generator=generator).numpy() * c.noise_std * u[3]
+        return (x + noise).clip(0, 1).astype(np.float32), out_boxes[keep], labels[keep]
+
+
+class DetectionDataset(Dataset):
+    """``(image [C, S, S] float32, target)`` pairs for torchvision detection models.
+
+    target: ``boxes`` float32 ``[N, 4]`` xyxy in the letterbox frame, ``labels``
+    int64 ``[N]`` (1-based), ``image_id`` int, ``record`` float32 ``[8]``
+    (:meth:`LetterboxRecord.to_array`, maps boxes back to original pixels).
+    Letterboxed films are cached in memory after the first decode (S x S float32 each).
+    """
+
+    def __init__(
+        self,
+        studies: Sequence,
+        labelset: LabelSet,
+        preprocess: PreprocessConfig,
+        *,
+        augment: Augmenter | None = None,
+        seed: int = 0,
+        cache: bool = True,
+    ) -> None:
+        missing = [s.image_id for s in studies if s.path is None]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} studies have no image file, e.g. {missing[:3]}")
+        self.studies = list(studies)
+        self.labelset = labelset
+        self.preprocess = preprocess
+        self.augment = augment
+        self.generator = torch.Generator().manual_seed(seed)
+        self._cache: dict[int, tuple[np.ndarray, LetterboxRecord]] = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.studies)
+
+    def load(self, index: int) -> tuple[np.ndarray, LetterboxRecord]:
+        """Letterboxed film ``[S, S]`` in [0, 1] and its record (cached)."""
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        image = decode_image(self.studies[index].path)
+        item = letterbox(image.pixels, self.preprocess.size, pad_value=self.preprocess.pad_value, spacing_mm=image.spacing_mm)
+        if self._cache is not None:
+            self._cache[index] = item
+        return item
+
+    def __getitem__(self, index: int):
+        study = self.studies[index]
+        canvas, record = self.load(index)
+        boxes = record.to_letterbox(study.boxes)
+        labels = np.asarray(self.labelset.class_ids(study.box_labels), dtype=np.int64)
+        if self.augment is not None:
+            canvas, boxes, labels = self.augment(canvas, boxes, labels, self.generator)
+        image = torch.from_numpy(normalize(canvas, self.preprocess))
+        target = {
+            "boxes": torch.from_numpy(np.asarray(boxes, np.float32).reshape(-1, 4)),
+            "labels": torch.from_numpy(labels.reshape(-1)),
+            "image_id": index,
+            "record": torch.from_numpy(record.to_array()),
+        }
+        return image, target
+
+
+def collate(batch):
+    """Detection batches are lists (targets differ in length)."""
+    images, targets = zip(*batch)
+    return list(images), list(targets)

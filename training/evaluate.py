@@ -1,0 +1,85 @@
+"""``cxr evaluate``: clinical detection metrics of a checkpoint on a data split.
+
+Writes into OUT: ``metrics.json``, ``metrics.md`` (summary table),
+``predictions.csv`` (image, label, score, x1, y1, x2, y2 in ORIGINAL pixels),
+``loss_curve.png``, ``pr_froc.png`` and ``examples.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def write_predictions_csv(path: Path, studies, preds, class_names) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "label", "score", "x1", "y1", "x2", "y2"])
+        for s, p in zip(studies, preds):
+            for box, score, label in zip(p["boxes"], p["scores"], p["labels"]):
+                w.writerow([s.image_id, class_names[int(label) - 1], f"{score:.5f}", *(f"{v:.1f}" for v in box)])
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    split: str = "test",
+    batch_size: int = 4,
+    bootstrap: int = 200,
+    device: str = "auto",
+    progress: bool = True,
+    max_images: int | None = None,
+) -> dict:
+    """Evaluate ``checkpoint`` on ``split`` of the NIH-layout folder ``data``; returns the metrics."""
+    from torch.utils.data import DataLoader
+
+    from cxr.imaging import decode_image
+    from cxr.training.checkpoint import load_checkpoint
+    from cxr.training.data import DetectionDataset, collate
+    from cxr.training.datasets import NIHDataset
+    from cxr.training.engine import ground_truth, predict
+    from cxr.training.metrics import evaluate_detections, format_metrics_table
+    from cxr.training.plots import plot_examples, plot_loss_curve, plot_pr_froc
+
+    ckpt = load_checkpoint(checkpoint)
+    labelset = ckpt.labelset
+    seed = int(ckpt.meta.get("train_config", {}).get("seed", 0))
+    ds = NIHDataset.from_dir(data, labelset=labelset.name if labelset.name != "custom" else "nih-bbox", seed=seed, require_images=True)
+    studies = ds.detection_studies(split)[:max_images]
+    if not studies:
+        raise ValueError(f"{data}: split {split!r} has no studies usable for detection")
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    model = ckpt.build_model().to(dev)
+    dataset = DetectionDataset(studies, labelset, ckpt.preprocess)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
+    preds = predict(model, loader, dev, postprocess_config=ckpt.postprocess, progress=progress, desc=f"evaluate {split}")
+    gts = ground_truth(studies, labelset)
+    metrics = evaluate_detections(
+        preds, gts, labelset.names, image_ids=[s.image_id for s in studies],
+        thresholds=ckpt.meta.get("thresholds") or None, bootstrap=bootstrap,
+    )
+    metrics.update(split=split, checkpoint=str(checkpoint), model_version=ckpt.model_version)
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "metrics.md").write_text(
+        f"# Evaluation of {Path(checkpoint).name} on {split} ({len(studies)} images)\n\n{format_metrics_table(metrics)}\n"
+    )
+    write_predictions_csv(out / "predictions.csv", studies, preds, labelset.names)
+    history = ckpt.meta.get("history") or []
+    if history:
+        plot_loss_curve(history, out / "loss_curve.png")
+    plot_pr_froc(preds, gts, labelset.names, out / "pr_froc.png")
+    # The example grid shows the films in ORIGINAL pixels, as the boxes are.
+    films = [decode_image(s.path).pixels for s in studies[:8]]
+    plot_examples(films, preds[:8], gts[:8], labelset.names, out / "examples.png")
+    return metrics

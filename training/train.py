@@ -1,0 +1,248 @@
+"""``cxr train``: Faster R-CNN on NIH-layout data, from one config dataclass.
+
+Multi-GPU / multi-node runs use ``torchrun`` (PyTorch DDP): launch
+``torchrun --nproc-per-node 8 -m cxr.training.train --data ... --out ...``;
+rank 0 evaluates and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cxr.labels import get_labelset
+from cxr.preprocess import PreprocessConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """One training run.  Defaults are the GPU configuration (preset r50-fpn)."""
+
+    data: Path = Path("data")
+    out: Path = Path("runs/r50-fpn")
+    arch: str = "fasterrcnn_resnet50_fpn"
+    size: int = 800  # S: close to torchvision's COCO min_size; NIH films are 1024
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    labelset: str = "nih-bbox"
+    epochs: int = 24
+    batch_size: int = 8  # per process
+    optimizer: str = "sgd"
+    lr: float = 0.02  # torchvision reference: 0.02 for 16 images/iteration
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # "cosine" or "step" (x0.1 at 2/3 and 8/9 of training)
+    warmup_iters: int = 500
+    clip_grad_norm: float = 10.0  # detection losses spike early; clipping keeps SGD stable
+    amp: bool = True  # mixed precision, CUDA only
+    workers: int = 4
+    seed: int = 0
+    weights: Path | None = None  # local ImageNet backbone or detector checkpoint
+    resume: Path | None = None
+    val_every: int = 1
+    max_minutes: float | None = None  # stop at the first epoch boundary after this
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+    box_batch_size_per_image: int = 512
+    representation_size: int = 1024
+    augment: bool = True
+    device: str = "auto"
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+PRESETS: dict[str, dict] = {
+    # A small model that learns the synthetic findings on 2 CPU cores in minutes.
+    "cpu-demo": dict(
+        arch="fasterrcnn_mobilenet_v3_large_fpn",
+        size=256,  # 2 cores: 4-5 images/s; nodules (~60 px in 1024) shrink to ~15 px
+        anchor_sizes=(12, 24, 48, 96, 192),  # torchvision's (32..512) scaled to the smaller input
+        epochs=16,
+        batch_size=4,
+        optimizer="adamw",  # from scratch (no weights to download) AdamW converges fastest
+        lr=2e-3,
+        weight_decay=1e-4,
+        warmup_iters=50,
+        workers=0,  # 2 cores: both go to the model's own threads
+        max_minutes=10.0,
+        rpn_pre_nms_top_n_train=600,
+        rpn_post_nms_top_n_train=150,
+        rpn_pre_nms_top_n_test=300,
+        rpn_post_nms_top_n_test=150,
+        box_batch_size_per_image=64,
+        representation_size=256,
+    ),
+    # The real configuration for a GPU (NIH bbox subset or VinDr-CXR).
+    "r50-fpn": dict(),
+}
+
+
+def make_config(preset: str = "r50-fpn", **overrides) -> TrainConfig:
+    """A :class:`TrainConfig` from a preset name plus explicit overrides (``None`` = keep)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    unknown = set(values) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise ValueError(f"unknown training options: {sorted(unknown)}")
+    values.setdefault("out", Path("runs") / preset)
+    cfg = TrainConfig(**values)
+    if cfg.optimizer not in ("sgd", "adamw"):
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adamw")
+    if cfg.schedule not in ("cosine", "step"):
+        raise ValueError(f"unknown schedule {cfg.schedule!r}; choose cosine or step")
+    return cfg
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return (torch.distributed.get_rank() if world > 1 else 0), world
+
+
+def _lr_lambda(cfg: TrainConfig, total_iters: int, elapsed_fraction=lambda: 0.0):
+    """Warm-up then cosine or step decay over iterations -- or over the time budget
+    (``--max-minutes``), whichever runs out first, so a time-boxed run still ends
+    with a decayed learning rate."""
+
+    def f(it: int) -> float:
+        warm = min(1.0, (it + 1) / max(1, cfg.warmup_iters))
+        progress = min(1.0, max(it / max(1, total_iters), elapsed_fraction()))
+        if cfg.schedule == "cosine":
+            return warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
+        return warm * (0.1 ** sum(progress >= m for m in (2 / 3, 8 / 9)))
+
+    return f
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train, keep the best checkpoint on validation mAP@0.5; returns its path."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from cxr.training.checkpoint import Checkpoint, data_fingerprint, load_checkpoint, save_checkpoint
+    from cxr.training.data import Augmenter, DetectionDataset, collate
+    from cxr.training.datasets import NIHDataset
+    from cxr.training.engine import ground_truth, predict, train_one_epoch
+    from cxr.training.metrics import choose_thresholds, evaluate_detections
+    from cxr.training.model import ModelConfig, build_model, load_pretrained
+
+    rank, world = _distributed()
+    seed_everything(cfg.seed + rank)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    labelset = get_labelset(cfg.labelset)
+    ds = NIHDataset.from_dir(cfg.data, labelset=labelset.name, seed=cfg.seed, require_images=True)
+    train_studies, val_studies = ds.detection_studies("train"), ds.detection_studies("val")
+    if not train_studies:
+        raise ValueError(f"{cfg.data}: no training studies with boxes or 'No Finding' (see `cxr data info {cfg.data}`)")
+    if not val_studies:
+        raise ValueError(f"{cfg.data}: the validation split is empty; add images or patients")
+
+    pre = PreprocessConfig(size=cfg.size)
+    mcfg = ModelConfig(
+        arch=cfg.arch, num_classes=labelset.num_classes, size=cfg.size, anchor_sizes=tuple(cfg.anchor_sizes),
+        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
+        box_batch_size_per_image=cfg.box_batch_size_per_image, representation_size=cfg.representation_size,
+    )
+    model = build_model(mcfg).to(device)
+    if cfg.weights is not None:
+        report = load_pretrained(model, cfg.weights)
+        log.info("loaded %d/%d tensors from %s (re-initialised: %s)", report["loaded"], report["of"], cfg.weights, report["skipped_shape_mismatch"] or "none")
+
+    train_set = DetectionDataset(train_studies, labelset, pre, augment=Augmenter() if cfg.augment else None, seed=cfg.seed + rank)
+    val_set = DetectionDataset(val_studies, labelset, pre)
+    sampler = DistributedSampler(train_set, seed=cfg.seed) if world > 1 else None
+    loader_gen = torch.Generator().manual_seed(cfg.seed)
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                              num_workers=cfg.workers, collate_fn=collate, generator=loader_gen, drop_last=len(train_set) > cfg.batch_size)
+    val_loader = DataLoader(val_set, batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=collate)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total_iters = cfg.epochs * max(1, len(train_loader))
+    t_start = time.monotonic()
+    budget_s = 60 * cfg.max_minutes if cfg.max_minutes else None
+    elapsed = (lambda: (time.monotonic() - t_start) / budget_s) if budget_s else (lambda: 0.0)
+    out_of_time = lambda: budget_s is not None and time.monotonic() - t_start > budget_s  # noqa: E731
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total_iters, elapsed))
+    scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
+    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
+    history, start_epoch, best = [], 0, -1.0
+    if cfg.resume is not None:
+        prev = load_checkpoint(cfg.resume)
+        model.load_state_dict(prev.state)
+        if prev.train_state:
+            optimizer.load_state_dict(prev.train_state["optimizer"])
+            scheduler.load_state_dict(prev.train_state["scheduler"])
+            start_epoch = int(prev.train_state["epoch"]) + 1
+            best = float(prev.train_state.get("best", -1.0))
+        history = list(prev.meta.get("history", []))
+
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    fingerprint = data_fingerprint(train_studies + val_studies)
+    version = f"{_dt.date.today():%Y.%m.%d}+{fingerprint[:8]}"
+    run_meta = {"train_config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)), "data_fingerprint": fingerprint,
+                "n_train": len(train_studies), "n_val": len(val_studies)}
+    gts = ground_truth(val_studies, labelset)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        rows = train_one_epoch(ddp_model, optimizer, train_loader, device, epoch, scheduler=scheduler, scaler=scaler,
+                               clip_grad_norm=cfg.clip_grad_norm, progress=cfg.progress and rank == 0, should_stop=out_of_time)
+        epoch_row = {"epoch": epoch, "loss": float(np.mean([r["loss"] for r in rows])), "lr": rows[-1]["lr"],
+                     "images_per_s": float(np.median([r["images_per_s"] for r in rows])),
+                     **{k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k.startswith("loss_")}}
+        last = epoch == cfg.epochs - 1 or out_of_time()
+        if rank == 0 and (last or (epoch + 1) % cfg.val_every == 0):
+            preds = predict(model, val_loader, device, progress=cfg.progress, desc="validate")
+            m = evaluate_detections(preds, gts, labelset.names, bootstrap=0)
+            epoch_row.update(val_map50=m["map50"], val_map40=m["map40"], val_froc_mean=m["froc_mean"])
+            score = m["map50"] if m["map50"] is not None else -1.0
+            thresholds = choose_thresholds(preds, gts, labelset.names)
+            meta = {**run_meta, "history": history + [epoch_row], "val_metrics": {k: m[k] for k in ("map50", "map40", "map50_95", "froc_mean")},
+                    "thresholds": thresholds, "epoch": epoch}
+            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch, "best": max(best, score)}
+            ckpt = Checkpoint(state={}, model_config=mcfg, preprocess=pre, class_names=labelset.names,
+                              labelset_name=labelset.name, model_version=version, meta=meta, train_state=state)
+            save_checkpoint(cfg.out / "last.pt", model, ckpt)
+            if score > best:
+                best = score
+                save_checkpoint(cfg.out / "best.pt", model, dataclasses.replace(ckpt, train_state=None))
+            log.info("epoch %d: loss %.3f, val mAP@0.5 %.3f (best %.3f), %.1f img/s, %.1f min",
+                        epoch, epoch_row["loss"], score, best, epoch_row["images_per_s"], (time.monotonic() - t_start) / 60)
+        history.append(epoch_row)
+        if last:
+            break
+    if rank == 0:
+        (cfg.out / "history.json").write_text(json.dumps(history, indent=1))
+    return cfg.out / "best.pt"
