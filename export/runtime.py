@@ -1,0 +1,115 @@
+"""ONNX Runtime sessions and the in-process detector pipeline.
+
+:class:`OrtDetector` runs an exported graph; :class:`Pipeline` chains ``cxr``
+preprocess -> a detector -> ``cxr`` postprocess for one image, the exact in-process
+equivalent of the Triton ensemble (used by parity checks, benchmarks and the e2e
+tests as the reference the server must equal).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cxr.boxes import LetterboxRecord
+from cxr.imaging import DecodedImage, decode_image
+from cxr.postprocess import Detections, PostprocessConfig, postprocess
+from cxr.preprocess import PreprocessConfig, preprocess
+
+RawOutput = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # boxes, scores, labels, valid
+
+
+def ort_session(path: str | Path, *, threads: int | None = None, optimization: str = "all"):
+    """An ``onnxruntime.InferenceSession`` on the CPU with graph optimisations.
+
+    threads: intra-op threads (default: all cores; Triton instances should set it to
+    cores / instances so they do not oversubscribe).
+    """
+    import onnxruntime as ort
+
+    levels = {
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    if optimization not in levels:
+        raise ValueError(f"unknown optimization level {optimization!r}; choose one of: {', '.join(levels)}")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = levels[optimization]
+    opts.intra_op_num_threads = threads or os.cpu_count() or 1
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3  # warnings about unused initializers etc. are noise here
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"ONNX model not found: {path}")
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+class OrtDetector:
+    """Callable: ``[B, C, S, S]`` float32 -> (boxes, scores, labels, valid)."""
+
+    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.session = ort_session(path, threads=threads)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, batch: np.ndarray) -> RawOutput:
+        out = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
+        return tuple(out)  # type: ignore[return-value]
+
+
+class TorchDetector:
+    """The eager PyTorch serving graph as the same callable (the parity reference)."""
+
+    def __init__(self, ckpt) -> None:
+        import torch
+
+        from cxr.export.graph import ServingGraph
+
+        self._torch = torch
+        self.graph = ServingGraph(ckpt.build_model(), ckpt.preprocess.size).eval()
+
+    def __call__(self, batch: np.ndarray) -> RawOutput:
+        with self._torch.no_grad():
+            out = self.graph(self._torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
+        return tuple(t.numpy() for t in out)  # type: ignore[return-value]
+
+
+def split_raw(raw: RawOutput) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+    """Batched raw output -> one (boxes, scores, labels, valid) per image."""
+    boxes, scores, labels, valid = raw
+    return [(boxes[i], scores[i], labels[i], int(valid[i])) for i in range(boxes.shape[0])]
+
+
+class Pipeline:
+    """decode -> preprocess -> detector -> postprocess, in process."""
+
+    def __init__(self, detector: Callable[[np.ndarray], RawOutput], preprocess_config: PreprocessConfig,
+                 postprocess_config: PostprocessConfig = PostprocessConfig()) -> None:
+        self.detector = detector
+        self.pre = preprocess_config
+        self.post = postprocess_config
+
+    def prepare(self, images: Sequence) -> tuple[np.ndarray, list[LetterboxRecord]]:
+        tensors, records = [], []
+        for im in images:
+            decoded = im if isinstance(im, DecodedImage) else decode_image(im)
+            x, rec = preprocess(decoded, self.pre)
+            # The record travels as float32 between Triton models; round-trip it here
+            # too so the in-process result is bit-for-bit the served one.
+            tensors.append(x)
+            records.append(LetterboxRecord.from_array(rec.to_array()))
+        return np.stack(tensors), records
+
+    def __call__(self, images: Sequence, *, batch_size: int = 4) -> list[Detections]:
+        results: list[Detections] = []
+        for start in range(0, len(images), batch_size):
+            batch, records = self.prepare(images[start : start + batch_size])
+            for (b, s, l, v), rec in zip(split_raw(self.detector(batch)), records):
+                results.append(postprocess(b, s, l, rec, self.post, valid_count=v))
+        return results

@@ -1,0 +1,207 @@
+"""Serving graph, ONNX / INT8 export, parity and repository placement on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from cxr.labels import get_labelset
+from cxr.postprocess import postprocess
+from cxr.preprocess import PreprocessConfig
+from cxr.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from cxr.training.model import ModelConfig, build_model
+
+warnings.filterwarnings("ignore", message=".*trainable_backbone_layers.*")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from cxr.export.commands import ParityError, check_parity, run_export  # noqa: E402
+from cxr.export.graph import ServingGraph  # noqa: E402
+from cxr.export.onnx_export import export_onnx, read_metadata  # noqa: E402
+from cxr.export.parity import TOLERANCES  # noqa: E402
+from cxr.export.repository import RepositoryConflict, read_repository_metadata  # noqa: E402
+from cxr.export.runtime import OrtDetector, TorchDetector  # noqa: E402
+
+TINY = dict(arch="fasterrcnn_mobilenet_v3_large_fpn", size=128, anchor_sizes=(16, 32, 64, 128, 256),
+            rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50, representation_size=64, candidates=60)
+
+
+def _checkpoint(tmp_path, name="m.pt", seed=0, version="2026.01.01+tiny", **overrides):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(**{**TINY, **overrides})
+    model = build_model(cfg).eval()
+    ls = get_labelset("nih-bbox")
+    ckpt = Checkpoint(state={}, model_config=cfg, preprocess=PreprocessConfig(size=cfg.size), class_names=ls.names,
+                      labelset_name=ls.name, model_version=version)
+    return save_checkpoint(tmp_path / name, model, ckpt)
+
+
+def _films(n, size=128, seed=0):
+    g = np.random.default_rng(seed)
+    x = g.standard_normal((n, 3, size, size)).astype(np.float32) * 0.5
+    x[:, :, 30:70, 40:90] += 2.0  # something for the detector to look at
+    return x
+
+
+def assert_same_candidates(ref, test, n, *, score_tol, box_tol):
+    """Rows of the reference (boxes, scores, labels) have a twin in ``test``.
+
+    A random-weight model scores everything ~1/9 and gives exact ties (identical
+    ROI features), which any top-k orders arbitrarily: compare as sets, and leave
+    out rows tied with the smallest kept score, since the top-k cut may have
+    picked other members of that tie group.
+    """
+    rb, rs, rl = (np.asarray(a)[:n] for a in ref)
+    tb, ts, tl = (np.asarray(a)[:n] for a in test)
+    rows = np.flatnonzero(rs > rs.min() + score_tol) if n else []
+    assert len(rows) >= min(n, 10) * 0.5, f"too few rows above the tie at the cut: {len(rows)} of {n}"
+    for i in rows:
+        same = np.flatnonzero(tl == rl[i])
+        assert same.size, f"row {i}: no candidate of label {rl[i]}"
+        dist = np.abs(tb[same] - rb[i]).max(1) + np.abs(ts[same] - rs[i]) * 1e3
+        j = same[np.argmin(dist)]
+        assert np.abs(tb[j] - rb[i]).max() <= box_tol and abs(ts[j] - rs[i]) <= score_tol, (i, rb[i], tb[j], rs[i], ts[j])
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export")
+    path = _checkpoint(tmp)
+    ckpt = load_checkpoint(path)
+    return ckpt, export_onnx(ckpt, tmp / "model.onnx"), path
+
+
+def test_serving_graph_equals_the_torchvision_model():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(**TINY)).eval()
+    graph = ServingGraph(model, 128).eval()
+    x = torch.from_numpy(_films(3))
+    with torch.no_grad():
+        ref = model(list(x))
+        boxes, scores, labels, valid = graph(x)
+    for i, r in enumerate(ref):
+        n = int(valid[i])
+        assert n == len(r["scores"]) > 0
+        assert_same_candidates((r["boxes"], r["scores"], r["labels"]), (boxes[i], scores[i], labels[i]), n,
+                               score_tol=1e-6, box_tol=1e-4)
+
+
+def test_onnx_batch4_equals_four_batch1(exported):
+    _, path, _ = exported
+    det = OrtDetector(path, threads=1)
+    x = _films(4, seed=1)
+    b4 = det(x)
+    for i in range(4):
+        b1 = det(x[i : i + 1])
+        n = int(b1[3][0])
+        assert n == int(b4[3][i])
+        assert_same_candidates((b1[0][0], b1[1][0], b1[2][0]), (b4[0][i], b4[1][i], b4[2][i]), n, score_tol=1e-5, box_tol=1e-3)
+
+
+def test_onnx_equals_pytorch(exported):
+    ckpt, path, _ = exported
+    x = _films(2, seed=2)
+    o, r = OrtDetector(path, threads=1)(x), TorchDetector(ckpt)(x)
+    for i in range(2):
+        n = int(r[3][i])
+        assert int(o[3][i]) == n
+        assert_same_candidates((r[0][i], r[1][i], r[2][i]), (o[0][i], o[1][i], o[2][i]), n, score_tol=1e-4, box_tol=1e-2)
+
+
+def test_metadata_round_trips(exported):
+    ckpt, path, _ = exported
+    meta = read_metadata(path)
+    assert meta["precision"] == "fp32" and meta["opset"] == 17
+    for key, value in ckpt.metadata().items():
+        assert meta[key] == json.loads(json.dumps(value)), key
+
+
+def test_onnx_graph_checks_and_has_dynamic_batch(exported):
+    _, path, _ = exported
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim.dim_param and not dim.dim_value
+    assert any(n.op_type == "NonMaxSuppression" for n in model.graph.node)
+
+
+def test_empty_output_is_valid(tmp_path):
+    ckpt = load_checkpoint(_checkpoint(tmp_path))
+    ckpt.model_config = ModelConfig(**{**TINY, "candidate_score_threshold": 0.999})  # nothing can pass
+    path = export_onnx(ckpt, tmp_path / "empty.onnx")
+    boxes, scores, labels, valid = OrtDetector(path, threads=1)(_films(2))
+    assert valid.tolist() == [0, 0] and boxes.shape == (2, 60, 4)
+    from cxr.boxes import LetterboxRecord
+
+    dets = postprocess(boxes[0], scores[0], labels[0], LetterboxRecord.fit(512, 512, 128), valid_count=int(valid[0]))
+    assert len(dets) == 0 and dets.boxes.shape == (0, 4)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from cxr.training.synth import SynthConfig, generate
+
+    out = tmp_path_factory.mktemp("synth") / "data"
+    generate(out, SynthConfig(images=14, seed=9, size=256), progress=False)
+    return out
+
+
+def test_parity_passes_for_the_same_model(exported, tiny_data):
+    ckpt, path, _ = exported
+    from cxr.export.commands import _studies
+
+    report = check_parity(ckpt, OrtDetector(path, threads=1), _studies(tiny_data, "test", 4, "nih-bbox"),
+                          tolerance=TOLERANCES["fp32"])
+    # a random tiny model scores ~1/9 everywhere: compare at its own operating point
+    assert report.passed, report.table()
+
+
+def test_parity_fails_loudly_on_a_perturbed_model(tmp_path, tiny_data):
+    from dataclasses import replace
+
+    from cxr.export.commands import _studies
+
+    ckpt = load_checkpoint(_checkpoint(tmp_path, seed=0))
+    perturbed = replace(ckpt, state={k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in ckpt.state.items()})
+    path = export_onnx(perturbed, tmp_path / "bad.onnx")
+    tol = replace(TOLERANCES["fp32"], report_score=0.0)  # every candidate counts
+    report = check_parity(ckpt, OrtDetector(path, threads=1), _studies(tiny_data, "test", 3, "nih-bbox"), tolerance=tol)
+    assert not report.passed
+    err = ParityError(report)
+    assert "FAIL" in str(err) and "worst images" in str(err) and "match rate" in str(err)
+
+
+def test_export_into_repository_refuses_another_model(exported, tmp_path, tiny_data):
+    _, _, ckpt_path = exported
+    repo = tmp_path / "repo"
+    res = run_export("onnx", ckpt_path, repository=repo)
+    assert res.path == repo / "detector/1/model.onnx" and res.path.is_file()
+    meta = read_repository_metadata(repo)
+    assert meta["model_version"] == "2026.01.01+tiny" and "onnx" in meta["artifacts"]
+    run_export("onnx", ckpt_path, repository=repo)  # same model again: fine
+
+    other = _checkpoint(tmp_path, name="other.pt", seed=1, version="2026.02.02+other")
+    with pytest.raises(RepositoryConflict, match="another model .*model_version.*--force"):
+        run_export("onnx", other, repository=repo)
+    run_export("onnx", other, repository=repo, force=True)
+    assert read_repository_metadata(repo)["model_version"] == "2026.02.02+other"
+
+
+def test_int8_quantization(exported, tmp_path, tiny_data):
+    _, _, ckpt_path = exported
+    res = run_export("onnx-int8", ckpt_path, out=tmp_path / "m.int8.onnx", data=tiny_data, calibration_images=4)
+    model = onnx.load(str(res.path))
+    assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    assert read_metadata(res.path)["precision"] == "int8"
+    boxes, scores, labels, valid = OrtDetector(res.path, threads=1)(_films(2))
+    assert boxes.shape == (2, 60, 4) and valid.shape == (2,)
+
+
+def test_check_without_data_is_a_clear_error(exported):
+    _, _, ckpt_path = exported
+    with pytest.raises(ValueError, match="--check needs --data"):
+        run_export("onnx", ckpt_path, repository=None, out="x.onnx", check=True)
