@@ -34,6 +34,8 @@ demo: setup
 	$(CXR) data info $(DEMO)/data
 	$(CXR) train --data $(DEMO)/data --preset cpu-demo --out $(DEMO)/run
 	$(CXR) evaluate --checkpoint $(DEMO)/run/best.pt --data $(DEMO)/data --split test --out $(DEMO)/eval
+	$(CXR) export onnx --checkpoint $(DEMO)/run/best.pt --repository $(DEMO)/model_repository --data $(DEMO)/data --check --force
+	$(CXR) export onnx-int8 --checkpoint $(DEMO)/run/best.pt --repository $(DEMO)/model_repository --data $(DEMO)/data --check
 	@echo
 	@echo "demo output:"
 	@echo "  dataset      $(DEMO)/data  (NIH ChestX-ray14 layout; DICOM copies in $(DEMO)/data/dicom)"
@@ -41,6 +43,7 @@ demo: setup
 	@echo "  checkpoint   $(DEMO)/run/best.pt"
 	@echo "  metrics      $(DEMO)/eval/metrics.md, metrics.json, predictions.csv"
 	@echo "  plots        $(DEMO)/eval/examples.png, pr_froc.png, loss_curve.png"
+	@echo "  artifacts    $(DEMO)/model_repository/detector/1/model.onnx, model.int8.onnx"
 
 clean:
 	rm -rf $(VENV) $(DEMO)

@@ -137,6 +137,41 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------ serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from cxr.server import TritonServer
+
+    log_file = args.log_file or Path(args.model_repository) / "tritonserver.log"
+    server = TritonServer(
+        model_repository=args.model_repository, grpc_port=args.grpc_port, http_port=args.http_port,
+        metrics_port=args.metrics_port, host=args.host, target=args.target, precision=args.precision, log_file=log_file,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    server.start(timeout=args.timeout)
+    print(f"Triton is serving cxr_detector ({args.target}, {args.precision}) from {args.model_repository}")
+    print(f"  gRPC     {args.host}:{args.grpc_port}")
+    print(f"  HTTP     http://{args.host}:{args.http_port}/v2/models/cxr_detector")
+    print(f"  metrics  http://{args.host}:{args.metrics_port}/metrics")
+    print(f"  log      {log_file}")
+    print("Ctrl-C to stop.", flush=True)
+    try:
+        while not stop.wait(1.0):
+            if server.process.poll() is not None:
+                print(f"cxr serve: error: tritonserver exited with status {server.process.returncode}; see {log_file}", file=sys.stderr)
+                return 1
+    finally:
+        server.stop()
+    print("stopped.")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -240,6 +275,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=8, help="TensorRT profile: largest batch")
     p.add_argument("--json", action="store_true", help="print the result (with parity figures) as JSON")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve the model repository with the embedded Triton server",
+        description="Start the tritonserver shipped by nvidia-pytriton (CPU; Python backend + ensembles) on the "
+        "model repository, wait until cxr_detector is ready, print the endpoints and run until Ctrl-C/SIGTERM. "
+        "Binds to loopback unless --host says otherwise. GPU production uses the NGC container (see README).",
+    )
+    p.add_argument("--model-repository", type=Path, default=Path("model_repository"))
+    p.add_argument("--target", choices=("cpu", "gpu-onnx", "gpu-trt"), default="cpu",
+                   help="detector variant: cpu (Python backend + ONNX Runtime), gpu-onnx, gpu-trt (NGC server only)")
+    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32", help="ONNX file for the cpu target")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--log-file", type=Path, default=None, help="server log (default MODEL_REPOSITORY/tritonserver.log)")
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
+    p.set_defaults(func=cmd_serve)
 
     return parser
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr.export.parity import TOLERANCES, ParityReport, Tolerance, compare
-from cxr.export.repository import artifact_path, check_compatible, place_artifact
+from cxr.export.repository import artifact_path, check_compatible, ensure_repository, place_artifact
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,7 @@ def run_export(
             dest.write_bytes(Path(built).read_bytes())
         else:
             dest = place_artifact(repository, kind, built, meta, force=force, extra=extra)
+            ensure_repository(repository, meta)
             if kind == "trt":
                 from cxr.export.tensorrt import engine_metadata_path
 

@@ -31,6 +31,11 @@ METADATA_FILE = "cxr-metadata.json"
 IDENTITY_FIELDS = ("model_version", "class_names", "preprocess", "model")
 
 
+# The committed repository (model.py adapters + default configs) in the source tree.
+TEMPLATE = Path(__file__).resolve().parents[1] / "model_repository"
+PYTHON_MODELS = ("preprocess", "detector", "postprocess")
+
+
 class RepositoryConflict(UsageError):
     """The repository already holds an artifact of a different model."""
 
@@ -96,3 +101,25 @@ def place_artifact(repository: str | Path, kind: str, source: str | Path, meta: 
     record["artifacts"] = artifacts
     (repository / METADATA_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return dest
+
+
+def ensure_repository(repository: str | Path, meta: dict) -> Path:
+    """Make ``repository`` a complete Triton repository for ``meta``.
+
+    Copies the Python model adapters from the source tree when the folder is not
+    the committed one, and renders every ``config.pbtxt`` with ``meta`` stamped
+    into its parameters.
+    """
+    from cxr.export.triton_config import write_configs
+
+    repository = Path(repository)
+    if repository.resolve() != TEMPLATE.resolve():
+        for model in PYTHON_MODELS:
+            src = TEMPLATE / model / "1" / "model.py"
+            if not src.is_file():
+                raise UsageError(f"model adapters not found at {src}: serving needs a source checkout of cxr-triton")
+            dst = repository / model / "1" / "model.py"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+    write_configs(repository, meta)
+    return repository

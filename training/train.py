@@ -196,7 +196,7 @@ def train(cfg: TrainConfig) -> Path:
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
-    history, start_epoch, best = [], 0, -1.0
+    history, start_epoch, best = [], 0, float("-inf")  # the first validated epoch is always kept
     if cfg.resume is not None:
         prev = load_checkpoint(cfg.resume)
         model.load_state_dict(prev.state)
@@ -204,7 +204,7 @@ def train(cfg: TrainConfig) -> Path:
             optimizer.load_state_dict(prev.train_state["optimizer"])
             scheduler.load_state_dict(prev.train_state["scheduler"])
             start_epoch = int(prev.train_state["epoch"]) + 1
-            best = float(prev.train_state.get("best", -1.0))
+            best = float(prev.train_state.get("best", float("-inf")))
         history = list(prev.meta.get("history", []))
 
     cfg.out.mkdir(parents=True, exist_ok=True)
