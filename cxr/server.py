@@ -113,6 +113,13 @@ class TritonServer:
             kind = "onnx-int8" if self.precision == "int8" else "onnx"
             raise UsageError(f"{repo}/detector/1 has no exported model: run `cxr export {kind} --checkpoint CKPT --repository {repo}`")
         install = prepare_backends()
+        if self.target != "cpu":
+            backend = "onnxruntime" if self.target == "gpu-onnx" else "tensorrt"
+            if not (install.backend_dir / backend).is_dir():
+                raise UsageError(
+                    f"target {self.target} needs Triton's {backend} backend, which the embedded server does not have; "
+                    "run the NGC tritonserver container (deploy/Dockerfile) or use --target cpu"
+                )
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(install.lib_dir), env.get("LD_LIBRARY_PATH", "")) if p)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
