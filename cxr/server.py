@@ -123,6 +123,10 @@ class TritonServer:
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(install.lib_dir), env.get("LD_LIBRARY_PATH", "")) if p)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        # The stub's embedded interpreter finds its prefix (and so the venv's
+        # site-packages) through the python on PATH: put this interpreter's first,
+        # or a non-activated venv (CI, `make`) loads models without numpy.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env["CXR_DETECTOR_PRECISION"] = self.precision
         env.update(self.env)
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
