@@ -172,6 +172,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- predict
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from cxr.client import DetectorClient
+    from cxr.client.predict import format_table, outcomes_json, run_predict
+
+    with DetectorClient(url=args.url, timeout_s=args.timeout, score_threshold=args.score_threshold,
+                        ssl=args.ssl, root_certificates=args.root_certificates) as client:
+        outcomes = run_predict(args.paths, client, png=args.png, sr=args.sr, gsps=args.gsps,
+                               min_score=args.min_score, progress=not args.json)
+    if args.json:
+        print(outcomes_json(outcomes))
+    else:
+        print(format_table(outcomes, min_score=args.min_score))
+        written = [p for o in outcomes for p in o.written]
+        for label, folder in (("annotated PNGs", args.png), ("DICOM SR", args.sr), ("DICOM GSPS", args.gsps)):
+            if folder is not None:
+                n = sum(1 for p in written if p.parent == folder)
+                print(f"{label:<15} {n} written to {folder}")
+    failed = sum(o.error is not None for o in outcomes)
+    if failed:
+        print(f"cxr predict: {failed} of {len(outcomes)} studies failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -294,6 +320,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-file", type=Path, default=None, help="server log (default MODEL_REPOSITORY/tritonserver.log)")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "predict",
+        help="send studies to a running server and show the findings",
+        description="Send PNG/JPEG/DICOM studies (files or folders) to the cxr_detector ensemble over gRPC. Prints a "
+        "table (or --json); --png writes annotated images, --sr DICOM Structured Reports (TID 1500) and --gsps "
+        "presentation states for DICOM inputs. Needs only the client extra (no torch).",
+    )
+    p.add_argument("paths", type=Path, nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("--url", default="127.0.0.1:8001", help="server gRPC address host:port (default 127.0.0.1:8001)")
+    p.add_argument("--json", action="store_true", help="print results as JSON on stdout")
+    p.add_argument("--png", type=Path, default=None, metavar="DIR", help="write annotated PNGs into DIR")
+    p.add_argument("--sr", type=Path, default=None, metavar="DIR", help="write DICOM SR (TID 1500) files into DIR")
+    p.add_argument("--gsps", type=Path, default=None, metavar="DIR", help="write DICOM GSPS overlays into DIR")
+    p.add_argument("--score-threshold", type=float, default=None, help="server-side score threshold for this call")
+    p.add_argument("--min-score", type=float, default=0.3, help="only show/draw findings at or above this score (default 0.3)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per study, retries included")
+    p.add_argument("--ssl", action="store_true", help="use TLS")
+    p.add_argument("--root-certificates", type=Path, default=None, help="CA bundle for TLS")
+    p.set_defaults(func=cmd_predict)
+
+    from cxr.benchmarks.cli import add_bench_parser  # light: heavy imports happen in cmd_bench
+
+    add_bench_parser(sub)
 
     return parser
 

@@ -1,4 +1,9 @@
-"""Shared fixtures: locations of the real reference files that installed packages ship."""
+"""Shared fixtures: the real reference files that installed packages ship, and a live
+tritonserver with a tiny exported model (session-scoped, shared by tests/e2e and
+tests/client so the model is trained and served once per run).
+
+The server fixtures import tritonclient / pytriton lazily: test modules that use
+them skip themselves when those are not installed (a client-only install)."""
 
 from __future__ import annotations
 
@@ -21,3 +26,53 @@ def real_cr_files(pydicom_test_files) -> list[Path]:
     files = sorted((pydicom_test_files / "dicomdirtests" / "77654033").glob("CR*/*"))
     assert files, "pydicom no longer ships its CR test images"
     return files
+
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> Path:
+    from cxr.training.synth import SynthConfig, generate
+
+    out = tmp_path_factory.mktemp("e2e") / "data"
+    generate(out, SynthConfig(images=16, seed=11, size=256, dicom=True), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def checkpoint(synth_data, tmp_path_factory) -> Path:
+    from cxr.training.train import make_config, train
+
+    out = tmp_path_factory.mktemp("e2e-run")
+    cfg = make_config("cpu-demo", data=synth_data, out=out, size=128, epochs=2, progress=False, max_minutes=None)
+    return train(cfg)
+
+
+@pytest.fixture(scope="session")
+def repository(checkpoint, tmp_path_factory) -> Path:
+    from cxr.export.commands import run_export
+
+    repo = tmp_path_factory.mktemp("e2e-repo") / "model_repository"
+    run_export("onnx", checkpoint, repository=repo)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def server(repository):
+    pytest.importorskip("pytriton")
+    from cxr.server import TritonServer, free_port
+
+    srv = TritonServer(model_repository=repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
+                       log_file=repository / "tritonserver.log")
+    with srv:
+        yield srv
+    assert srv.process.poll() is not None, "tritonserver still running after teardown"
+
+
+@pytest.fixture(scope="session")
+def reference(checkpoint, repository):
+    """The in-process pipeline: cxr preprocess -> ORT (same ONNX) -> cxr postprocess."""
+    from cxr.export.runtime import OrtDetector, Pipeline
+    from cxr.training.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    return Pipeline(OrtDetector(repository / "detector/1/model.onnx", threads=1), ckpt.preprocess, ckpt.postprocess)

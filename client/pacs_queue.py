@@ -1,0 +1,379 @@
+"""The PACS bridge's outbound half: everything after a C-STORE is acknowledged — the
+on-disk spool, the work queue, the :class:`Worker` (detector, SR/GSPS, retries) and
+delivery of results to the destination AE.
+
+The spool is the source of truth; the queue only says what to do next and when.
+Layout under the spool root (created ``0o700``: the images carry patient data)::
+
+    tmp/<uid>.<rand>.part   an image being written (never trusted: removed at start-up)
+    pending/<uid>.dcm       received, acknowledged, not yet delivered
+    done/<uid>              marker: results delivered (idempotency record)
+    failed/<uid>.dcm        permanently failed image, with failed/<uid>.reason.txt
+
+Files are named by the full SOPInstanceUID (digits and dots, validated), never by a
+short hash: the done markers must not collide across millions of studies.  Logs use
+:func:`study_id`, a short hash, so they never carry the UID itself.
+
+Write order is what makes the bridge lossless: an image is fsync'ed into ``pending/``
+before the C-STORE is acknowledged; the done marker is fsync'ed before the pending
+image is deleted.  A crash between delivering and marking done re-delivers the study
+on the next start (at-least-once), never loses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import heapq
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from cxr.client.dicom_out import presentation_state, structured_report
+from cxr.client.errors import DetectorError
+
+if TYPE_CHECKING:  # pacs imports this module; the config type is for readers and checkers
+    from cxr.client.pacs import PacsConfig
+
+__all__ = ["COMPREHENSIVE_3D_SR", "GSPS", "DeliveryError", "Spool", "WorkQueue", "Worker", "deliver", "is_valid_uid",
+           "study_id"]
+
+log = logging.getLogger("cxr.pacs")
+
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+GSPS = "1.2.840.10008.5.1.4.1.1.11.1"
+# C-STORE statuses meaning "stored" (PS3.4 B.2.3): success, and warnings for coercion.
+_STORED = {0x0000, 0xB000, 0xB006, 0xB007}
+_POLL_S = 0.2  # how often an idle worker notices stop()
+# The SDK retries only UNAVAILABLE inside one call.  Across calls the bridge also waits
+# out an overloaded server: the study is fine, the moment was not.
+_TRANSIENT = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"})
+
+# DICOM UI value: components of digits separated by dots, at most 64 characters (PS3.5 9.1).
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def study_id(sop_instance_uid: str) -> str:
+    """Short, PHI-free log identifier: the same hash the SDK logs (cxr.client.requests)."""
+    return hashlib.sha256(sop_instance_uid.encode()).hexdigest()[:10]
+
+
+def is_valid_uid(value: object) -> bool:
+    """True for a syntactically valid DICOM UID (also what makes it a safe file name)."""
+    return isinstance(value, str) and 0 < len(value) <= 64 and _UID.match(value) is not None
+
+
+def _fsync_dir(path: Path) -> None:
+    # A rename is durable only once the directory entry is on disk.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """The on-disk spool (see the module docstring for the layout).
+
+    Thread-safe for distinct UIDs; the bridge guarantees one writer per UID through
+    :meth:`WorkQueue.reserve`.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self.tmp, self.pending, self.done, self.failed = (self.root / d for d in ("tmp", "pending", "done", "failed"))
+        for d in (self.root, self.tmp, self.pending, self.done, self.failed):
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def pending_path(self, uid: str) -> Path:
+        return self.pending / f"{uid}.dcm"
+
+    def write_pending(self, uid: str, data: bytes) -> Path:
+        """Store ``data`` (a DICOM Part 10 file) as pending, durably, before it is acknowledged."""
+        part = self.tmp / f"{uid}.{uuid.uuid4().hex[:8]}.part"
+        try:
+            _write_durably(part, data)
+            final = self.pending_path(uid)
+            os.replace(part, final)  # atomic: pending/ never holds half a file
+            _fsync_dir(self.pending)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                part.unlink()
+            raise
+        return final
+
+    def is_done(self, uid: str) -> bool:
+        return (self.done / uid).exists()
+
+    def is_failed(self, uid: str) -> bool:
+        return (self.failed / f"{uid}.dcm").exists()
+
+    def mark_done(self, uid: str) -> None:
+        """Record delivery, then drop the image: in that order, so a crash re-delivers."""
+        _write_durably(self.done / uid, f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode())
+        _fsync_dir(self.done)
+        with contextlib.suppress(FileNotFoundError):
+            self.pending_path(uid).unlink()
+
+    def move_failed(self, uid: str, reason: str) -> Path:
+        """Move the image to failed/ next to a reason file; returns the image's new path."""
+        reason_file = self.failed / f"{uid}.reason.txt"
+        _write_durably(reason_file, f"study {study_id(uid)}\n{reason}\n".encode())
+        target = self.failed / f"{uid}.dcm"
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(self.pending_path(uid), target)
+        _fsync_dir(self.failed)
+        return target
+
+    def recover(self) -> list[str]:
+        """UIDs still pending (oldest first), after removing half-written files.
+
+        A ``.part`` file was never acknowledged, so its sender still has the image and
+        will send it again: deleting it loses nothing.
+        """
+        for part in self.tmp.glob("*.part"):
+            with contextlib.suppress(OSError):
+                part.unlink()
+        files = [p for p in self.pending.glob("*.dcm") if is_valid_uid(p.stem)]
+        files.sort(key=lambda p: p.stat().st_mtime)
+        return [p.stem for p in files]
+
+
+class WorkQueue:
+    """Bounded queue of SOPInstanceUIDs with per-item "not before" times.
+
+    A UID is *in* the queue from :meth:`reserve` until :meth:`finish`, including while
+    a worker holds it and while it waits for a retry; so ``len`` counts every study
+    the bridge has accepted and not yet finished, which is what the bound protects
+    (the spool must not grow without limit while the destination is down).  Retries
+    wait in a heap, not in a sleeping worker, so one failing study does not hold up
+    the others.
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be >= 1, got {maxsize}")
+        self.maxsize = maxsize
+        self._cond = threading.Condition()
+        self._members: set[str] = set()  # reserved, queued, waiting or in flight
+        self._heap: list[tuple[float, int, str]] = []  # (ready_at, seq, uid)
+        self._seq = 0  # FIFO among equal ready times
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._members)
+
+    def __contains__(self, uid: object) -> bool:
+        with self._cond:
+            return uid in self._members
+
+    def reserve(self, uid: str) -> str:
+        """Claim a slot for a new arrival: "ok", "duplicate" (already in) or "full"."""
+        with self._cond:
+            if uid in self._members:
+                return "duplicate"
+            if len(self._members) >= self.maxsize:
+                return "full"
+            self._members.add(uid)
+            return "ok"
+
+    def cancel(self, uid: str) -> None:
+        """Give back a reserved slot that was never committed."""
+        with self._cond:
+            self._members.discard(uid)
+            self._cond.notify_all()
+
+    def put(self, uid: str, delay_s: float = 0.0) -> None:
+        """Make ``uid`` ready after ``delay_s``: a commit of a reservation, a retry, or a
+        study recovered from the spool at start-up (which may exceed ``maxsize``: it is
+        already on disk, refusing it would protect nothing)."""
+        with self._cond:
+            self._members.add(uid)
+            self._seq += 1
+            heapq.heappush(self._heap, (time.monotonic() + max(0.0, delay_s), self._seq, uid))
+            self._cond.notify_all()
+
+    def get(self, timeout: float) -> str | None:
+        """The next ready UID, or None if none is ready within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                if self._heap and self._heap[0][0] <= now:
+                    return heapq.heappop(self._heap)[2]
+                wake = deadline if not self._heap else min(deadline, self._heap[0][0])
+                if now >= deadline:
+                    return None
+                self._cond.wait(max(0.0, wake - now))
+
+    def finish(self, uid: str) -> None:
+        """``uid`` is delivered, failed or given up on: free its slot."""
+        with self._cond:
+            self._members.discard(uid)
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until nothing is queued, waiting or in flight; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._members:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+
+class DeliveryError(Exception):
+    """The destination could not be reached or did not store a result (retryable)."""
+
+
+def deliver(scu: Any, forward: tuple[str, int, str], outputs: list[pydicom.Dataset]) -> None:
+    """C-STORE ``outputs`` to ``forward`` = (host, port, AE) on one association.
+
+    ``scu`` is a pynetdicom ``AE`` with requested contexts for every output's SOP
+    class.  Raises :class:`DeliveryError` unless every object was stored.
+    """
+    host, port, ae = forward
+    where = f"{ae}@{host}:{port}"
+    assoc = scu.associate(host, port, ae_title=ae)
+    if not assoc.is_established:
+        raise DeliveryError(f"destination {where} {'rejected the association' if assoc.is_rejected else 'unreachable'}")
+    try:
+        accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
+        for obj in outputs:
+            if obj.SOPClassUID not in accepted:  # e.g. a PACS without GSPS storage
+                raise DeliveryError(f"destination {where} does not accept SOP class {obj.SOPClassUID}")
+            status = assoc.send_c_store(obj)
+            code = getattr(status, "Status", None)  # an empty Dataset: the peer went silent
+            if code not in _STORED:
+                what = "no response" if code is None else f"status 0x{code:04X}"
+                raise DeliveryError(f"destination {where} did not store the result ({what})")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+class Worker:
+    """Takes studies from the queue: detector, SR/GSPS, delivery; retries or fails them.
+
+    Runs in one thread (``run``); ``_attempts`` and ``_built`` are touched by it alone.
+    ``count(key)`` bumps the bridge's counters.  A study in flight when ``stop`` is set
+    finishes its step; one taken after it stays in the spool for the next start.
+    """
+
+    def __init__(self, config: PacsConfig, client: Any, spool: Spool, queue: WorkQueue, scu: Any,
+                 count: Callable[[str], None], stop: threading.Event) -> None:
+        self.config, self.client, self.spool, self.queue = config, client, spool, queue
+        self.scu, self.count, self.stop = scu, count, stop
+        self._attempts: dict[str, int] = {}  # this pass's attempts per UID
+        # Results built but not yet delivered, per UID: a delivery retry re-sends the same
+        # SR (same SOPInstanceUID, so a destination that stored it once stores it once).
+        self._built: dict[str, tuple[list[pydicom.Dataset], int, float]] = {}
+
+    def run(self) -> None:
+        """The thread's body: take ready studies until ``stop`` is set."""
+        while not self.stop.is_set():
+            uid = self.queue.get(timeout=_POLL_S)
+            if uid is None:
+                continue
+            if self.stop.is_set():
+                break  # leave it in the spool for the next start
+            try:
+                self._process(uid)
+            except Exception as exc:  # noqa: BLE001 - the worker must outlive one bad study
+                # Type only: an exception message may quote attribute values.
+                log.error("study %s: unexpected %s; left in the spool for the next start", study_id(uid),
+                          type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
+                self._forget(uid)
+                self.queue.finish(uid)
+
+    def _forget(self, uid: str) -> None:
+        self._attempts.pop(uid, None)
+        self._built.pop(uid, None)
+
+    def _process(self, uid: str) -> None:
+        sid, path = study_id(uid), self.spool.pending_path(uid)
+        try:
+            received_at = path.stat().st_mtime
+            ds = pydicom.dcmread(path)
+        except FileNotFoundError:  # removed by an operator: nothing to do
+            self._forget(uid)
+            self.queue.finish(uid)
+            return
+        except (InvalidDicomError, OSError, ValueError) as exc:
+            return self._fail(uid, f"spooled file unreadable: {type(exc).__name__}: {exc}",
+                              f"spooled file unreadable ({type(exc).__name__})")
+        attempt = self._attempts.get(uid, 0) + 1
+        if uid not in self._built:
+            try:
+                result = self.client.predict(ds, timeout_s=self.config.timeout_s)
+            except DetectorError as err:
+                if err.retryable or err.status in _TRANSIENT:
+                    return self._retry(uid, attempt, f"detector {err.status}")
+                # Server messages describe the input's format, never its patient.
+                why = f"detector {err.status}: {err.message}"
+                return self._fail(uid, why, why[:200])
+            try:
+                outputs = [structured_report(ds, result)]
+                if self.config.gsps:
+                    outputs.append(presentation_state(ds, result))
+            except Exception as exc:  # noqa: BLE001 - highdicom validation: the same input fails again
+                return self._fail(uid, f"building SR/GSPS: {type(exc).__name__}: {exc}",
+                                  f"building SR/GSPS failed ({type(exc).__name__})")
+            self._built[uid] = (outputs, len(result.detections), result.latency_ms)
+        outputs, findings, detector_ms = self._built[uid]
+        try:
+            deliver(self.scu, self.config.forward, outputs)
+        except DeliveryError as exc:
+            return self._retry(uid, attempt, str(exc))
+        self.spool.mark_done(uid)
+        self._forget(uid)
+        self.queue.finish(uid)
+        self.count("delivered")
+        host, port, ae = self.config.forward
+        log.info("study %s delivered: %d findings, %s to %s@%s:%d, %.0f ms since received (detector %.0f ms)",
+                 sid, findings, "SR+GSPS" if self.config.gsps else "SR", ae, host, port,
+                 max(0.0, time.time() - received_at) * 1000.0, detector_ms)
+
+    def _retry(self, uid: str, attempt: int, why: str) -> None:
+        self.count("retries")
+        sid = study_id(uid)
+        if attempt < self.config.max_attempts_per_pass:
+            delay = self.config.retry_backoff_s * 2 ** (attempt - 1)
+            self._attempts[uid] = attempt
+            log.warning("study %s retrying in %.1f s (attempt %d of %d): %s", sid, delay, attempt,
+                        self.config.max_attempts_per_pass, why)
+        else:
+            delay = self.config.pass_pause_s
+            self._attempts.pop(uid, None)  # a fresh pass later (or at the next start)
+            log.warning("study %s retrying in %.1f s: %d attempts failed (%s); kept in the spool", sid, delay,
+                        attempt, why)
+        self.queue.put(uid, delay)
+
+    def _fail(self, uid: str, reason: str, logged: str) -> None:
+        """Permanent failure: ``reason`` goes to the reason file, ``logged`` (PHI-free) to the log."""
+        target = self.spool.move_failed(uid, reason)
+        self._forget(uid)
+        self.queue.finish(uid)
+        self.count("failed")
+        log.error("study %s failed: %s; moved to %s", study_id(uid), logged, target.parent)

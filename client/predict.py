@@ -1,0 +1,133 @@
+"""``cxr predict``: studies from files and folders through a running server.
+
+Prints a table (or ``--json``), and writes annotated PNGs (``--png DIR``), DICOM
+Structured Reports (``--sr DIR``) and presentation states (``--gsps DIR``) — the
+two DICOM outputs only for DICOM inputs, which they must reference.  Uses only the
+client extra (no torch).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from cxr.client.errors import DetectorError
+from cxr.client.results import StudyResult
+
+log = logging.getLogger("cxr.client")
+
+SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
+COLOURS = ["#ff7f0e", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+
+
+def collect_inputs(paths: list[Path]) -> list[Path]:
+    """Files given directly, plus images found recursively in given folders (sorted)."""
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIXES)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {p}")
+    if not files:
+        raise ValueError(f"no PNG, JPEG or DICOM files in {', '.join(map(str, paths))}")
+    return files
+
+
+def _is_dicom(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(132)
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def annotated_png(path: Path, result: StudyResult, out: Path, *, min_score: float = 0.0) -> Path:
+    """The study with its boxes, labels and scores drawn, as an 8-bit PNG."""
+    from PIL import Image, ImageDraw
+
+    from cxr.imaging import decode_image
+
+    pixels = decode_image(path).pixels
+    img = Image.fromarray((pixels * 255).round().astype("uint8")).convert("RGB")
+    draw = ImageDraw.Draw(img)
+    width = max(2, img.width // 400)
+    for i, d in enumerate(x for x in result.detections if x.score >= min_score):
+        colour = COLOURS[i % len(COLOURS)]
+        draw.rectangle(d.box_xyxy_px, outline=colour, width=width)
+        draw.text((d.box_xyxy_px[0] + width, max(0, d.box_xyxy_px[1] - 12)), f"{d.label} {d.score:.2f}", fill=colour)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    img.save(out)
+    return out
+
+
+@dataclass
+class Outcome:
+    path: Path
+    result: StudyResult | None = None
+    error: DetectorError | None = None
+    written: tuple[Path, ...] = ()
+
+
+def run_predict(paths: list[Path], client, *, png: Path | None = None, sr: Path | None = None, gsps: Path | None = None,
+                min_score: float = 0.0, progress: bool = True) -> list[Outcome]:
+    files = collect_inputs(paths)
+    outcomes = []
+    for path in tqdm(files, desc="predict", unit="study", disable=not progress or len(files) < 2, file=sys.stderr):
+        try:
+            result = client.predict(path)
+        except DetectorError as exc:
+            log.warning("study %s failed: %s %s", path.name, exc.status, exc.message)
+            outcomes.append(Outcome(path, error=exc))
+            continue
+        written = []
+        if png is not None:
+            # study.dcm and study.png side by side must not overwrite each other's picture
+            name = path.stem if path.suffix.lower() == ".png" else f"{path.stem}_{path.suffix.lstrip('.').lower()}"
+            written.append(annotated_png(path, result, png / f"{name}.png", min_score=min_score))
+        if (sr is not None or gsps is not None) and _is_dicom(path):
+            import pydicom
+
+            from cxr.client.dicom_out import presentation_state, structured_report
+
+            source = pydicom.dcmread(path)
+            if sr is not None:
+                sr.mkdir(parents=True, exist_ok=True)
+                structured_report(source, result).save_as(sr / f"{path.stem}.sr.dcm")
+                written.append(sr / f"{path.stem}.sr.dcm")
+            if gsps is not None:
+                gsps.mkdir(parents=True, exist_ok=True)
+                presentation_state(source, result, min_score=min_score).save_as(gsps / f"{path.stem}.gsps.dcm")
+                written.append(gsps / f"{path.stem}.gsps.dcm")
+        outcomes.append(Outcome(path, result=result, written=tuple(written)))
+    return outcomes
+
+
+def format_table(outcomes: list[Outcome], *, min_score: float = 0.0) -> str:
+    rows = [f"{'study':<28} {'finding':<14} {'score':>6}  {'box x1,y1,x2,y2 (px)':<26} {'ms':>6}"]
+    for o in outcomes:
+        name = o.path.name[:28]
+        if o.error is not None:
+            rows.append(f"{name:<28} FAILED  {o.error.status}: {o.error.message}")
+            continue
+        dets = [d for d in o.result.detections if d.score >= min_score]
+        if not dets:
+            rows.append(f"{name:<28} {'no finding':<14} {'':>6}  {'':<26} {o.result.latency_ms:6.0f}")
+        for i, d in enumerate(dets):
+            box = ",".join(f"{v:.0f}" for v in d.box_xyxy_px)
+            ms = f"{o.result.latency_ms:6.0f}" if i == 0 else ""
+            rows.append(f"{name if i == 0 else '':<28} {d.label:<14} {d.score:6.3f}  {box:<26} {ms:>6}")
+    return "\n".join(rows)
+
+
+def outcomes_json(outcomes: list[Outcome]) -> str:
+    return json.dumps([
+        {"path": str(o.path), **({"result": o.result.to_dict()} if o.result else {}),
+         **({"error": {"status": o.error.status, "message": o.error.message}} if o.error else {}),
+         "written": [str(p) for p in o.written]}
+        for o in outcomes
+    ], indent=2)

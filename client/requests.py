@@ -1,0 +1,323 @@
+"""The request builder and response parser both clients share (pure, no I/O).
+
+:func:`build_request` turns whatever the caller passed (path, bytes, numpy array,
+:class:`Pixels`, ``pydicom.Dataset``) into a :class:`Request`: tensors, request
+parameters, the original image size and the SOPInstanceUID.  It validates
+everything it can before a byte is sent, raising ``DetectorError(status="CLIENT")``.
+:class:`ModelSpec` is the served contract as read from the server's model config,
+and :func:`parse_response` maps the ensemble's outputs to a
+:class:`~cxr.client.results.StudyResult`.  The sync and asyncio clients differ only
+in how they wait.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import pydicom
+
+from cxr.client.errors import DetectorError, client_error
+from cxr.client.results import Detection, StudyResult
+from cxr.imaging import MAX_PIXELS, MIN_SIDE
+from cxr.serving import MAX_REQUEST_BYTES
+
+# The served contract (README "Serving").  These names are checked against the
+# server's model config on first use, so a renamed tensor fails loudly, once.
+IMAGE_BYTES, PIXELS = "IMAGE_BYTES", "PIXELS"
+REQUIRED_INPUTS = (IMAGE_BYTES, PIXELS)
+REQUIRED_OUTPUTS = ("BOXES", "SCORES", "LABELS")
+OPTIONAL_OUTPUTS = ("BOXES_MM", "MODEL_VERSION")
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """Pixels the caller decoded itself, with what the server needs to scale them.
+
+    array: uint8 or uint16 ``[H, W]`` grayscale, 0 = black.  uint8 is widened to
+    uint16 and sent with ``bits_stored=8``.
+    bits_stored: significant bits of uint16 data (default 16, e.g. 12 for most CR).
+    spacing_mm: (row, column) pixel spacing so that results carry boxes in mm.
+    """
+
+    array: np.ndarray
+    bits_stored: int | None = None
+    spacing_mm: tuple[float, float] | None = None
+
+
+ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, Pixels, pydicom.Dataset]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input tensor, without the batch dimension (the model spec adds it)."""
+
+    name: str
+    data: np.ndarray
+
+
+@dataclass(frozen=True)
+class Request:
+    """Everything one predict call sends and needs to build its result."""
+
+    inputs: tuple[InputSpec, ...]
+    parameters: dict[str, int | float]
+    image_size: tuple[int, int]  # (height, width) of the original image
+    sop_instance_uid: str | None = None
+    source: str = ""  # short, PHI-free description for logs: "DICOM 2048x2500"
+
+    @property
+    def log_id(self) -> str:
+        """A short hash of the SOPInstanceUID: lets logs correlate, reveals nothing."""
+        if not self.sop_instance_uid:
+            return "-"
+        return hashlib.sha256(self.sop_instance_uid.encode()).hexdigest()[:10]
+
+
+def check_parameters(score_threshold: float | None, top_k: int | None) -> dict[str, int | float]:
+    """Validated per-request overrides, as the Python types tritonclient accepts."""
+    out: dict[str, int | float] = {}
+    if score_threshold is not None:
+        if isinstance(score_threshold, bool) or not isinstance(score_threshold, (int, float, np.floating, np.integer)):
+            raise client_error(f"score_threshold must be a number in [0, 1], got {score_threshold!r}")
+        value = float(score_threshold)
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise client_error(f"score_threshold must be in [0, 1], got {score_threshold!r}")
+        out["score_threshold"] = value
+    if top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+            raise client_error(f"top_k must be a positive integer, got {top_k!r}")
+        out["top_k"] = int(top_k)
+    return out
+
+
+def build_request(image: ImageInput, *, score_threshold: float | None = None, top_k: int | None = None) -> Request:
+    """Validate ``image`` and turn it into tensors + parameters.  Pure: no network.
+
+    Raises DetectorError(status="CLIENT") naming what was received and what is allowed.
+    """
+    params = check_parameters(score_threshold, top_k)
+    if isinstance(image, pydicom.Dataset):
+        return _from_dataset(image, params)
+    if isinstance(image, (np.ndarray, Pixels)):
+        return _from_pixels(image if isinstance(image, Pixels) else Pixels(image), params)
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise client_error(f"no such image file: {path}")
+        return _from_bytes(path.read_bytes(), params)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return _from_bytes(bytes(image), params)
+    raise client_error(
+        f"unsupported input type {type(image).__name__}; pass a file path, encoded bytes (PNG/JPEG/DICOM), "
+        "a uint8/uint16 numpy array [H, W], cxr.client.Pixels or a pydicom.Dataset"
+    )
+
+
+def _check_size(h: int, w: int, what: str) -> tuple[int, int]:
+    # Same limits as the server (cxr.imaging), so a doomed request is never sent.
+    if min(h, w) < MIN_SIDE:
+        raise client_error(f"{what} is {w}x{h}; a radiograph needs at least {MIN_SIDE} pixels per side")
+    if h * w > MAX_PIXELS:
+        raise client_error(f"{what} is {w}x{h} = {h * w / 1e6:.1f} Mpx, above the {MAX_PIXELS / 1e6:.0f} Mpx limit")
+    return int(h), int(w)
+
+
+def _bytes_input(data: bytes) -> InputSpec:
+    return InputSpec(IMAGE_BYTES, np.array([data], dtype=object))
+
+
+def _from_bytes(data: bytes, params: dict) -> Request:
+    if not data:
+        raise client_error("empty input (0 bytes): expected a PNG, JPEG or DICOM file")
+    if len(data) > MAX_REQUEST_BYTES:
+        raise client_error(f"study is {len(data) / 1e6:.1f} MB, above the server's {MAX_REQUEST_BYTES / 1e6:.0f} MB limit")
+    sop = None
+    if data.startswith(_PNG_MAGIC):
+        # IHDR is always the first chunk: width and height are bytes 16..24.
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise client_error(f"PNG without an IHDR header ({len(data)} bytes)")
+        w, h = struct.unpack(">II", data[16:24])
+        fmt = "PNG"
+    elif data.startswith(_JPEG_MAGIC):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(io.BytesIO(data)) as im:  # reads the header only, no pixel decode
+                w, h = im.size
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise client_error(f"unreadable JPEG header ({len(data)} bytes): {exc}") from exc
+        fmt = "JPEG"
+    elif len(data) >= 132 and data[128:132] == b"DICM":
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        except Exception as exc:  # pydicom raises many types for a broken header
+            raise client_error(f"unreadable DICOM header ({len(data)} bytes): {exc}") from exc
+        h, w = _dicom_size(ds)
+        sop, fmt = _sop(ds), "DICOM"
+    else:
+        raise client_error(
+            f"unrecognised image format: expected PNG, JPEG or DICOM (Part 10), "
+            f"got {len(data)} bytes starting with {data[:8]!r}"
+        )
+    size = _check_size(h, w, fmt)
+    return Request((_bytes_input(data),), params, size, sop, f"{fmt} {size[1]}x{size[0]}")
+
+
+def _dicom_size(ds: pydicom.Dataset) -> tuple[int, int]:
+    rows, cols = ds.get("Rows"), ds.get("Columns")  # keyword lookup: values
+    if rows is None or cols is None:
+        modality = ds.get("Modality", "?")
+        raise client_error(f"DICOM (Modality {modality}) has no Rows/Columns: it is not an image")
+    return int(rows), int(cols)
+
+
+def _sop(ds: pydicom.Dataset) -> str | None:
+    uid = ds.get("SOPInstanceUID")  # keyword lookup: the value, not the element
+    return str(uid) if uid else None
+
+
+def _from_dataset(ds: pydicom.Dataset, params: dict) -> Request:
+    if "PixelData" not in ds:
+        raise client_error("pydicom.Dataset has no PixelData: send an image, not a header")
+    h, w = _check_size(*_dicom_size(ds), "DICOM")
+    buf = io.BytesIO()
+    try:
+        # enforce_file_format writes the preamble + "DICM" the server recognises.
+        pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise client_error(f"cannot serialise the pydicom.Dataset as a DICOM file: {exc}") from exc
+    return Request((_bytes_input(buf.getvalue()),), params, (h, w), _sop(ds), f"DICOM {w}x{h}")
+
+
+def _from_pixels(pixels: Pixels, params: dict) -> Request:
+    arr = np.asarray(pixels.array)
+    if arr.ndim != 2:
+        raise client_error(f"pixel array must be 2-D [H, W] grayscale, got shape {tuple(arr.shape)}")
+    if arr.dtype not in (np.uint8, np.uint16):
+        raise client_error(
+            f"pixel dtype {arr.dtype} is not supported; send uint8 or uint16 "
+            "(scale floats in [0, 1] with (x * 65535).round().astype(np.uint16))"
+        )
+    h, w = _check_size(arr.shape[0], arr.shape[1], "pixel array")
+    params = dict(params)
+    if arr.dtype == np.uint8:
+        if pixels.bits_stored not in (None, 8):
+            raise client_error(f"uint8 pixels have 8 bits stored, got bits_stored={pixels.bits_stored}")
+        arr, params["bits_stored"] = arr.astype(np.uint16), 8
+    elif pixels.bits_stored is not None:
+        bits = pixels.bits_stored
+        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 16:
+            raise client_error(f"bits_stored must be an integer in 1..16 for uint16 pixels, got {bits!r}")
+        top = 2 ** int(bits) - 1
+        if int(arr.max(initial=0)) > top:
+            raise client_error(f"uint16 pixels reach {int(arr.max())}, above the {bits}-bit maximum {top}")
+        params["bits_stored"] = int(bits)
+    if pixels.spacing_mm is not None:
+        row, col = (float(v) for v in pixels.spacing_mm)
+        if not (math.isfinite(row) and math.isfinite(col) and row > 0 and col > 0):
+            raise client_error(f"spacing_mm must be two positive numbers (row, column), got {pixels.spacing_mm!r}")
+        params["spacing_row_mm"], params["spacing_col_mm"] = row, col
+    data = np.ascontiguousarray(arr, dtype=np.uint16)
+    return Request((InputSpec(PIXELS, data),), params, (h, w), None, f"pixels {w}x{h}")
+
+
+# ------------------------------------------------------------------ served contract
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The ensemble's contract as the server reports it (``get_model_config``).
+
+    batched: the model has ``max_batch_size > 0``, so every tensor gets a leading
+    batch dimension of 1.  datatypes: Triton datatype per input name ("BYTES", "UINT16").
+    """
+
+    inputs: dict[str, str]
+    outputs: tuple[str, ...]
+    batched: bool
+    version_parameter: str = ""
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_config(cls, response: dict, model_name: str) -> ModelSpec:
+        """Validate a ``get_model_config(as_json=True)`` response; DetectorError if incompatible."""
+        config = response.get("config", response)
+        inputs = {i["name"]: _datatype(i.get("data_type", "")) for i in config.get("input", [])}
+        outputs = tuple(o["name"] for o in config.get("output", []))
+        missing = [n for n in REQUIRED_INPUTS if n not in inputs] + [n for n in REQUIRED_OUTPUTS if n not in outputs]
+        if missing:
+            raise DetectorError(
+                "FAILED_PRECONDITION",
+                f"model {model_name!r} on the server is not a cxr detector: it lacks {', '.join(missing)} "
+                f"(inputs {sorted(inputs)}, outputs {list(outputs)}); point model_name at the cxr_detector ensemble",
+                retryable=False,
+            )
+        if inputs[PIXELS] != "UINT16" or inputs[IMAGE_BYTES] != "BYTES":
+            raise DetectorError(
+                "FAILED_PRECONDITION",
+                f"model {model_name!r} declares {IMAGE_BYTES} as {inputs[IMAGE_BYTES]} and {PIXELS} as {inputs[PIXELS]}; "
+                "this client sends BYTES and UINT16",
+                retryable=False,
+            )
+        version = config.get("parameters", {}).get("model_version", {}).get("string_value", "")
+        wanted = tuple(n for n in REQUIRED_OUTPUTS + OPTIONAL_OUTPUTS if n in outputs)
+        return cls(inputs, wanted, int(config.get("max_batch_size", 0) or 0) > 0, version, config)
+
+    def tensor(self, spec: InputSpec) -> tuple[list[int], str, np.ndarray]:
+        """(shape, datatype, data) of one input as the server expects it."""
+        data = spec.data[None] if self.batched else spec.data
+        return list(data.shape), self.inputs[spec.name], data
+
+
+def _datatype(config_type: str) -> str:
+    # Model configs say TYPE_STRING / TYPE_UINT16; the inference protocol says BYTES / UINT16.
+    name = config_type.removeprefix("TYPE_")
+    return "BYTES" if name == "STRING" else name
+
+
+def parse_response(result: Any, request: Request, spec: ModelSpec, *, model_name: str, model_version: str,
+                   latency_ms: float) -> StudyResult:
+    """Ensemble outputs (anything with ``as_numpy(name)``) -> StudyResult.
+
+    Padding rows (score < 0, which the server uses when a request holds several
+    images) are dropped; an all-NaN ``BOXES_MM`` row means no pixel spacing.
+    """
+
+    def out(name: str) -> np.ndarray | None:
+        if name not in spec.outputs:
+            return None
+        arr = result.as_numpy(name)
+        return None if arr is None else (arr[0] if spec.batched else arr)
+
+    boxes, scores, labels = out("BOXES"), out("SCORES"), out("LABELS")
+    if boxes is None or scores is None or labels is None:
+        raise DetectorError("INTERNAL", "server response lacks BOXES, SCORES or LABELS", retryable=False)
+    mm = out("BOXES_MM")
+    detections = []
+    for i in range(len(scores)):
+        if scores[i] < 0:
+            continue
+        label = labels[i].decode() if isinstance(labels[i], bytes) else str(labels[i])
+        box_mm = None
+        if mm is not None and np.isfinite(mm[i]).all():
+            box_mm = tuple(float(v) for v in mm[i])
+        detections.append(Detection(label, float(scores[i]), tuple(float(v) for v in boxes[i]), box_mm))
+    version = out("MODEL_VERSION")
+    if version is not None and version.size:
+        text = version.reshape(-1)[0]
+        served_version = text.decode() if isinstance(text, bytes) else str(text)
+    else:
+        served_version = spec.version_parameter or model_version
+    return StudyResult(tuple(detections), model_name, served_version, request.image_size, latency_ms,
+                       request.sop_instance_uid)
