@@ -37,6 +37,8 @@ demo: setup
 	$(CXR) export onnx --checkpoint $(DEMO)/run/best.pt --repository $(DEMO)/model_repository --data $(DEMO)/data --check --force
 	$(CXR) export onnx-int8 --checkpoint $(DEMO)/run/best.pt --repository $(DEMO)/model_repository --data $(DEMO)/data --check \
 		|| echo "note: the INT8 model failed its parity check and was not placed (README: Export); serving uses FP32"
+	$(CXR) predict $$(sed 's|^|$(DEMO)/data/dicom/|; s|\.png$$|.dcm|' $(DEMO)/data/test_list.txt | head -n 12) \
+		--serve $(DEMO)/model_repository --png $(DEMO)/annotated --sr $(DEMO)/sr --gsps $(DEMO)/gsps
 	@echo
 	@echo "demo output:"
 	@echo "  dataset      $(DEMO)/data  (NIH ChestX-ray14 layout; DICOM copies in $(DEMO)/data/dicom)"
@@ -45,6 +47,7 @@ demo: setup
 	@echo "  metrics      $(DEMO)/eval/metrics.md, metrics.json, predictions.csv"
 	@echo "  plots        $(DEMO)/eval/examples.png, pr_froc.png, loss_curve.png"
 	@echo "  artifacts    $(DEMO)/model_repository/detector/1/ (model.onnx; model.int8.onnx if it passed parity)"
+	@echo "  predictions  $(DEMO)/annotated/*.png, DICOM SR in $(DEMO)/sr, GSPS in $(DEMO)/gsps (served by Triton over gRPC)"
 	@echo "  serve it     $(CXR) serve --model-repository $(DEMO)/model_repository"
 
 clean:

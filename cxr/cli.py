@@ -179,8 +179,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from cxr.client import DetectorClient
     from cxr.client.predict import format_table, outcomes_json, run_predict
 
-    with DetectorClient(url=args.url, timeout_s=args.timeout, score_threshold=args.score_threshold,
-                        ssl=args.ssl, root_certificates=args.root_certificates) as client:
+    import contextlib
+
+    server = contextlib.nullcontext()
+    url = args.url
+    if args.serve is not None:  # one-shot: an embedded server on free loopback ports for this run
+        from cxr.server import TritonServer, free_port
+
+        server = TritonServer(model_repository=args.serve, grpc_port=free_port(), http_port=free_port(),
+                              metrics_port=free_port(), log_file=Path(args.serve) / "tritonserver.log")
+        url = server.url
+    with server, DetectorClient(url=url, timeout_s=args.timeout, score_threshold=args.score_threshold,
+                                ssl=args.ssl, root_certificates=args.root_certificates) as client:
         outcomes = run_predict(args.paths, client, png=args.png, sr=args.sr, gsps=args.gsps,
                                min_score=args.min_score, progress=not args.json)
     if args.json:
@@ -330,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("paths", type=Path, nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--url", default="127.0.0.1:8001", help="server gRPC address host:port (default 127.0.0.1:8001)")
+    p.add_argument("--serve", type=Path, default=None, metavar="MODEL_REPOSITORY",
+                   help="start the embedded server on this repository for the run (needs the serve extra) instead of --url")
     p.add_argument("--json", action="store_true", help="print results as JSON on stdout")
     p.add_argument("--png", type=Path, default=None, metavar="DIR", help="write annotated PNGs into DIR")
     p.add_argument("--sr", type=Path, default=None, metavar="DIR", help="write DICOM SR (TID 1500) files into DIR")
@@ -353,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.INFO if args.verbose < 2 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.verbose < 2:  # third-party INFO chatter (attribute copies, quantizer internals) hides our lines
+        logging.getLogger().setLevel(logging.WARNING)  # onnxruntime's quantizer logs on the root logger
+        logging.getLogger("highdicom").setLevel(logging.WARNING)
+    logging.getLogger("cxr").setLevel(level)  # ours stay at the chosen level
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
