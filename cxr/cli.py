@@ -356,6 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     from cxr.benchmarks.cli import add_bench_parser  # light: heavy imports happen in cmd_bench
 
     add_bench_parser(sub)
+    try:
+        from cxr.client.pacs import add_pacs_parser  # needs the client extra (pynetdicom, highdicom)
+    except ImportError:
+        pass
+    else:
+        add_pacs_parser(sub)
 
     return parser
 

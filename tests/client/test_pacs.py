@@ -1,0 +1,360 @@
+"""`cxr pacs` over loopback: pynetdicom senders, the bridge, a receiving destination SCP.
+
+The detector is the live session `server` where results matter; where only the
+bridge's bookkeeping is under test (skips, permanent failures, a full queue) a
+stand-in client answers instantly.  Backoffs are a fraction of a second and every
+wait is bounded.  Debian's dcmtk `storescu` is not installed on these machines, so
+pynetdicom plays the sender.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+pytest.importorskip("pynetdicom")
+pytest.importorskip("highdicom")
+pytest.importorskip("tritonclient.grpc")
+
+from pynetdicom import AE, evt  # noqa: E402
+from pynetdicom.sop_class import (  # noqa: E402
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    SecondaryCaptureImageStorage,
+)
+from pydicom.uid import generate_uid  # noqa: E402
+
+from cxr.client.errors import DetectorError  # noqa: E402
+from cxr.client.pacs import (  # noqa: E402
+    COMPREHENSIVE_3D_SR,
+    GSPS,
+    PacsBridge,
+    PacsConfig,
+    add_pacs_parser,
+    parse_forward,
+)
+from cxr.client.pacs_queue import study_id  # noqa: E402
+from cxr.client.results import StudyResult  # noqa: E402
+from cxr.server import free_port  # noqa: E402
+
+pytestmark = pytest.mark.e2e
+
+SENDER = "MODALITY1"
+WAIT_S = 60.0  # generous: the 2-core CI box also runs the server
+
+
+class Destination:
+    """A receiving PACS: a Storage SCP for SR and GSPS that keeps what it gets."""
+
+    def __init__(self, port: int | None = None, ae_title: str = "PACS") -> None:
+        self.port = port or free_port()
+        self.received: list[pydicom.Dataset] = []
+        self._ae = AE(ae_title=ae_title)
+        self._ae.add_supported_context(COMPREHENSIVE_3D_SR)
+        self._ae.add_supported_context(GSPS)
+        self._server = None
+
+    def _on_store(self, event) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        self.received.append(ds)
+        return 0x0000
+
+    def start(self) -> Destination:
+        self._server = self._ae.start_server(("127.0.0.1", self.port), block=False,
+                                             evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def __enter__(self) -> Destination:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def send(port: int, datasets, *, calling: str = SENDER, called: str = "CXR"):
+    """C-STORE each dataset (or file) as storescu would; None when the association is refused."""
+    ae = AE(ae_title=calling)
+    for uid in (ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation, SecondaryCaptureImageStorage):
+        ae.add_requested_context(uid)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    if not assoc.is_established:
+        return None
+    try:
+        return [assoc.send_c_store(ds).Status for ds in datasets]
+    finally:
+        assoc.release()
+
+
+def wait_for(predicate, timeout: float = WAIT_S) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def referenced_uids(ds: pydicom.Dataset) -> set[str]:
+    """Every ReferencedSOPInstanceUID anywhere in ``ds`` (evidence, image library, regions)."""
+    found: set[str] = set()
+
+    def visit(d: pydicom.Dataset) -> None:
+        for elem in d:
+            if elem.keyword == "ReferencedSOPInstanceUID":
+                found.add(str(elem.value))
+            elif elem.VR == "SQ":
+                for item in elem.value:
+                    visit(item)
+
+    visit(ds)
+    return found
+
+
+def _by_modality(synth_data: Path, modality: str) -> list[Path]:
+    files = [f for f in sorted((synth_data / "dicom").glob("*.dcm"))
+             if pydicom.dcmread(f, stop_before_pixels=True).Modality == modality]
+    assert len(files) >= 3, f"the synthetic set has fewer than 3 {modality} studies"
+    return files
+
+
+@pytest.fixture(scope="module")
+def sources(synth_data) -> list[Path]:
+    """Synthetic DX studies (ImagerPixelSpacing, PatientOrientation: all highdicom's TID 1603 reads)."""
+    return _by_modality(synth_data, "DX")
+
+
+@pytest.fixture(scope="module")
+def cr_sources(synth_data) -> list[Path]:
+    """Synthetic CR studies: PixelSpacing only, as many real CR plates write it."""
+    return _by_modality(synth_data, "CR")
+
+
+def fresh(path: Path, **changes) -> pydicom.Dataset:
+    """A copy of a synthetic study as a new instance (new SOPInstanceUID), with ``changes``."""
+    ds = pydicom.dcmread(path)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    return ds
+
+
+def config(tmp_path: Path, dest_port: int, url: str = "127.0.0.1:1", **overrides) -> PacsConfig:
+    values = dict(port=free_port(), allowed_aes=(SENDER,), forward=("127.0.0.1", dest_port, "PACS"),
+                  spool=tmp_path / "spool", detector_url=url, retry_backoff_s=0.1, max_attempts_per_pass=2,
+                  pass_pause_s=0.3, timeout_s=30.0)
+    values.update(overrides)
+    return PacsConfig(**values)
+
+
+class StubClient:
+    """Answers like DetectorClient.predict: no findings, or a scripted error, or blocks."""
+
+    def __init__(self, error: DetectorError | None = None, gate: threading.Event | None = None) -> None:
+        self.error, self.gate, self.calls = error, gate, 0
+
+    def predict(self, ds, *, timeout_s=None) -> StudyResult:
+        self.calls += 1
+        if self.gate is not None:
+            self.gate.wait(WAIT_S)
+        if self.error is not None:
+            raise self.error
+        return StudyResult((), "stub", "0", (int(ds.Rows), int(ds.Columns)), 1.0, str(ds.SOPInstanceUID))
+
+    def close(self) -> None:
+        pass
+
+
+# ------------------------------------------------------------------ with the live detector
+
+
+def test_one_sr_per_study_resend_is_idempotent_and_logs_carry_no_phi(server, sources, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)  # every logger, pynetdicom and highdicom included
+    srcs = [pydicom.dcmread(p) for p in sources[:2]]
+    with Destination() as dest, PacsBridge(config(tmp_path, dest.port, server.url)) as bridge:
+        assert send(bridge.address[1], sources[:2]) == [0x0000, 0x0000]
+        assert bridge.wait_idle(WAIT_S)
+        assert len(dest.received) == 2
+        for src in srcs:
+            (sr,) = [d for d in dest.received if src.SOPInstanceUID in referenced_uids(d)]
+            assert sr.SOPClassUID == COMPREHENSIVE_3D_SR
+            assert sr.StudyInstanceUID == src.StudyInstanceUID and sr.SeriesInstanceUID != src.SeriesInstanceUID
+            assert (tmp_path / "spool" / "done" / src.SOPInstanceUID).is_file()
+        assert not list((tmp_path / "spool" / "pending").iterdir())
+
+        assert send(bridge.address[1], sources[:1]) == [0x0000]  # the same instance again
+        assert bridge.wait_idle(WAIT_S)
+        time.sleep(0.5)
+        assert len(dest.received) == 2
+        stats = bridge.stats
+    assert stats["received"] == 3 and stats["duplicates"] == 1 and stats["delivered"] == 2 and stats["failed"] == 0
+
+    text = caplog.text
+    for src in srcs:
+        for value in (str(src.PatientName), src.PatientID, src.PatientBirthDate):
+            assert value not in text
+    assert "SYNTH^PATIENT" not in text
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("cxr"))
+    assert all(src.SOPInstanceUID not in ours for src in srcs)  # a hash, never the UID
+    assert f"study {study_id(srcs[0].SOPInstanceUID)} delivered" in ours
+    assert f"study {study_id(srcs[0].SOPInstanceUID)} received again" in ours
+
+
+def test_cr_with_pixel_spacing_only_gets_an_sr(server, cr_sources, tmp_path):
+    src = fresh(cr_sources[0])
+    assert "ImagerPixelSpacing" not in src and "PixelSpacing" in src
+    with Destination() as dest, PacsBridge(config(tmp_path, dest.port, server.url)) as bridge:
+        assert send(bridge.address[1], [src]) == [0x0000]
+        assert bridge.wait_idle(WAIT_S)
+        assert bridge.stats["failed"] == 0, (tmp_path / "spool" / "failed" / f"{src.SOPInstanceUID}.reason.txt").read_text()
+    assert [d.SOPClassUID for d in dest.received] == [COMPREHENSIVE_3D_SR]
+
+
+def test_gsps_is_sent_with_the_sr(server, sources, tmp_path):
+    with Destination() as dest, PacsBridge(config(tmp_path, dest.port, server.url, gsps=True)) as bridge:
+        src = fresh(sources[2])
+        assert send(bridge.address[1], [src]) == [0x0000]
+        assert bridge.wait_idle(WAIT_S)
+    assert sorted(d.SOPClassUID for d in dest.received) == sorted([COMPREHENSIVE_3D_SR, GSPS])
+    assert all(d.StudyInstanceUID == src.StudyInstanceUID for d in dest.received)
+
+
+def test_destination_down_keeps_study_in_spool_until_it_comes_up(server, sources, tmp_path):
+    dest = Destination()  # not started: connection refused
+    with PacsBridge(config(tmp_path, dest.port, server.url)) as bridge:
+        src = fresh(sources[0])
+        assert send(bridge.address[1], [src]) == [0x0000]
+        assert wait_for(lambda: bridge.stats["retries"] >= 2)  # a full pass failed
+        assert (tmp_path / "spool" / "pending" / f"{src.SOPInstanceUID}.dcm").is_file()
+        assert not bridge.wait_idle(0.1)
+        with dest:
+            assert bridge.wait_idle(WAIT_S)
+            assert [d.SOPClassUID for d in dest.received] == [COMPREHENSIVE_3D_SR]
+    assert not (tmp_path / "spool" / "pending" / f"{src.SOPInstanceUID}.dcm").exists()
+
+
+def test_restart_delivers_what_the_spool_still_holds(server, sources, tmp_path):
+    dest = Destination()
+    src = fresh(sources[1])
+    first = PacsBridge(config(tmp_path, dest.port, server.url))
+    with first:
+        assert send(first.address[1], [src]) == [0x0000]
+        assert wait_for(lambda: first.stats["retries"] >= 1)
+    assert (tmp_path / "spool" / "pending" / f"{src.SOPInstanceUID}.dcm").is_file()  # survived the stop
+
+    with dest, PacsBridge(config(tmp_path, dest.port, server.url)) as second:  # same spool, new process state
+        assert second.wait_idle(WAIT_S)
+        assert second.stats["delivered"] == 1 and second.stats["received"] == 0
+        assert src.SOPInstanceUID in referenced_uids(dest.received[0])
+
+
+# ------------------------------------------------------------------ bridge bookkeeping (stand-in detector)
+
+
+def test_disallowed_calling_ae_and_wrong_called_ae_are_rejected(sources, tmp_path, caplog):
+    with Destination() as dest, PacsBridge(config(tmp_path, dest.port), client=StubClient()) as bridge:
+        assert send(bridge.address[1], sources[:1], calling="STRANGER") is None
+        assert send(bridge.address[1], sources[:1], called="NOT-CXR") is None
+        assert send(bridge.address[1], sources[:1]) == [0x0000]  # the allowed sender still gets in
+        assert bridge.wait_idle(WAIT_S)
+        assert bridge.stats["received"] == 1
+    assert len(dest.received) == 1
+    assert "'STRANGER'" in caplog.text
+
+
+@pytest.mark.parametrize("changes", [
+    {"Modality": "MR"},
+    {"BodyPartExamined": "HAND"},
+    {"ViewPosition": "LL"},
+], ids=["not-cr-dx", "not-chest", "lateral"])
+def test_non_chest_frontal_cr_dx_is_acknowledged_but_skipped(sources, tmp_path, changes, caplog):
+    caplog.set_level(logging.INFO, logger="cxr.pacs")
+    stub = StubClient()
+    with Destination() as dest, PacsBridge(config(tmp_path, dest.port), client=stub) as bridge:
+        assert send(bridge.address[1], [fresh(sources[0], **changes)]) == [0x0000]
+        assert bridge.wait_idle(5.0)
+        assert bridge.stats["skipped"] == 1
+    assert stub.calls == 0 and dest.received == []
+    assert not list((tmp_path / "spool" / "pending").iterdir())
+    assert "skipped: " + next(iter(changes)) in caplog.text
+
+
+def test_absent_body_part_and_view_are_accepted(sources, tmp_path):
+    with Destination() as dest, PacsBridge(config(tmp_path, dest.port), client=StubClient()) as bridge:
+        assert send(bridge.address[1], [fresh(sources[0], BodyPartExamined=None, ViewPosition=None)]) == [0x0000]
+        assert bridge.wait_idle(WAIT_S)
+    assert [d.SOPClassUID for d in dest.received] == [COMPREHENSIVE_3D_SR]  # "no finding" report
+
+
+def test_invalid_study_is_moved_to_failed_once(sources, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="cxr.pacs")
+    stub = StubClient(error=DetectorError("INVALID_ARGUMENT", "not a radiograph: 3 samples per pixel"))
+    src = fresh(sources[0])
+    with Destination() as dest, PacsBridge(config(tmp_path, dest.port), client=stub) as bridge:
+        assert send(bridge.address[1], [src]) == [0x0000]
+        assert bridge.wait_idle(WAIT_S)
+        assert send(bridge.address[1], [src]) == [0x0000]  # resent: acknowledged, not retried
+        assert bridge.wait_idle(WAIT_S)
+        stats = bridge.stats
+    failed = tmp_path / "spool" / "failed"
+    assert (failed / f"{src.SOPInstanceUID}.dcm").is_file()
+    assert "INVALID_ARGUMENT" in (failed / f"{src.SOPInstanceUID}.reason.txt").read_text()
+    assert stats["failed"] == 1 and stats["retries"] == 0 and stub.calls == 1 and dest.received == []
+    assert sum(" failed: " in r.getMessage() for r in caplog.records) == 1
+
+
+def test_full_queue_answers_out_of_resources(sources, tmp_path):
+    gate = threading.Event()
+    stub = StubClient(gate=gate)
+    with Destination() as dest, PacsBridge(config(tmp_path, dest.port, queue_size=1), client=stub) as bridge:
+        try:
+            assert send(bridge.address[1], [fresh(sources[0]), fresh(sources[1])]) == [0x0000, 0xA700]
+            assert bridge.stats["refused"] == 1
+        finally:
+            gate.set()
+        assert bridge.wait_idle(WAIT_S)
+    assert len(dest.received) == 1
+
+
+# ------------------------------------------------------------------ configuration and CLI
+
+
+def test_config_refuses_to_default_open(tmp_path):
+    with pytest.raises(ValueError, match="--allow-ae"):
+        PacsConfig(spool=tmp_path)
+    with pytest.raises(ValueError, match="AE title"):
+        PacsConfig(spool=tmp_path, allowed_aes=("A" * 17,))
+    assert PacsConfig(spool=tmp_path, allow_any=True).allowed_aes == ()
+
+
+def test_parse_forward():
+    assert parse_forward("10.0.0.5:104:PACS") == ("10.0.0.5", 104, "PACS")
+    assert parse_forward("[::1]:11113:ARCHIVE") == ("::1", 11113, "ARCHIVE")
+    for bad in ("pacs:104", "pacs:http:PACS", "pacs:0:PACS", "pacs:104:", "pacs:104:" + "X" * 17):
+        with pytest.raises(argparse.ArgumentTypeError, match="HOST:PORT:AE|AE title|1..65535"):
+            parse_forward(bad)
+
+
+def test_cli_parser_wiring(capsys):
+    parser = argparse.ArgumentParser(prog="cxr")
+    add_pacs_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["pacs", "--forward", "127.0.0.1:11113:PACS", "--allow-ae", "A", "--allow-ae", "B", "--gsps"])
+    assert args.forward == ("127.0.0.1", 11113, "PACS") and args.allow_ae == ["A", "B"] and args.gsps
+    assert args.port == 11112 and args.ae_title == "CXR" and args.func.__name__ == "cmd_pacs"
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["pacs", "--forward", "pacs-only"])
+    assert exc.value.code == 2 and "HOST:PORT:AE" in capsys.readouterr().err
