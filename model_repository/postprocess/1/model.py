@@ -12,13 +12,7 @@ import triton_python_backend_utils as pb_utils
 
 from cxr.boxes import LetterboxRecord
 from cxr.postprocess import PostprocessConfig, postprocess
-from cxr.serving import detection_tensors, model_parameters, postprocess_overrides
-
-
-def _error(message):
-    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
-    err = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
-    return pb_utils.InferenceResponse(output_tensors=[], error=err)
+from cxr.serving import detection_tensors, error_response, model_parameters, postprocess_overrides
 
 
 class TritonPythonModel:
@@ -34,7 +28,7 @@ class TritonPythonModel:
             try:
                 config = postprocess_overrides(self.config, json.loads(request.parameters() or "{}"))
             except ValueError as exc:
-                responses.append(_error(str(exc)))
+                responses.append(error_response(pb_utils, str(exc)))
                 continue
             t = {n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in ("boxes", "scores", "labels", "valid", "RECORD")}
             dets = [

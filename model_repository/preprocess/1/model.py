@@ -11,13 +11,7 @@ import triton_python_backend_utils as pb_utils
 
 from cxr.errors import InvalidImageError
 from cxr.preprocess import PreprocessConfig, preprocess
-from cxr.serving import decode_request_image, model_parameters
-
-
-def _error(message):
-    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
-    err = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
-    return pb_utils.InferenceResponse(output_tensors=[], error=err)
+from cxr.serving import decode_request_image, error_response, model_parameters
 
 
 class TritonPythonModel:
@@ -31,7 +25,7 @@ class TritonPythonModel:
             try:
                 responses.append(self._one(request))
             except (InvalidImageError, ValueError) as exc:
-                responses.append(_error(str(exc)))
+                responses.append(error_response(pb_utils, str(exc)))
         return responses
 
     def _one(self, request):
