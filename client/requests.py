@@ -26,7 +26,7 @@ import pydicom
 
 from cxr.client.errors import DetectorError, client_error
 from cxr.client.results import Detection, StudyResult
-from cxr.imaging import MAX_PIXELS, MIN_SIDE
+from cxr.imaging import JPEG_MAGIC, MAX_PIXELS, MIN_SIDE, PNG_MAGIC
 from cxr.serving import MAX_REQUEST_BYTES
 
 # The served contract (README "Serving").  These names are checked against the
@@ -36,8 +36,6 @@ REQUIRED_INPUTS = (IMAGE_BYTES, PIXELS)
 REQUIRED_OUTPUTS = ("BOXES", "SCORES", "LABELS")
 OPTIONAL_OUTPUTS = ("BOXES_MM", "MODEL_VERSION")
 
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 @dataclass(frozen=True)
@@ -143,13 +141,13 @@ def _from_bytes(data: bytes, params: dict) -> Request:
     if len(data) > MAX_REQUEST_BYTES:
         raise client_error(f"study is {len(data) / 1e6:.1f} MB, above the server's {MAX_REQUEST_BYTES / 1e6:.0f} MB limit")
     sop = None
-    if data.startswith(_PNG_MAGIC):
+    if data.startswith(PNG_MAGIC):
         # IHDR is always the first chunk: width and height are bytes 16..24.
         if len(data) < 24 or data[12:16] != b"IHDR":
             raise client_error(f"PNG without an IHDR header ({len(data)} bytes)")
         w, h = struct.unpack(">II", data[16:24])
         fmt = "PNG"
-    elif data.startswith(_JPEG_MAGIC):
+    elif data.startswith(JPEG_MAGIC):
         from PIL import Image, UnidentifiedImageError
 
         try:

@@ -15,12 +15,9 @@ from pathlib import Path
 
 from cxr import __version__
 from cxr.errors import UsageError
+from cxr.server import TARGETS  # stdlib-only module: cheap for every command
 
 log = logging.getLogger("cxr")
-
-
-class CLIError(Exception):
-    """A user-facing failure: printed as one line, exit status 2."""
 
 
 def _print_json(obj) -> None:
@@ -320,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Binds to loopback unless --host says otherwise. GPU production uses the NGC container (see README).",
     )
     p.add_argument("--model-repository", type=Path, default=Path("model_repository"))
-    p.add_argument("--target", choices=("cpu", "gpu-onnx", "gpu-trt"), default="cpu",
+    p.add_argument("--target", choices=TARGETS, default="cpu",
                    help="detector variant: cpu (Python backend + ONNX Runtime), gpu-onnx, gpu-trt (NGC server only)")
     p.add_argument("--precision", choices=("fp32", "int8"), default="fp32", help="ONNX file for the cpu target")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
@@ -380,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cxr: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, UsageError, FileNotFoundError, ValueError, KeyError) as exc:
+    except (UsageError, FileNotFoundError, ValueError, KeyError) as exc:
         # User-facing errors carry their own explanation; a traceback adds nothing for
         # them.  -vv shows it anyway for bug reports.
         if args.verbose >= 2:

@@ -36,8 +36,8 @@ MIN_SIDE = 8
 # JPEG chroma subsampling leaves a few grey levels of difference.
 _MAX_CHANNEL_SPREAD = 12
 
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_JPEG_MAGIC = b"\xff\xd8\xff"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 @dataclass(frozen=True)
@@ -115,9 +115,9 @@ def decode_image(source: Any, *, max_pixels: int = MAX_PIXELS) -> DecodedImage:
     data = read_source(source)
     if len(data) == 0:
         raise InvalidImageError("empty input (0 bytes): expected a PNG, JPEG or DICOM file")
-    if data.startswith(_PNG_MAGIC):
+    if data.startswith(PNG_MAGIC):
         return _decode_pil(data, "PNG", max_pixels)
-    if data.startswith(_JPEG_MAGIC):
+    if data.startswith(JPEG_MAGIC):
         return _decode_pil(data, "JPEG", max_pixels)
     if len(data) >= 132 and data[128:132] == b"DICM":
         return decode_dicom_bytes(data, max_pixels=max_pixels)

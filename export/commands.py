@@ -67,10 +67,11 @@ def check_parity(ckpt, detector, studies, *, tolerance: Tolerance, batch_size: i
 
 
 def calibration_batches(ckpt, studies) -> list[np.ndarray]:
-    from cxr.export.runtime import Pipeline
+    """One ``[1, C, S, S]`` model input per study, through the serving preprocessing."""
+    from cxr.imaging import decode_image
+    from cxr.preprocess import preprocess
 
-    pipe = Pipeline(lambda x: x, ckpt.preprocess)  # only its prepare() is used
-    return [pipe.prepare([s.path])[0] for s in studies]
+    return [preprocess(decode_image(s.path), ckpt.preprocess)[0][None] for s in studies]
 
 
 def run_export(

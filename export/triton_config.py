@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-TARGETS = ("cpu", "gpu-onnx", "gpu-trt")
 ENSEMBLE = "cxr_detector"
 MAX_BATCH = 8
 # Long enough for concurrent requests to meet in one batch, short next to a

@@ -15,7 +15,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +62,6 @@ class TrainConfig:
     augment: bool = True
     device: str = "auto"
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 PRESETS: dict[str, dict] = {
