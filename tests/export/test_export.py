@@ -75,9 +75,11 @@ def exported(tmp_path_factory):
     return ckpt, export_onnx(ckpt, tmp / "model.onnx"), path
 
 
-def test_serving_graph_equals_the_torchvision_model():
+# MobileNet's FPN pools from one level; ResNet FPNs spread ROIs over four (scatter path).
+@pytest.mark.parametrize("arch", ["fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_resnet18_fpn"])
+def test_serving_graph_equals_the_torchvision_model(arch):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(**TINY)).eval()
+    model = build_model(ModelConfig(**{**TINY, "arch": arch})).eval()
     graph = ServingGraph(model, 128).eval()
     x = torch.from_numpy(_films(3))
     with torch.no_grad():
@@ -110,6 +112,22 @@ def test_onnx_equals_pytorch(exported):
         n = int(r[3][i])
         assert int(o[3][i]) == n
         assert_same_candidates((r[0][i], r[1][i], r[2][i]), (o[0][i], o[1][i], o[2][i]), n, score_tol=1e-4, box_tol=1e-2)
+
+
+def test_multilevel_onnx_batch_equals_pytorch_per_image(tmp_path):
+    """ResNet-18 FPN: ROIs pooled on four levels (NonZero/ScatterND in ONNX), batch of 3."""
+    path = _checkpoint(tmp_path, arch="fasterrcnn_resnet18_fpn", seed=3)
+    ckpt = load_checkpoint(path)
+    graph = ServingGraph(build_model(ckpt.model_config).eval(), 128)
+    assert graph.mapper.k_max > graph.mapper.k_min, "the test needs ROIs on several levels"
+    onnx_path = export_onnx(ckpt, tmp_path / "r18.onnx")
+    x = _films(3, seed=4)
+    o, r = OrtDetector(onnx_path, threads=1)(x), TorchDetector(ckpt)(x)
+    for i in range(3):
+        one = TorchDetector(ckpt)(x[i : i + 1])
+        n = int(r[3][i])
+        assert int(o[3][i]) == int(one[3][0]) == n > 0
+        assert_same_candidates((one[0][0], one[1][0], one[2][0]), (o[0][i], o[1][i], o[2][i]), n, score_tol=1e-4, box_tol=1e-2)
 
 
 def test_metadata_round_trips(exported):
