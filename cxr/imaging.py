@@ -11,13 +11,32 @@ VOI LUT (VOI LUT Sequence preferred, else Window Center/Width, else the full ran
 that BitsStored allows) -> MONOCHROME1 inversion.
 
 Anything that is not a readable grayscale radiograph raises
-:class:`~cxr.errors.InvalidImageError` with a message naming what was received.
+:class:`~cxr.errors.InvalidImageError` with a message naming what was received;
+no other exception type escapes :func:`decode_image` for bad input.
+
+Input policy (tests/data/hostile/MANIFEST.json lists one file per rule):
+
+- Size is checked from the header before any pixel is decompressed: PNG IHDR,
+  JPEG SOF, DICOM Rows/Columns and the codestream header of a compressed DICOM
+  frame (which must agree with Rows/Columns); a deflated DICOM is inflated with a
+  cap.  Above :data:`MAX_PIXELS` is refused as a possible decompression bomb.
+- Grayscale stored as RGB (R = G = B, within JPEG chroma noise) is accepted as
+  grayscale; true colour is refused with a message that says "colour".
+- Palette PNGs are accepted when every used colour is grey, refused otherwise.
+- Transparency (alpha channel or tRNS) is accepted only when every pixel is fully
+  opaque, then dropped; any transparent pixel is refused (what is behind it is
+  unknown).
+- Float arrays with NaN/Inf, or results of the DICOM pipeline that are not finite
+  (e.g. a NaN RescaleSlope), are refused.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
+import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +54,10 @@ MIN_SIDE = 8
 # Grayscale stored as RGB (common for NIH PNGs and JPEG exports) has equal channels;
 # JPEG chroma subsampling leaves a few grey levels of difference.
 _MAX_CHANNEL_SPREAD = 12
+# Cap on an inflated (Deflated Explicit VR Little Endian) DICOM: MAX_PIXELS at
+# 16 bits plus generous room for the header.  pydicom would inflate without limit.
+MAX_INFLATED_DICOM_BYTES = 2 * MAX_PIXELS + 16 * 1024 * 1024
+DEFLATED_TS = "1.2.840.10008.1.2.1.99"
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -134,9 +157,14 @@ def _decode_pil(data: bytes, fmt: str, max_pixels: int) -> DecodedImage:
         # Check the declared size before PIL allocates anything (decompression bombs).
         _check_size(int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big"), "PNG image", max_pixels)
     try:
-        img = Image.open(io.BytesIO(data), formats=[fmt])
+        with warnings.catch_warnings():
+            # Pillow warns from 89 Mpx on; our own, lower limit is checked right below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=[fmt])
     except Image.DecompressionBombError as exc:
-        raise InvalidImageError(f"{fmt} image above the pixel limit, refusing to decode: {exc}") from exc
+        raise InvalidImageError(
+            f"{fmt} image above the pixel limit, refusing to decode a possible decompression bomb: {exc}"
+        ) from exc
     except Exception as exc:
         raise InvalidImageError(f"corrupt {fmt}: cannot read the header ({exc}); got {_describe(data)}") from exc
     w, h = img.size
@@ -145,8 +173,29 @@ def _decode_pil(data: bytes, fmt: str, max_pixels: int) -> DecodedImage:
         img.load()
     except Exception as exc:  # PIL raises OSError, SyntaxError, zlib.error, ... for damaged data
         raise InvalidImageError(f"truncated or corrupt {fmt} ({w}x{h}, {len(data)} bytes): {exc}") from exc
+    try:
+        return _pil_pixels(img, fmt)
+    except InvalidImageError:
+        raise
+    except Exception as exc:  # a mode Pillow cannot convert; not a bug in the caller's data handling
+        raise InvalidImageError(f"{fmt} with pixel mode {img.mode!r} cannot be read: {exc}") from exc
 
+
+def _pil_pixels(img, fmt: str) -> DecodedImage:
+    """Grayscale pixels of a loaded PIL image, applying the alpha and colour policy."""
     mode = img.mode
+    if mode in ("LA", "RGBA", "PA") or "transparency" in img.info:
+        alpha = img.getchannel("A") if mode in ("LA", "RGBA", "PA") else img.convert("RGBA").getchannel("A")
+        lowest = alpha.getextrema()[0]
+        if lowest < 255:
+            n = int(np.count_nonzero(np.asarray(alpha) < 255))
+            raise InvalidImageError(
+                f"{fmt} with transparency ({mode}, {n} of {img.width * img.height} pixels not opaque) is not a "
+                "radiograph: what lies behind transparent pixels is unknown; send an opaque grayscale image"
+            )
+        # fully opaque: the alpha channel carries nothing; drop it
+        img = img.convert("L") if mode == "LA" else img.convert("RGB") if mode in ("RGBA", "PA") else img
+        mode = img.mode
     if mode == "L":
         return DecodedImage(np.asarray(img, dtype=np.float32) / 255.0, fmt.lower(), 8)
     if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
@@ -157,18 +206,16 @@ def _decode_pil(data: bytes, fmt: str, max_pixels: int) -> DecodedImage:
         if arr.min() < 0 or arr.max() > 65535:
             raise InvalidImageError(f"{fmt} with 32-bit integer pixels outside 0..65535 is not supported")
         return DecodedImage(arr.astype(np.float32) / 65535.0, fmt.lower(), 16)
-    if mode == "LA":
-        return DecodedImage(np.asarray(img.getchannel("L"), dtype=np.float32) / 255.0, fmt.lower(), 8)
-    if mode in ("RGB", "RGBA", "P", "PA"):
-        rgb = np.asarray(img.convert("RGB"), dtype=np.int16)
-        spread = int((rgb.max(axis=2) - rgb.min(axis=2)).max())
+    if mode in ("RGB", "P"):
+        rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        spread = int((rgb.max(axis=2) - rgb.min(axis=2)).max())  # max >= min: no uint8 wrap-around
         if spread > _MAX_CHANNEL_SPREAD:
-            what = "palette" if mode in ("P", "PA") else mode
+            what = "palette" if mode == "P" else "true-colour RGB"
             raise InvalidImageError(
                 f"colour {fmt} ({what}, channels differ by up to {spread} grey levels) is not a radiograph; "
                 "send the grayscale image"
             )
-        return DecodedImage(rgb.mean(axis=2).astype(np.float32) / 255.0, fmt.lower(), 8)
+        return DecodedImage(rgb.mean(axis=2, dtype=np.float32) / 255.0, fmt.lower(), 8)
     raise InvalidImageError(
         f"{fmt} with pixel mode {mode!r} is not supported; expected 8- or 16-bit grayscale (L, I;16) "
         "or grayscale stored as RGB"
@@ -185,7 +232,10 @@ def decode_pixels(
 
     uint16 values are scaled by ``bits_stored`` (default 16).
     """
-    arr = np.asarray(array)
+    try:
+        arr = np.asarray(array)
+    except Exception as exc:  # ragged nested lists and the like
+        raise InvalidImageError(f"pixels are not an array: {exc}") from exc
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim != 2:
@@ -203,7 +253,8 @@ def decode_pixels(
         return DecodedImage(arr.astype(np.float32) / top, "array", bits, spacing_mm)
     if arr.dtype in (np.float32, np.float64, np.float16):
         if not np.isfinite(arr).all():
-            raise InvalidImageError("float pixel array contains NaN or Inf")
+            n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+            raise InvalidImageError(f"float pixel array contains NaN or Inf ({n_nan} NaN, {n_inf} Inf values)")
         lo, hi = float(arr.min()), float(arr.max())
         if lo < 0.0 or hi > 1.0:
             raise InvalidImageError(f"float pixels must lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
@@ -217,11 +268,41 @@ def decode_pixels(
 def decode_dicom_bytes(data: bytes, *, max_pixels: int = MAX_PIXELS) -> DecodedImage:
     import pydicom
 
+    _check_deflate_bomb(data)
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except Exception as exc:
         raise InvalidImageError(f"corrupt or truncated DICOM ({len(data)} bytes): {exc}") from exc
     return decode_dicom_dataset(ds, max_pixels=max_pixels)
+
+
+def _check_deflate_bomb(data: bytes) -> None:
+    """Refuse a Deflated-transfer-syntax DICOM whose dataset inflates beyond the cap.
+
+    The File Meta group (always uncompressed) starts at byte 132 with its group
+    length; the deflated dataset follows it.
+    """
+    if len(data) < 144 or data[132:136] != b"\x02\x00\x00\x00" or data[136:138] != b"UL":
+        return  # pydicom will report whatever is wrong with the meta group
+    meta_end = 144 + int.from_bytes(data[140:144], "little")
+    if DEFLATED_TS.encode() not in data[132:meta_end]:
+        return
+    # Count the inflated size in 1 MB pieces; nothing is kept, so the check itself is cheap.
+    inflater, pending, total = zlib.decompressobj(-zlib.MAX_WBITS), data[meta_end:], 0
+    try:
+        while total <= MAX_INFLATED_DICOM_BYTES:
+            piece = inflater.decompress(pending, 1 << 20)
+            total += len(piece)
+            pending = inflater.unconsumed_tail
+            if inflater.eof or not (pending or piece):
+                break
+    except zlib.error as exc:
+        raise InvalidImageError(f"corrupt deflated DICOM: {exc}") from exc
+    if total > MAX_INFLATED_DICOM_BYTES:
+        raise InvalidImageError(
+            f"deflated DICOM ({len(data)} bytes) inflates to more than {MAX_INFLATED_DICOM_BYTES / 1e6:.0f} MB; "
+            "refusing a possible decompression bomb"
+        )
 
 
 def _first(value) -> float:
@@ -253,8 +334,59 @@ def _window(x: np.ndarray, center: float, width: float, function: str) -> np.nda
     return np.clip((x - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
 
 
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}  # F7: JPEG-LS
+
+
+def _codestream_size(frame: bytes) -> tuple[int, int] | None:
+    """(rows, columns) declared by a JPEG / JPEG-LS / JPEG 2000 frame header, or None."""
+    if frame[:2] == b"\xff\xd8":  # JPEG family: walk the marker segments to the SOF
+        pos = 2
+        while pos + 9 <= len(frame):
+            if frame[pos] != 0xFF:
+                return None
+            marker = frame[pos + 1]
+            if marker == 0xFF:  # fill byte
+                pos += 1
+                continue
+            if marker in _JPEG_SOF:
+                return int.from_bytes(frame[pos + 5 : pos + 7], "big"), int.from_bytes(frame[pos + 7 : pos + 9], "big")
+            pos += 2 + int.from_bytes(frame[pos + 2 : pos + 4], "big")
+        return None
+    at = frame.find(b"\xff\x4f\xff\x51", 0, 4096)  # J2K: SOC then SIZ (a JP2 wrapper puts boxes before)
+    if at < 0 or len(frame) < at + 28:
+        return None
+    x, y, x0, y0 = (int.from_bytes(frame[at + 8 + 4 * i : at + 12 + 4 * i], "big") for i in range(4))
+    return y - y0, x - x0
+
+
+def _first_frame(pixel_data: bytes) -> bytes | None:
+    """The start of the first encapsulated frame (the item after the Basic Offset Table)."""
+    from pydicom.encaps import generate_fragments
+
+    try:
+        fragments = generate_fragments(pixel_data)
+        next(fragments)  # Basic Offset Table item (possibly empty)
+        return next(fragments)
+    except Exception:  # malformed encapsulation: the decoder reports it
+        return None
+
+
 def decode_dicom_dataset(ds, *, max_pixels: int = MAX_PIXELS) -> DecodedImage:
-    """Apply the DICOM grayscale pipeline to a ``pydicom.Dataset``."""
+    """Apply the DICOM grayscale pipeline to a ``pydicom.Dataset``.
+
+    pydicom converts element values lazily, so damaged elements raise (ValueError,
+    struct.error, KeyError, ...) wherever they are first read; all of those become
+    :class:`InvalidImageError` naming the exception.
+    """
+    try:
+        return _decode_dicom_dataset(ds, max_pixels)
+    except InvalidImageError:
+        raise
+    except Exception as exc:
+        raise InvalidImageError(f"corrupt DICOM ({type(exc).__name__}: {exc})") from exc
+
+
+def _decode_dicom_dataset(ds, max_pixels: int) -> DecodedImage:
     from pydicom.pixels import apply_modality_lut, apply_voi
 
     tsuid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
@@ -273,25 +405,62 @@ def decode_dicom_dataset(ds, *, max_pixels: int = MAX_PIXELS) -> DecodedImage:
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames != 1:
         raise InvalidImageError(f"multi-frame DICOM ({frames} frames) is not a single radiograph")
-    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if samples != 1:
+        raise InvalidImageError(f"DICOM {photometric} with SamplesPerPixel {samples}; a grayscale image has 1")
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     _check_size(rows, cols, "DICOM image", max_pixels)
-    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
+    allocated = int(ds.get("BitsAllocated", 0) or 0)
+    if allocated not in (8, 16):
+        raise InvalidImageError(f"DICOM BitsAllocated {allocated} is not supported; grayscale radiographs use 8 or 16")
+    bits = int(ds.get("BitsStored", allocated) or 0)
+    if not 1 <= bits <= allocated:
+        raise InvalidImageError(f"DICOM BitsStored {bits} is impossible with BitsAllocated {allocated}")
     signed = int(ds.get("PixelRepresentation", 0)) == 1
 
+    compressed = tsuid is not None and tsuid.is_compressed and tsuid != DEFLATED_TS
+    if compressed:
+        # The decoders allocate what the codestream says, not what Rows/Columns say.
+        frame = _first_frame(ds.PixelData)
+        declared = None if frame is None else _codestream_size(frame)
+        if declared is not None:
+            _check_size(declared[0], declared[1], f"compressed DICOM frame ({ts_name})", max_pixels)
+            if declared != (rows, cols):
+                raise InvalidImageError(
+                    f"compressed DICOM frame is {declared[1]}x{declared[0]} but Rows/Columns say {cols}x{rows}"
+                )
+    else:
+        need, have = rows * cols * allocated // 8, len(ds.PixelData)
+        if have not in (need, need + 1):  # one pad byte makes an odd length even
+            raise InvalidImageError(
+                f"truncated or corrupt DICOM pixel data: {have} bytes, but Columns x Rows x BitsAllocated = "
+                f"{cols}x{rows}x{allocated} bits need {need} (cut short, or wrong Rows/Columns)"
+            )
+
     try:
-        stored = ds.pixel_array
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns, then guesses, on inconsistent headers
+            stored = ds.pixel_array
     except Exception as exc:
         text = str(exc)
-        if tsuid is not None and tsuid.is_compressed and ("decod" in text.lower() or "plugin" in text.lower() or "handler" in text.lower()):
+        if compressed and any(w in text.lower() for w in ("decod", "plugin", "handler")):
             raise InvalidImageError(
                 f"DICOM transfer syntax {ts_name} cannot be decoded here: no decoder installed "
                 "(install pylibjpeg with its plugins, or send uncompressed DICOM)"
             ) from exc
         raise InvalidImageError(f"truncated or corrupt DICOM pixel data ({cols}x{rows}, {ts_name}): {text}") from exc
-    if stored.ndim != 2:
-        raise InvalidImageError(f"DICOM pixel data has shape {stored.shape}; expected one grayscale frame")
+    if stored.shape != (rows, cols):
+        raise InvalidImageError(
+            f"DICOM pixel data decoded to shape {stored.shape}; Rows/Columns say one {rows}x{cols} grayscale frame"
+        )
 
-    values = apply_modality_lut(stored, ds).astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        values = apply_modality_lut(stored, ds).astype(np.float64)
+    if not np.isfinite(values).all():
+        raise InvalidImageError(
+            f"DICOM Modality LUT gives NaN/Inf (RescaleSlope={ds.get('RescaleSlope')}, "
+            f"RescaleIntercept={ds.get('RescaleIntercept')}); the header values are not usable"
+        )
     if "VOILUTSequence" in ds:
         # LUT entries are indexed by integer input values; pydicom mis-indexes floats
         out = apply_voi(np.rint(values).astype(np.int64), ds).astype(np.float64)
@@ -299,12 +468,22 @@ def decode_dicom_dataset(ds, *, max_pixels: int = MAX_PIXELS) -> DecodedImage:
         out /= float(2**lut_bits - 1)
     elif "WindowCenter" in ds and "WindowWidth" in ds:
         function = str(ds.get("VOILUTFunction", "LINEAR")).strip().upper() or "LINEAR"
-        out = _window(values, _first(ds.WindowCenter), _first(ds.WindowWidth), function)
+        center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+        if not (math.isfinite(center) and math.isfinite(width) and width > 0):
+            raise InvalidImageError(
+                f"DICOM window WindowCenter={center} WindowWidth={width} is invalid (width must be a positive number)"
+            )
+        out = _window(values, center, width, function)
     else:
         lo_stored, hi_stored = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
         ends = apply_modality_lut(np.array([lo_stored, hi_stored], dtype=stored.dtype), ds).astype(np.float64)
         lo, hi = float(ends.min()), float(ends.max())
         out = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    if not np.isfinite(out).all():
+        raise InvalidImageError(
+            "DICOM grayscale pipeline gives NaN/Inf (Modality LUT, VOI LUT or window values); "
+            "the header values are not usable"
+        )
     out = np.clip(out, 0.0, 1.0)
     if photometric == "MONOCHROME1":  # MONOCHROME1: low values are white; flip to film convention
         out = 1.0 - out

@@ -93,9 +93,10 @@ def detection_tensors(dets: list[Detections], class_names) -> dict[str, np.ndarr
     return {"BOXES": boxes, "BOXES_MM": mm, "SCORES": scores, "LABELS": labels}
 
 
-def error_response(pb_utils, message: str):
-    """A per-request INVALID_ARG response (``pb_utils`` is the stub's module, passed in
-    so this file imports without Triton)."""
-    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)  # error codes exist from Triton 23.09
+def error_response(pb_utils, message: str, code: str = "INVALID_ARG"):
+    """A per-request error response, INVALID_ARG unless ``code`` names another
+    ``TritonError`` code (``pb_utils`` is the stub's module, passed in so this file
+    imports without Triton)."""
+    code = getattr(pb_utils.TritonError, code, None)  # error codes exist from Triton 23.09
     err = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
     return pb_utils.InferenceResponse(output_tensors=[], error=err)

@@ -26,6 +26,9 @@ class TritonPythonModel:
                 responses.append(self._one(request))
             except (InvalidImageError, ValueError) as exc:
                 responses.append(error_response(pb_utils, str(exc)))
+            except Exception as exc:  # a bug in cxr, not in the study: fail this request only, say so
+                responses.append(error_response(
+                    pb_utils, f"internal error in preprocess ({type(exc).__name__}: {exc})", "INTERNAL"))
         return responses
 
     def _one(self, request):
