@@ -16,8 +16,10 @@ from cxr.errors import UsageError  # the CLI prints these as one line
 # Status of failures found on this side before anything was sent.
 CLIENT = "CLIENT"
 # Transient by definition (gRPC: "the service is currently unavailable"): connection
-# refused, server restarting, channel not yet connected.  Everything else would
-# fail the same way again.
+# refused, server restarting, channel not yet connected, and a connection reset by a
+# server killed mid-request (gRPC reports that as UNAVAILABLE too).  Inference has no
+# side effects, so sending a request again after a reset is safe.  Everything else
+# would fail the same way again.
 RETRYABLE_STATUSES = frozenset({"UNAVAILABLE"})
 
 # Exceptions the boundary knows how to convert; anything else is a bug in the SDK
@@ -33,21 +35,29 @@ class DetectorError(UsageError):
     message: the server's message (or the local validation message), unchanged.
     retryable: True when the same call may succeed later (server unreachable).
     attempts: how many times the call was sent before giving up (0 = never sent).
+    gave_up: why the client stopped retrying a retryable failure (the deadline or the
+    retry budget ran out), "" otherwise; ``str(err)`` ends with it.
     """
 
-    def __init__(self, status: str, message: str, *, retryable: bool | None = None, attempts: int = 0) -> None:
+    def __init__(self, status: str, message: str, *, retryable: bool | None = None, attempts: int = 0,
+                 gave_up: str = "") -> None:
         super().__init__(f"{status}: {message}")
         self.status = status
         self.message = message
         self.retryable = status in RETRYABLE_STATUSES if retryable is None else retryable
         self.attempts = attempts
+        self.gave_up = gave_up
+
+    def __str__(self) -> str:
+        text = f"{self.status}: {self.message}"
+        return f"{text} ({self.gave_up})" if self.gave_up else text
 
     def __reduce__(self):  # keep status/message when pickled across processes
-        return (_rebuild, (self.status, self.message, self.retryable, self.attempts))
+        return (_rebuild, (self.status, self.message, self.retryable, self.attempts, self.gave_up))
 
 
-def _rebuild(status: str, message: str, retryable: bool, attempts: int) -> DetectorError:
-    return DetectorError(status, message, retryable=retryable, attempts=attempts)
+def _rebuild(status: str, message: str, retryable: bool, attempts: int, gave_up: str = "") -> DetectorError:
+    return DetectorError(status, message, retryable=retryable, attempts=attempts, gave_up=gave_up)
 
 
 def client_error(message: str) -> DetectorError:

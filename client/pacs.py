@@ -76,6 +76,9 @@ class PacsConfig:
     retry_backoff_s: float = 2.0  # first retry wait; doubles per attempt
     max_attempts_per_pass: int = 3  # then the study rests for pass_pause_s (and survives restarts)
     detector_url: str = "127.0.0.1:8001"
+    # TLS to the detector as DetectorClient keywords (ssl, root_certificates,
+    # certificate_chain, private_key); empty = plaintext, fine on loopback only.
+    detector_tls: dict[str, Any] = field(default_factory=dict)
     timeout_s: float = 60.0  # per detector call and per DICOM network operation
     pass_pause_s: float = 60.0  # between passes while the detector/destination stays down
 
@@ -134,7 +137,7 @@ class PacsBridge:
         if client is None:
             from cxr.client.sdk import DetectorClient  # tritonclient: only when we build it
 
-            client = DetectorClient(url=config.detector_url, timeout_s=config.timeout_s)
+            client = DetectorClient(url=config.detector_url, timeout_s=config.timeout_s, **config.detector_tls)
         self.client = client
         self.spool = Spool(config.spool)
         self._queue = WorkQueue(config.queue_size)
@@ -319,8 +322,9 @@ def add_pacs_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--queue-size", type=int, default=d.queue_size, help=f"studies pending at most (default {d.queue_size})")
     p.add_argument("--retry-backoff", type=float, default=d.retry_backoff_s, help="first retry wait in s (doubles)")
     p.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds per detector call / network operation")
-    p.add_argument("--ssl", action="store_true", help="TLS to the detector")
-    p.add_argument("--root-certificates", type=Path, default=None, help="CA bundle for TLS")
+    from cxr.cli import add_client_tls_arguments  # one definition for `cxr predict` and `cxr pacs`
+
+    add_client_tls_arguments(p)
     p.set_defaults(func=cmd_pacs)
     return p
 
@@ -329,17 +333,18 @@ def cmd_pacs(args: argparse.Namespace) -> int:
     """Run the bridge until SIGINT/SIGTERM; prints where it listens and, at the end, its counters."""
     import signal
 
+    from cxr.cli import client_tls_options
     from cxr.client.sdk import DetectorClient
 
     config = PacsConfig(port=args.port, ae_title=args.ae_title, host=args.host, allowed_aes=tuple(args.allow_ae),
                         allow_any=args.allow_any, forward=args.forward, spool=args.spool, gsps=args.gsps,
                         modalities=tuple(args.modality or PacsConfig.modalities), queue_size=args.queue_size,
-                        retry_backoff_s=args.retry_backoff, detector_url=args.url, timeout_s=args.timeout)
+                        retry_backoff_s=args.retry_backoff, detector_url=args.url, timeout_s=args.timeout,
+                        detector_tls=client_tls_options(args))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with DetectorClient(url=args.url, timeout_s=args.timeout, ssl=args.ssl,
-                        root_certificates=args.root_certificates) as client:
+    with DetectorClient(url=args.url, timeout_s=args.timeout, **config.detector_tls) as client:
         bridge = PacsBridge(config, client)
         try:
             bridge.start()

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -122,15 +123,28 @@ class _ClientBase:
     def _remaining(deadline: float) -> float:
         return max(deadline - time.monotonic(), 0.001)
 
-    def _retry_delay(self, err: DetectorError, attempt: int, deadline: float) -> float | None:
-        """Seconds to wait before attempt ``attempt + 1``, or None to give up now."""
-        if not err.retryable or attempt > self.retries:
+    def _retry_delay(self, err: DetectorError, attempt: int, started: float, deadline: float) -> float | None:
+        """Seconds to wait before attempt ``attempt + 1``, or None to give up now.
+
+        Giving up on a retryable failure records why in ``err.gave_up``, so the caller
+        sees "the server stayed down for the whole deadline", not only the last error.
+        """
+        err.attempts = attempt
+        if not err.retryable:
             return None
-        delay = self.backoff_s * 2 ** (attempt - 1)
-        if time.monotonic() + delay + _MIN_ATTEMPT_S >= deadline:
+        # Half to all of the exponential step: clients failed by the same outage do not
+        # all come back in the same millisecond.
+        delay = self.backoff_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
+        now = time.monotonic()
+        if attempt > self.retries or now + delay + _MIN_ATTEMPT_S >= deadline:
+            budget = (f"retries={self.retries} used up" if attempt > self.retries
+                      else f"the {deadline - started:.1f} s deadline leaves no time for another")
+            plural = "s" if attempt > 1 else ""
+            err.gave_up = f"gave up after {attempt} attempt{plural} in {now - started:.1f} s: {budget}"
+            log.warning("detector call failed (%s), %s", err.status, err.gave_up)
             return None
-        log.warning("detector call failed (%s), attempt %d of %d; retrying in %.2f s",
-                    err.status, attempt, self.retries + 1, delay)
+        log.warning("detector call failed (%s: %s), attempt %d of %d; retrying in %.2f s",
+                    err.status, err.message[:120], attempt, self.retries + 1, delay)
         return delay
 
     def _inputs(self, request: Request, spec: ModelSpec, region: str | None) -> list[grpcclient.InferInput]:
@@ -186,7 +200,8 @@ class DetectorClient(_ClientBase):
 
     Options (keyword-only): ``url`` "host:port"; ``model_name`` / ``model_version``;
     ``timeout_s`` overall deadline per call, retries included; ``retries`` extra
-    attempts for retryable failures with ``backoff_s * 2**n`` waits; ``ssl`` and the
+    attempts for retryable failures (UNAVAILABLE: unreachable, restarting, connection
+    reset) after waits of 0.5-1 x ``backoff_s * 2**n``; ``ssl`` and the
     PEM file paths ``root_certificates``, ``private_key``, ``certificate_chain``
     (mTLS); default ``score_threshold`` / ``top_k`` request parameters;
     ``use_shared_memory`` sends PIXELS through system shared memory (server on the
@@ -209,8 +224,7 @@ class DetectorClient(_ClientBase):
                 spec, response = self._attempt(request, deadline)
                 return self._result(response, request, spec, started)
             except DetectorError as err:
-                err.attempts = attempt
-                delay = self._retry_delay(err, attempt, deadline)
+                delay = self._retry_delay(err, attempt, started, deadline)
                 if delay is None:
                     raise
             time.sleep(delay)
@@ -300,8 +314,7 @@ class AsyncDetectorClient(_ClientBase):
                 spec, response = await self._attempt(request, deadline)
                 return self._result(response, request, spec, started)
             except DetectorError as err:
-                err.attempts = attempt
-                delay = self._retry_delay(err, attempt, deadline)
+                delay = self._retry_delay(err, attempt, started, deadline)
                 if delay is None:
                     raise
             await asyncio.sleep(delay)

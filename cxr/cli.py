@@ -147,15 +147,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = TritonServer(
         model_repository=args.model_repository, grpc_port=args.grpc_port, http_port=args.http_port,
         metrics_port=args.metrics_port, host=args.host, target=args.target, precision=args.precision, log_file=log_file,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca,
     )
+    server.tls_flags()  # bad TLS files fail here, before anything starts
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    server.start(timeout=args.timeout)
+    server.start(timeout=args.timeout)  # logs the exposure warnings (non-loopback bind)
+    security = {"off": "plaintext", "tls": "TLS", "mtls": "mutual TLS: client certificates required"}[server.tls]
     print(f"Triton is serving cxr_detector ({args.target}, {args.precision}) from {args.model_repository}")
-    print(f"  gRPC     {args.host}:{args.grpc_port}")
-    print(f"  HTTP     http://{args.host}:{args.http_port}/v2/models/cxr_detector")
-    print(f"  metrics  http://{args.host}:{args.metrics_port}/metrics")
+    print(f"  gRPC     {args.host}:{args.grpc_port} ({security})")
+    print(f"  HTTP     http://{server.http_host}:{args.http_port}/v2/models/cxr_detector")
+    print(f"  metrics  http://{server.http_host}:{args.metrics_port}/metrics")
     print(f"  log      {log_file}")
     print("Ctrl-C to stop.", flush=True)
     try:
@@ -172,12 +175,52 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- predict
 
 
+def add_client_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """The detector connection's TLS options, shared by ``cxr predict`` and ``cxr pacs``."""
+    parser.add_argument("--ssl", action="store_true",
+                        help="connect to the detector with TLS (implied by --tls-ca/--tls-cert; without --tls-ca "
+                        "the system CA store verifies the server)")
+    parser.add_argument("--tls-ca", "--root-certificates", dest="tls_ca", type=Path, default=None, metavar="PEM",
+                        help="CA certificate (PEM) that signed the server's certificate")
+    parser.add_argument("--tls-cert", type=Path, default=None, metavar="PEM",
+                        help="client certificate (PEM) for a server that requires mutual TLS; needs --tls-key")
+    parser.add_argument("--tls-key", type=Path, default=None, metavar="PEM", help="client private key (PEM) for mutual TLS")
+
+
+def client_tls_options(args: argparse.Namespace) -> dict:
+    """DetectorClient keyword arguments for :func:`add_client_tls_arguments`' options ({} = plaintext)."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        missing = "--tls-key" if args.tls_key is None else "--tls-cert"
+        raise UsageError(f"mutual TLS needs both --tls-cert and --tls-key; {missing} is missing")
+    if not (args.ssl or args.tls_ca or args.tls_cert):
+        return {}
+    return {"ssl": True, "root_certificates": args.tls_ca, "certificate_chain": args.tls_cert,
+            "private_key": args.tls_key}
+
+
+def tls_hint(error, tls: bool) -> str:
+    """A hint for an UNAVAILABLE failure that looks like a refused TLS handshake, or ""."""
+    if getattr(error, "status", "") != "UNAVAILABLE":
+        return ""
+    text = str(getattr(error, "message", error)).lower()
+    if not any(s in text for s in ("socket closed", "handshake", "ssl", "certificate")):
+        return ""  # connection refused, DNS, timeouts: not TLS
+    if not tls:
+        return "the server may require TLS: a plaintext client sees 'Socket closed'; add --tls-ca (and --tls-cert/--tls-key for mutual TLS)"
+    return ("the TLS handshake may have failed: check that --tls-ca signed the server's certificate (whose name must "
+            "match the host in --url) and, if the server requires mutual TLS, that --tls-cert/--tls-key were issued "
+            "by the CA the server trusts")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from cxr.client import DetectorClient
     from cxr.client.predict import format_table, outcomes_json, run_predict
 
     import contextlib
 
+    tls = client_tls_options(args)
+    if args.serve is not None and tls:
+        raise UsageError("--serve starts a plaintext server on loopback for this run: drop --ssl/--tls-* (or use --url)")
     server = contextlib.nullcontext()
     url = args.url
     if args.serve is not None:  # one-shot: an embedded server on free loopback ports for this run
@@ -186,8 +229,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         server = TritonServer(model_repository=args.serve, grpc_port=free_port(), http_port=free_port(),
                               metrics_port=free_port(), log_file=Path(args.serve) / "tritonserver.log")
         url = server.url
-    with server, DetectorClient(url=url, timeout_s=args.timeout, score_threshold=args.score_threshold,
-                                ssl=args.ssl, root_certificates=args.root_certificates) as client:
+    with server, DetectorClient(url=url, timeout_s=args.timeout, score_threshold=args.score_threshold, **tls) as client:
         outcomes = run_predict(args.paths, client, png=args.png, sr=args.sr, gsps=args.gsps,
                                min_score=args.min_score, progress=not args.json)
     if args.json:
@@ -202,6 +244,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     failed = sum(o.error is not None for o in outcomes)
     if failed:
         print(f"cxr predict: {failed} of {len(outcomes)} studies failed", file=sys.stderr)
+        hint = next((h for h in (tls_hint(o.error, bool(tls)) for o in outcomes if o.error) if h), "")
+        if hint:
+            print(f"cxr predict: hint: {hint}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -314,13 +359,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the model repository with the embedded Triton server",
         description="Start the tritonserver shipped by nvidia-pytriton (CPU; Python backend + ensembles) on the "
         "model repository, wait until cxr_detector is ready, print the endpoints and run until Ctrl-C/SIGTERM. "
-        "Binds to loopback unless --host says otherwise. GPU production uses the NGC container (see README).",
+        "Binds to loopback unless --host says otherwise. GPU production uses the NGC container (see README). "
+        "Security: --tls-cert/--tls-key put gRPC on TLS, adding --tls-ca makes it mutual (clients need a certificate "
+        "signed by that CA). Triton's HTTP endpoint has no TLS: with TLS on it (and metrics) stays on 127.0.0.1 even "
+        "when --host is public. A non-loopback --host without TLS is allowed but logs a warning.",
     )
     p.add_argument("--model-repository", type=Path, default=Path("model_repository"))
     p.add_argument("--target", choices=TARGETS, default="cpu",
                    help="detector variant: cpu (Python backend + ONNX Runtime), gpu-onnx, gpu-trt (NGC server only)")
     p.add_argument("--precision", choices=("fp32", "int8"), default="fp32", help="ONNX file for the cpu target")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address gRPC binds (default 127.0.0.1, loopback only); e.g. 0.0.0.0 to serve the network "
+                   "- use TLS then")
+    p.add_argument("--tls-cert", type=Path, default=None, metavar="PEM",
+                   help="server certificate (PEM, chain allowed) for gRPC TLS; needs --tls-key")
+    p.add_argument("--tls-key", type=Path, default=None, metavar="PEM", help="server private key (PEM) for gRPC TLS")
+    p.add_argument("--tls-ca", type=Path, default=None, metavar="PEM",
+                   help="CA certificate (PEM) that signs client certificates: turns on mutual TLS, clients without "
+                   "a certificate from this CA are refused at the handshake")
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--metrics-port", type=int, default=8002)
@@ -346,8 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-threshold", type=float, default=None, help="server-side score threshold for this call")
     p.add_argument("--min-score", type=float, default=0.3, help="only show/draw findings at or above this score (default 0.3)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per study, retries included")
-    p.add_argument("--ssl", action="store_true", help="use TLS")
-    p.add_argument("--root-certificates", type=Path, default=None, help="CA bundle for TLS")
+    add_client_tls_arguments(p)
     p.set_defaults(func=cmd_predict)
 
     from cxr.benchmarks.cli import add_bench_parser  # light: heavy imports happen in cmd_bench

@@ -6,10 +6,18 @@ and the Python backend stub built for the running Python next to the backend, so
 :func:`prepare_backends` assembles a backend directory in a cache folder (the wheel
 itself is never modified).  The Python models import ``cxr`` and the venv's
 packages, so the server gets this interpreter's ``sys.path`` as ``PYTHONPATH``.
+
+Exposure: every endpoint binds to loopback unless ``host`` says otherwise.  gRPC
+can use TLS, or mutual TLS when a client CA is given (``tls_cert``/``tls_key``/
+``tls_ca``).  Triton's HTTP endpoint has no TLS of its own (it is meant to sit
+behind a reverse proxy), so with TLS on, HTTP and metrics stay on 127.0.0.1 even
+when gRPC binds a public address: the only port reachable from the network is
+the encrypted one.  Binding a non-loopback address without TLS logs a warning.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import shutil
@@ -67,6 +75,30 @@ def prepare_backends(cache: Path | None = None) -> TritonInstall:
     return TritonInstall(binary=binary, lib_dir=libs, backend_dir=cache)
 
 
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``: addresses only this machine can reach."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def _check_pem(path: Path | str, what: str, flag: str) -> Path:
+    """``path`` resolved, after checking it is a readable PEM file; UsageError names ``flag``."""
+    p = Path(path).expanduser().resolve()
+    if not p.is_file():
+        raise UsageError(f"{flag}: {what} file not found: {p}")
+    if not os.access(p, os.R_OK):
+        raise UsageError(f"{flag}: {what} file {p} is not readable by this user")
+    with open(p, "rb") as f:
+        head = f.read(64 * 1024)
+    if b"-----BEGIN " not in head:
+        raise UsageError(f"{flag}: {what} file {p} is not PEM (no '-----BEGIN' line); Triton reads PEM only")
+    return p
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -88,6 +120,53 @@ class TritonServer:
     models: tuple[str, ...] = ()  # explicit model control: load only these (empty = all)
     env: dict = field(default_factory=dict)
     process: subprocess.Popen | None = None
+    # gRPC TLS (PEM files): cert + key turn TLS on; a client CA as well makes it
+    # mutual (clients must present a certificate that CA signed).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    log_verbose: int = 0  # Triton's --log-verbose level (0 = off)
+
+    @property
+    def tls(self) -> str:
+        """The gRPC endpoint's transport security: "mtls", "tls" or "off"."""
+        if self.tls_cert is None and self.tls_key is None:
+            return "off"
+        return "mtls" if self.tls_ca is not None else "tls"
+
+    @property
+    def http_host(self) -> str:
+        """Where HTTP (readiness, metadata) and metrics bind: never off-host next to TLS gRPC."""
+        return self.host if self.tls == "off" or is_loopback(self.host) else "127.0.0.1"
+
+    def exposure_warnings(self) -> list[str]:
+        """What an operator must hear about this configuration's network exposure."""
+        if is_loopback(self.host):
+            return []
+        if self.tls == "off":
+            return [f"gRPC, HTTP and metrics bind {self.host} without TLS: anyone who can reach this host can send "
+                    "studies and read results in clear text; use --tls-cert/--tls-key (and --tls-ca for mutual TLS) "
+                    "or keep the default loopback bind behind a TLS proxy"]
+        kind = "mutual TLS" if self.tls == "mtls" else "TLS (no client certificates)"
+        return [f"gRPC binds {self.host} with {kind}; "
+                f"HTTP and metrics stay on {self.http_host} (Triton's HTTP has no TLS: put a proxy in front if needed)"]
+
+    def tls_flags(self) -> list[str]:
+        """tritonserver 2.51 flags for the gRPC TLS settings; UsageError names a bad file."""
+        if self.tls == "off":
+            if self.tls_ca is not None:
+                raise UsageError("--tls-ca (client CA for mutual TLS) needs --tls-cert and --tls-key as well")
+            return []
+        if self.tls_cert is None or self.tls_key is None:
+            missing = "--tls-key" if self.tls_key is None else "--tls-cert"
+            raise UsageError(f"gRPC TLS needs both --tls-cert and --tls-key; {missing} is missing")
+        cert = _check_pem(self.tls_cert, "server certificate", "--tls-cert")
+        key = _check_pem(self.tls_key, "server private key", "--tls-key")
+        flags = ["--grpc-use-ssl=true", f"--grpc-server-cert={cert}", f"--grpc-server-key={key}"]
+        if self.tls_ca is not None:
+            flags += ["--grpc-use-ssl-mutual=true",
+                      f"--grpc-root-cert={_check_pem(self.tls_ca, 'client CA certificate', '--tls-ca')}"]
+        return flags
 
     def command(self, install: TritonInstall) -> list[str]:
         if self.target not in TARGETS:
@@ -95,7 +174,8 @@ class TritonServer:
         cmd = [
             str(install.binary), f"--model-repository={Path(self.model_repository).resolve()}",
             f"--backend-directory={install.backend_dir}", f"--grpc-port={self.grpc_port}", f"--http-port={self.http_port}",
-            f"--metrics-port={self.metrics_port}", f"--grpc-address={self.host}", f"--http-address={self.host}",
+            f"--metrics-port={self.metrics_port}", f"--grpc-address={self.host}", f"--http-address={self.http_host}",
+            f"--metrics-address={self.http_host}", *self.tls_flags(), f"--log-verbose={int(self.log_verbose)}",
             "--allow-sagemaker=false", "--allow-vertex-ai=false", "--strict-readiness=true", "--exit-timeout-secs=10",
             "--model-control-mode=explicit",
         ]
@@ -129,6 +209,8 @@ class TritonServer:
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env["CXR_DETECTOR_PRECISION"] = self.precision
         env.update(self.env)
+        for warning in self.exposure_warnings():
+            log.warning(warning)
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         log.info("starting %s", " ".join(self.command(install)))
         self.process = subprocess.Popen(self.command(install), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -145,7 +227,9 @@ class TritonServer:
 
     def ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{self.host}:{self.http_port}/v2/health/ready", timeout=2) as r:
+            # HTTP stays plain (and on loopback when gRPC has TLS): see the module doc.
+            host = f"[{self.http_host}]" if ":" in self.http_host else self.http_host
+            with urllib.request.urlopen(f"http://{host}:{self.http_port}/v2/health/ready", timeout=2) as r:
                 return r.status == 200
         except (urllib.error.URLError, OSError):
             return False
@@ -173,6 +257,69 @@ class TritonServer:
             self.process.wait(5)
         except ProcessLookupError:
             pass
+
+    def kill(self) -> None:
+        """SIGKILL the server and its Python backend stubs at once, with no draining: a crash.
+
+        For fault drills.  A killed server cannot remove the shared-memory regions its
+        Python models used, so this removes the ones it had mapped (a restart makes new
+        ones; without this each kill leaves a few MiB in /dev/shm).
+        """
+        if self.process is None or self.process.poll() is not None:
+            return
+        regions = self._mapped_shm_regions(self.process.pid)
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(10)
+        for path in regions:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+
+    @staticmethod
+    def _mapped_shm_regions(pid: int) -> set[Path]:
+        """The Python backend's /dev/shm regions that process ``pid`` maps (Linux; else none)."""
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            return set()
+        return {Path(line.split(maxsplit=5)[5]) for line in maps.splitlines()
+                if len(line.split(maxsplit=5)) == 6 and "/dev/shm/triton_python_backend_shm_region_" in line}
+
+    def reload(self, model: str = "detector", *, timeout: float = 300.0) -> None:
+        """Load ``model`` again from the repository while the server keeps serving.
+
+        Explicit model control (POST /v2/repository/models/<model>/load).  Triton 2.51
+        loads the repository's current version(s) next to the serving ones and swaps
+        once they are ready; requests meanwhile go to the old instance, a load that
+        fails leaves the old version serving, and ensembles using ``model`` follow it.
+        ``model`` may be the step whose files changed (``detector`` after a new
+        ``detector/<N>/model.onnx``) or the ensemble ``cxr_detector``, which reloads
+        its changed steps too.  With no file changed since the last load it is a no-op.
+        Raises UsageError with Triton's reason when the load fails.
+        """
+        import json
+        import urllib.parse
+
+        host = f"[{self.http_host}]" if ":" in self.http_host else self.http_host
+        url = f"http://{host}:{self.http_port}/v2/repository/models/{urllib.parse.quote(model, safe='')}/load"
+        request = urllib.request.Request(url, data=b"", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout):
+                return
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode("utf-8", "replace")
+            try:
+                reason = str(json.loads(body)["error"])
+            except (ValueError, KeyError, TypeError):
+                reason = body or str(exc.reason)
+            first = reason.strip().splitlines()[0] if reason.strip() else f"HTTP {exc.code}"
+            raise UsageError(f"reloading model {model!r} failed (a version already serving goes on serving): {first}") from exc
+        except (urllib.error.URLError, OSError) as exc:
+            raise UsageError(f"cannot reach tritonserver at {host}:{self.http_port} to reload {model!r}: {exc}") from exc
 
     def __enter__(self) -> TritonServer:
         return self.start() if self.process is None else self
