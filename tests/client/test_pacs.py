@@ -1,8 +1,9 @@
 """`cxr pacs` over loopback: pynetdicom senders, the bridge, a receiving destination SCP.
 
-The detector is the live session `server` where results matter; where only the
-bridge's bookkeeping is under test (skips, permanent failures, a full queue) a
-stand-in client answers instantly.  Backoffs are a fraction of a second and every
+The detector is the live session `server` where results matter, or a server of the
+module's own where a test kills and restarts it; where only the bridge's bookkeeping
+is under test (skips, permanent failures, a full queue) a stand-in client answers
+instantly.  Backoffs are a fraction of a second and every
 wait is bounded.  Debian's dcmtk `storescu` is not installed on these machines, so
 pynetdicom plays the sender.
 """
@@ -13,6 +14,7 @@ import argparse
 import logging
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pydicom
@@ -41,7 +43,7 @@ from cxr.client.pacs import (  # noqa: E402
 )
 from cxr.client.pacs_queue import study_id  # noqa: E402
 from cxr.client.results import StudyResult  # noqa: E402
-from cxr.server import free_port  # noqa: E402
+from cxr.server import TritonServer, free_port  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
@@ -260,6 +262,82 @@ def test_restart_delivers_what_the_spool_still_holds(server, sources, tmp_path):
         assert second.wait_idle(WAIT_S)
         assert second.stats["delivered"] == 1 and second.stats["received"] == 0
         assert src.SOPInstanceUID in referenced_uids(dest.received[0])
+
+
+# ------------------------------------------------------------------ a detector we may kill
+
+
+@pytest.fixture(scope="module")
+def own_server(repository, tmp_path_factory):
+    """A tritonserver of these tests alone, not started: they stop, kill and restart it
+    on the same ports (the session ``server`` must survive)."""
+    pytest.importorskip("pytriton")
+    srv = TritonServer(model_repository=repository, grpc_port=free_port(), http_port=free_port(),
+                       metrics_port=free_port(), log_file=tmp_path_factory.mktemp("pacs-triton") / "tritonserver.log")
+    yield srv
+    srv.stop()
+
+
+def _sr_per_source(received: list[pydicom.Dataset], uids: list[str]) -> Counter:
+    """How many SRs the destination holds for each source instance (exactly once: all 1)."""
+    assert all(d.SOPClassUID == COMPREHENSIVE_3D_SR for d in received)
+    return Counter(uid for d in received for uid in referenced_uids(d) if uid in uids)
+
+
+@pytest.mark.slow
+def test_bridge_restarted_while_the_detector_is_down_delivers_every_study_once(own_server, sources, cr_sources,
+                                                                              tmp_path):
+    own_server.kill()  # not started yet, or killed: nothing listens on its port
+    srcs = [fresh(p) for p in [*sources[:2], cr_sources[0]]]
+    uids = [str(s.SOPInstanceUID) for s in srcs]
+    pending = tmp_path / "spool" / "pending"
+    with Destination() as dest:
+        with PacsBridge(config(tmp_path, dest.port, own_server.url)) as first:
+            assert send(first.address[1], srcs) == [0x0000] * len(srcs)  # acknowledged = on disk
+            assert wait_for(lambda: first.stats["retries"] >= 1)  # the detector call failed and will be retried
+        assert first.stats["delivered"] == 0 and dest.received == []
+        assert sorted(p.stem for p in pending.glob("*.dcm")) == sorted(uids)  # the stop lost nothing
+
+        own_server.start()  # the detector comes back after the bridge stopped
+        with PacsBridge(config(tmp_path, dest.port, own_server.url)) as second:  # a new bridge, the same spool
+            assert second.wait_idle(WAIT_S)
+            stats = second.stats
+        time.sleep(0.3)  # a duplicate would arrive now
+    print(f"\nbridge restart, detector down: received {len(srcs)}, spooled across the stop {len(uids)}, "
+          f"delivered after restart {stats['delivered']}, SRs at the destination {len(dest.received)}")
+    assert stats["delivered"] == len(srcs) and stats["received"] == 0 and stats["failed"] == 0
+    assert _sr_per_source(dest.received, uids) == Counter(uids) and len(dest.received) == len(srcs)
+    assert not list(pending.iterdir())
+    assert all((tmp_path / "spool" / "done" / uid).is_file() for uid in uids)
+
+
+@pytest.mark.slow
+def test_detector_killed_while_the_bridge_works_loses_nothing(own_server, sources, cr_sources, tmp_path):
+    if own_server.process is None or own_server.process.poll() is not None:
+        own_server.start()
+    srcs = [fresh(p) for p in [*sources[:3], cr_sources[0]]]  # SRs take a while to build: some are left when it dies
+    uids = [str(s.SOPInstanceUID) for s in srcs]
+    pending = tmp_path / "spool" / "pending"
+    with Destination() as dest, PacsBridge(config(tmp_path, dest.port, own_server.url)) as bridge:
+        assert send(bridge.address[1], srcs) == [0x0000] * len(srcs)
+        assert wait_for(lambda: bridge.stats["delivered"] >= 1)
+        own_server.kill()  # SIGKILL while the worker is between studies or inside a detector call
+        assert wait_for(lambda: bridge.stats["retries"] >= 1)
+        # The worker is stuck on the detector now: nothing is delivered, nothing leaves the spool.
+        left = len(list(pending.glob("*.dcm")))
+        delivered_before = bridge.stats["delivered"]
+        assert left == len(srcs) - delivered_before > 0, "every study was done before the kill"
+        time.sleep(1.0)
+        own_server.start()
+        assert bridge.wait_idle(WAIT_S)
+        time.sleep(0.3)  # a duplicate would arrive now
+        stats = bridge.stats
+    print(f"\ndetector killed under the bridge: received {len(srcs)}, delivered before the kill {delivered_before}, "
+          f"still spooled {left}, delivered after the restart {stats['delivered'] - delivered_before}, "
+          f"failed {stats['failed']}, lost {len(srcs) - stats['delivered'] - stats['failed']}")
+    assert stats["delivered"] == len(srcs) and stats["failed"] == 0 and stats["retries"] >= 1
+    assert _sr_per_source(dest.received, uids) == Counter(uids) and len(dest.received) == len(srcs)
+    assert not list(pending.iterdir())
 
 
 # ------------------------------------------------------------------ bridge bookkeeping (stand-in detector)
