@@ -20,6 +20,13 @@ Input policy (tests/data/hostile/MANIFEST.json lists one file per rule):
   JPEG SOF, DICOM Rows/Columns and the codestream header of a compressed DICOM
   frame (which must agree with Rows/Columns); a deflated DICOM is inflated with a
   cap.  Above :data:`MAX_PIXELS` is refused as a possible decompression bomb.
+- An RLE Lossless frame is walked run by run before pydicom decodes it (pydicom
+  expands each segment without a limit, up to 64x the encoded size): its header
+  must list BitsAllocated/8 segments at increasing offsets inside the frame, and
+  each segment must decode to Rows x Columns bytes (plus at most
+  :data:`RLE_SEGMENT_SLACK`), neither more nor less.
+- A compressed single-frame DICOM whose offset tables split the pixel data into
+  more than one frame is refused (pydicom would decode the extra frames unchecked).
 - Grayscale stored as RGB (R = G = B, within JPEG chroma noise) is accepted as
   grayscale; true colour is refused with a message that says "colour".
 - Palette PNGs are accepted when every used colour is grey, refused otherwise.
@@ -58,6 +65,12 @@ _MAX_CHANNEL_SPREAD = 12
 # 16 bits plus generous room for the header.  pydicom would inflate without limit.
 MAX_INFLATED_DICOM_BYTES = 2 * MAX_PIXELS + 16 * 1024 * 1024
 DEFLATED_TS = "1.2.840.10008.1.2.1.99"
+RLE_LOSSLESS_TS = "1.2.840.10008.1.2.5"
+# PS3.5 G.2: each RLE segment decodes to exactly Rows x Columns bytes.  Some encoders
+# emit a padding byte or run past that, which pydicom trims (pydicom issue #1438:
+# 786433 vs 786432 bytes); one PackBits run of slack keeps such files readable and the
+# expansion bounded.
+RLE_SEGMENT_SLACK = 128
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -359,6 +372,106 @@ def _codestream_size(frame: bytes) -> tuple[int, int] | None:
     return y - y0, x - x0
 
 
+def _single_frame(ds, ts_name: str, what: str) -> tuple[bytes, ...]:
+    """The fragments of the one frame pydicom's decoder will be handed.
+
+    Uses pydicom's own frame splitting (Basic or Extended Offset Table, else all
+    fragments joined), so the checks see exactly what gets decoded.  More than one
+    frame is refused: with NumberOfFrames 1 pydicom still decodes every extra frame
+    an offset table describes, and none of them would be checked.
+    """
+    from pydicom.encaps import generate_fragmented_frames
+
+    extended = None
+    if "ExtendedOffsetTable" in ds:
+        extended = (ds.ExtendedOffsetTable, ds.get("ExtendedOffsetTableLengths") or b"")
+    try:
+        frames = generate_fragmented_frames(ds.PixelData, number_of_frames=1, extended_offsets=extended)
+        first = next(frames, None)
+        extra = next(frames, None)
+    except Exception as exc:  # malformed items, offsets past the end, ...
+        raise InvalidImageError(
+            f"truncated or corrupt DICOM pixel data ({ts_name}): cannot split the encapsulated fragments into "
+            f"frames: {exc}"
+        ) from exc
+    if first is None:
+        raise InvalidImageError(
+            f"truncated or corrupt DICOM pixel data ({ts_name}): the encapsulated data holds no frame"
+        )
+    if extra is not None:
+        raise InvalidImageError(
+            f"{what} ({ts_name}) holds more than one frame (its offset table splits the pixel data) "
+            "although NumberOfFrames is 1"
+        )
+    return first
+
+
+# PackBits run header n -> bytes the run occupies and bytes it decodes to: n < 128 is a
+# literal run (the next n + 1 bytes are copied), n > 128 a replicate run (the next byte
+# 257 - n times), 128 a no-op.
+_RLE_STEP = [n + 2 for n in range(128)] + [1] + [2] * 127
+_RLE_GAIN = [n + 1 for n in range(128)] + [0] + [257 - n for n in range(129, 256)]
+
+
+def _rle_segment_length(frame: bytes, start: int, end: int, limit: int) -> int:
+    """Bytes the PackBits segment ``frame[start:end]`` decodes to, counted the way
+    pydicom decodes it but without decoding; the walk stops once the count passes ``limit``.
+
+    One table look-up per run: a literal run is skipped in one step.
+    """
+    pos, out = start, 0
+    step, gain = _RLE_STEP, _RLE_GAIN
+    safe = end - 129  # no run starting before this can reach past the end (the longest is 129 bytes)
+    while pos < safe and out <= limit:
+        n = frame[pos]
+        out += gain[n]
+        pos += step[n]
+    while pos < end and out <= limit:  # the last runs may be cut short; pydicom copies what is there
+        n = frame[pos]
+        left = end - pos - 1
+        out += min(n + 1, left) if n < 128 else (257 - n if n > 128 and left > 0 else 0)
+        pos += step[n]
+    return out
+
+
+def _check_rle_frame(frame: bytes, rows: int, cols: int, allocated: int) -> None:
+    """Refuse an RLE Lossless frame (PS3.5 Annex G) that pydicom would expand beyond
+    Rows x Columns per segment (a decompression bomb), or that decodes short.
+
+    Costs one pass over the run headers (a literal run of up to 128 bytes is skipped in
+    one step); nothing is allocated.
+    """
+    if len(frame) < 64:
+        raise InvalidImageError(f"RLE frame is {len(frame)} bytes, shorter than its 64-byte header")
+    count = int.from_bytes(frame[:4], "little")
+    want = allocated // 8  # SamplesPerPixel is 1 here
+    if count != want:
+        raise InvalidImageError(
+            f"RLE header lists {count} segments; BitsAllocated {allocated} x SamplesPerPixel 1 needs {want}"
+        )
+    offsets = [int.from_bytes(frame[4 + 4 * i : 8 + 4 * i], "little") for i in range(count)]
+    ends = offsets[1:] + [len(frame)]
+    if offsets[0] < 64 or any(b <= a for a, b in zip(offsets, ends)):
+        raise InvalidImageError(
+            f"RLE header segment offsets {offsets} are invalid for a {len(frame)}-byte frame "
+            "(they must start at 64 or later, increase, and lie inside the frame)"
+        )
+    need = rows * cols
+    for i, (start, end) in enumerate(zip(offsets, ends), start=1):
+        got = _rle_segment_length(frame, start, end, need + RLE_SEGMENT_SLACK)
+        if got > need + RLE_SEGMENT_SLACK:
+            raise InvalidImageError(
+                f"RLE segment {i} expands past Rows×Columns = {cols}x{rows} = {need} bytes (stopped counting at "
+                f"{got} decoded bytes; its {end - start} encoded bytes can decode to up to {64 * (end - start)}); "
+                "refusing a possible decompression bomb"
+            )
+        if got < need:
+            raise InvalidImageError(
+                f"RLE segment {i} decodes to only {got} bytes, but Rows×Columns = {cols}x{rows} need {need} "
+                "(truncated or corrupt RLE pixel data)"
+            )
+
+
 def _first_frame(pixel_data: bytes) -> bytes | None:
     """The start of the first encapsulated frame (the item after the Basic Offset Table)."""
     from pydicom.encaps import generate_fragments
@@ -419,7 +532,13 @@ def _decode_dicom_dataset(ds, max_pixels: int) -> DecodedImage:
     signed = int(ds.get("PixelRepresentation", 0)) == 1
 
     compressed = tsuid is not None and tsuid.is_compressed and tsuid != DEFLATED_TS
-    if compressed:
+    if compressed and tsuid == RLE_LOSSLESS_TS:
+        # pydicom's RLE decoder expands each segment fully before checking its length.
+        frame = b"".join(_single_frame(ds, ts_name, "RLE pixel data"))
+        _check_rle_frame(frame, rows, cols, allocated)
+        del frame  # pydicom extracts its own copy
+    elif compressed:
+        _single_frame(ds, ts_name, "compressed pixel data")
         # The decoders allocate what the codestream says, not what Rows/Columns say.
         frame = _first_frame(ds.PixelData)
         declared = None if frame is None else _codestream_size(frame)

@@ -11,6 +11,7 @@ CI sees the same inputs every time.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import struct
@@ -30,7 +31,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID
 
 from cxr.errors import InvalidImageError
-from cxr.imaging import decode_image
+from cxr.imaging import RLE_SEGMENT_SLACK, _rle_segment_length, decode_image
 from cxr.preprocess import PreprocessConfig, preprocess
 
 HOSTILE = Path(__file__).resolve().parents[1] / "data" / "hostile"
@@ -196,12 +197,42 @@ def test_bombs_are_refused_before_allocating(tmp_path):
     assert outcome == "decoded" and control > 100, f"control grew only {control:.0f} MB"
     figures = {}
     for name in ("png_bomb_20000.png", "png_bomb_8000.png", "jpeg_header_20000.jpg", "jpeg_header_8000.jpg",
-                 "dicom_rows_20000.dcm", "dicom_j2k_header_bomb.dcm", "dicom_deflate_bomb.dcm", "png_ztxt_bomb.png"):
+                 "dicom_rows_20000.dcm", "dicom_j2k_header_bomb.dcm", "dicom_deflate_bomb.dcm", "png_ztxt_bomb.png",
+                 "dicom_rle_bomb.dcm"):
         outcome, figures[name] = _peak_growth_mb(HOSTILE / name)
         assert outcome == "rejected", name
         assert figures[name] < 50, f"{name}: peak RSS grew {figures[name]:.0f} MB"
     print("\npeak RSS growth (MB): control 6000x6000 " + f"{control:.0f}; "
           + "; ".join(f"{k} {v:.1f}" for k, v in figures.items()))
+
+
+def _corpus_maker():
+    """tests/data/hostile/make_corpus.py as a module (its RLE helpers build the large bomb)."""
+    spec = importlib.util.spec_from_file_location("make_corpus", HOSTILE / "make_corpus.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc to reset the RSS peak")
+def test_rle_bomb_of_1_gib_is_refused_before_expanding(tmp_path):
+    # The corpus RLE bomb is kept to a few KB, and PackBits expands at most 64x, so a bomb
+    # that matters is built here: 16 MiB of 2-byte replicate runs in the one segment of an
+    # 8-bit 2048x2048 frame (4 MiB allowed).  pydicom alone expands it to 1 GiB and then
+    # returns the first 4 MiB as a valid image; it is never decoded unchecked here.
+    bomb = tmp_path / "rle_bomb_1gib.dcm"
+    bomb.write_bytes(_corpus_maker().rle_bomb_dicom(2048, 2048, 16 << 20, bits_allocated=8, uid_tail="90"))
+    frame_bytes = bomb.stat().st_size
+    data = bomb.read_bytes()
+    start = data.index(b"\x01\x00\x00\x00\x40\x00\x00\x00")  # RLE header: 1 segment at offset 64
+    would_be = _rle_segment_length(data, start + 64, len(data), limit=1 << 62)
+    assert would_be >= 1 << 30, f"the bomb only expands to {would_be / 2**20:.0f} MiB"
+    outcome, growth = _peak_growth_mb(bomb)
+    assert outcome == "rejected"
+    # reading the file costs a few copies of its 16 MiB (dcmread, the frame); never the 1 GiB expansion
+    assert growth < 4 * frame_bytes / 2**20, f"peak RSS grew {growth:.0f} MB for a {frame_bytes / 2**20:.0f} MiB file"
+    print(f"\nRLE bomb: {frame_bytes / 2**20:.1f} MiB file would expand to {would_be / 2**30:.2f} GiB; "
+          f"refused with peak RSS growth {growth:.1f} MB")
 
 
 def _zero_png(side: int) -> bytes:
@@ -212,6 +243,122 @@ def _zero_png(side: int) -> bytes:
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+# ------------------------------------------------------------------------ RLE Lossless
+
+
+@settings(FUZZ, max_examples=400)
+@given(segment=st.one_of(
+    st.binary(max_size=1500),
+    st.lists(st.sampled_from([b"\x81\x07", b"\xff\x00", b"\x80", b"\x00\x01", b"\x7f" + bytes(range(128))]),
+             max_size=60).map(b"".join),
+), limit=st.integers(0, 4000))
+def test_rle_walk_counts_what_pydicom_decodes(segment, limit):
+    """The pre-check counts exactly the bytes pydicom's own decoder produces (truncated runs
+    and no-op headers included), reads only inside the segment, and stops only past ``limit``."""
+    from pydicom.pixels.decoders.rle import _rle_decode_segment
+
+    true = len(_rle_decode_segment(segment))
+    counted = _rle_segment_length(b"\x81\x00" + segment + b"\x7f" * 200, 2, 2 + len(segment), limit)
+    if true <= limit:
+        assert counted == true
+    else:
+        assert counted > limit
+
+
+def _rle_dataset(frame: bytes, rows: int, cols: int, uid_tail: str = "91") -> bytes:
+    maker = _corpus_maker()
+    from pydicom.encaps import encapsulate
+
+    ds = maker.dicom(np.zeros((rows, cols), np.uint16), ts=maker.RLE_LOSSLESS, pixel_data=encapsulate([frame]),
+                     uid_tail=uid_tail)
+    return maker.dicom_bytes(ds)
+
+
+def _literal_segment(plane: bytes) -> bytes:
+    """PackBits of ``plane`` as literal runs only (valid, if not compact)."""
+    return b"".join(bytes([len(plane[i : i + 128]) - 1]) + plane[i : i + 128] for i in range(0, len(plane), 128))
+
+
+def test_legit_rle_decodes_exactly(pydicom_test_files):
+    # corpus control: pydicom-encoded 12-bit film equals the uncompressed file
+    np.testing.assert_array_equal(decode_image(HOSTILE / "dicom_ok_rle.dcm").pixels,
+                                  decode_image(HOSTILE / "dicom_ok.dcm").pixels)
+    # a file encoded by another toolkit (pydicom's MR_small_RLE, signed 16-bit) equals its uncompressed twin
+    np.testing.assert_array_equal(decode_image(pydicom_test_files / "MR_small_RLE.dcm").pixels,
+                                  decode_image(pydicom_test_files / "MR_small.dcm").pixels)
+    # odd width, flat areas (long replicate runs), noise (literal runs), pairs (2-byte runs), 16-bit
+    maker = _corpus_maker()
+    rng = np.random.default_rng(3)
+    arr = (rng.random((150, 301)) * 4096).astype(np.uint16)
+    arr[:40] = 1000
+    arr[40:60] = np.repeat(arr[40:60, ::2], 2, axis=1)[:, :301]
+    ds = maker.dicom(arr, uid_tail="92")
+    plain = decode_image(ds).pixels
+    ds.compress(maker.UID(maker.RLE_LOSSLESS), generate_instance_uid=False)
+    np.testing.assert_array_equal(decode_image(maker.dicom_bytes(ds)).pixels, plain)
+
+
+def test_rle_segment_padding_within_slack_is_trimmed_beyond_it_refused():
+    """Some encoders pad a segment past Rows x Columns (pydicom trims it); one run of
+    RLE_SEGMENT_SLACK bytes is accepted and decodes exactly, one byte more is refused."""
+    rows, cols = 16, 24
+    arr = (np.arange(rows * cols, dtype=np.uint16) * 7 % 4096).reshape(rows, cols)
+    msb, lsb = (arr >> 8).astype(np.uint8).tobytes(), (arr & 0xFF).astype(np.uint8).tobytes()
+    maker = _corpus_maker()
+    plain = decode_image(maker.dicom(arr, uid_tail="93")).pixels
+    pad = bytes([257 - RLE_SEGMENT_SLACK, 0])  # one replicate run of RLE_SEGMENT_SLACK zeros
+    exact = maker.rle_frame([_literal_segment(msb), _literal_segment(lsb)])
+    padded = maker.rle_frame([_literal_segment(msb) + pad, _literal_segment(lsb) + pad])
+    np.testing.assert_array_equal(decode_image(_rle_dataset(exact, rows, cols)).pixels, plain)
+    np.testing.assert_array_equal(decode_image(_rle_dataset(padded, rows, cols)).pixels, plain)
+    over = maker.rle_frame([_literal_segment(msb), _literal_segment(lsb) + pad + b"\x00\x00"])
+    with pytest.raises(InvalidImageError, match="RLE segment 2 expands past Rows×Columns"):
+        decode_image(_rle_dataset(over, rows, cols))
+    short = maker.rle_frame([_literal_segment(msb)[:-1], _literal_segment(lsb)])
+    with pytest.raises(InvalidImageError, match=f"RLE segment 1 decodes to only {rows * cols - 1} bytes"):
+        decode_image(_rle_dataset(short, rows, cols))
+
+
+def test_extra_frames_in_offset_table_refused_for_every_compressed_syntax():
+    """pydicom decodes every frame an offset table describes even when NumberOfFrames is 1;
+    the header checks look at one frame, so a second frame is refused before decoding."""
+    from pydicom import dcmread
+    from pydicom.encaps import encapsulate, generate_fragments
+
+    for name in ("dicom_ok_rle.dcm", "dicom_ok_j2k.dcm", "dicom_ok_jpegls.dcm"):
+        ds = dcmread(HOSTILE / name)
+        fragments = generate_fragments(ds.PixelData)
+        next(fragments)
+        frame = next(fragments)
+        ds.PixelData = encapsulate([frame, frame], has_bot=True)
+        with pytest.raises(InvalidImageError, match="holds more than one frame"):
+            decode_image(ds)
+        ds.PixelData = encapsulate([frame], has_bot=True)  # control: a one-entry offset table is fine
+        if name == "dicom_ok_rle.dcm":
+            np.testing.assert_array_equal(decode_image(ds).pixels, decode_image(HOSTILE / "dicom_ok.dcm").pixels)
+
+
+@settings(FUZZ, max_examples=200)
+@given(count=st.integers(0, 20), offsets=st.lists(st.integers(0, 7000), min_size=15, max_size=15),
+       keep_header=st.booleans(), flips=st.lists(st.tuples(st.integers(64, 5100), st.integers(0, 255)), max_size=8))
+def test_fuzz_rle_frames(count, offsets, keep_header, flips):
+    """Random RLE headers and damaged segments: a finite image or InvalidImageError, nothing else."""
+    from pydicom import dcmread
+    from pydicom.encaps import generate_fragments
+
+    fragments = generate_fragments(dcmread(HOSTILE / "dicom_ok_rle.dcm").PixelData)
+    next(fragments)
+    frame = bytearray(next(fragments))
+    if not keep_header:
+        frame[:64] = struct.pack("<16L", count, *offsets)
+    for pos, value in flips:
+        if pos < len(frame):
+            frame[pos] = value
+    outcome = run_pipeline(_rle_dataset(bytes(frame), 64, 64, uid_tail="94"))
+    if keep_header and not flips:
+        assert not isinstance(outcome, InvalidImageError), outcome
 
 
 # ------------------------------------------------------------------------ fuzzing

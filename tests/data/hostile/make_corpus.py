@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, generate_fragments
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 HERE = Path(__file__).resolve().parent
@@ -126,6 +126,31 @@ def j2k_lossless(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="JPEG2000", no_jp2=True, irreversible=False)
     return buf.getvalue()
+
+
+def rle_frame(segments: list[bytes], *, count: int | None = None, offsets: list[int] | None = None) -> bytes:
+    """An RLE Lossless frame (PS3.5 Annex G): the 64-byte header (segment count, then 15
+    offsets) and the segments; ``count``/``offsets`` override the true values (a header that lies)."""
+    if offsets is None:
+        offsets = [64 + sum(len(s) for s in segments[:i]) for i in range(len(segments))]
+    header = struct.pack("<L", len(segments) if count is None else count)
+    header += struct.pack(f"<{len(offsets)}L", *offsets) + bytes(4 * (15 - len(offsets)))
+    return header + b"".join(segments)
+
+
+def rle_bomb_segment(n_bytes: int) -> bytes:
+    """PackBits at its worst ratio: replicate runs of 2 bytes (0x81, value) that decode to
+    128 bytes each, so ``n_bytes`` decode to 64 x ``n_bytes``."""
+    return b"\x81\x00" * (n_bytes // 2)
+
+
+def rle_bomb_dicom(rows: int, cols: int, segment_bytes: int, bits_allocated: int = 16, uid_tail: str = "13") -> bytes:
+    """A single-frame RLE DICOM with valid header and offsets whose every segment expands
+    to 64 x ``segment_bytes``, far past the Rows x Columns bytes a segment must hold."""
+    frame = rle_frame([rle_bomb_segment(segment_bytes)] * (bits_allocated // 8))
+    ds = dicom(np.zeros((rows, cols), np.uint8), ts=RLE_LOSSLESS, pixel_data=encapsulate([frame]),
+               bits_allocated=bits_allocated, bits_stored=bits_allocated, uid_tail=uid_tail)
+    return dicom_bytes(ds)
 
 
 # Standard JPEG luminance DC Huffman table (ITU T.81 Table K.3): categories 0..11.
@@ -333,7 +358,35 @@ def build() -> None:
     voi.VOILUTSequence = [lut]
     add("dicom_voi_lut_nonsense.dcm", dicom_bytes(voi), "VOI LUT with an impossible descriptor", "DICOM")
 
+    # --- RLE Lossless: pydicom's pure-Python decoder expands a segment without a limit
+    add("dicom_rle_bomb.dcm", rle_bomb_dicom(SIDE, SIDE, 2048),
+        "RLE 64x64 16-bit, valid header; each 2 KB segment of 2-byte replicate runs expands to 128 KB "
+        "(32x the 4096 bytes Rows x Columns allow, 64x its own size)", "RLE segment 1 expands past Rows×Columns")
+    rle_ok = _first_fragment(_compressed(RLE_LOSSLESS).PixelData)
+    seg2 = int.from_bytes(rle_ok[8:12], "little")
+    add("dicom_rle_bad_header.dcm",
+        dicom_bytes(dicom(ts=RLE_LOSSLESS, uid_tail="14",
+                          pixel_data=encapsulate([rle_ok[:8] + struct.pack("<L", 1 << 30) + rle_ok[12:]]))),
+        "RLE frame whose header puts segment 2 at byte 2**30, past the end of the frame", "segment offsets")
+    add("dicom_rle_segment_count.dcm",
+        dicom_bytes(dicom(ts=RLE_LOSSLESS, uid_tail="15", pixel_data=encapsulate([struct.pack("<L", 3) + rle_ok[4:]]))),
+        "RLE header lists 3 segments for 16-bit grayscale (needs 2)", "lists 3 segments")
+    add("dicom_rle_short_segment.dcm",
+        dicom_bytes(dicom(ts=RLE_LOSSLESS, uid_tail="16", pixel_data=encapsulate([rle_ok[: seg2 + 40]]))),
+        "RLE frame cut 40 bytes into segment 2: it decodes short of Rows x Columns", "RLE segment 2 decodes to only")
+    add("dicom_rle_extra_frame.dcm",
+        dicom_bytes(dicom(ts=RLE_LOSSLESS, uid_tail="17",
+                          pixel_data=encapsulate([rle_ok, rle_frame([rle_bomb_segment(2048)] * 2)], has_bot=True))),
+        "single-frame RLE whose Basic Offset Table adds a second frame, an RLE bomb (pydicom decodes extra "
+        "frames)", "more than one frame")
+
     (HERE / "MANIFEST.json").write_text(json.dumps(MANIFEST, indent=1) + "\n")
+
+
+def _first_fragment(pixel_data: bytes) -> bytes:
+    fragments = generate_fragments(pixel_data)
+    next(fragments)  # Basic Offset Table
+    return next(fragments)
 
 
 def _compressed(ts: str) -> Dataset:
