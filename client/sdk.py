@@ -29,7 +29,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 import tritonclient.utils.shared_memory as shm
 
-from cxr.client.errors import CONVERTIBLE, DetectorError, client_error, to_detector_error
+from cxr.client.errors import CONVERTIBLE, DetectorError, client_error, tls_hint, to_detector_error
 from cxr.client.requests import PIXELS, ImageInput, ModelSpec, Request, build_request, check_parameters, parse_response
 from cxr.client.results import StudyResult
 
@@ -127,7 +127,9 @@ class _ClientBase:
         """Seconds to wait before attempt ``attempt + 1``, or None to give up now.
 
         Giving up on a retryable failure records why in ``err.gave_up``, so the caller
-        sees "the server stayed down for the whole deadline", not only the last error.
+        sees "the server stayed down for the whole deadline", not only the last error,
+        and, when the failure looks like a refused TLS handshake, what is probably
+        misconfigured in ``err.hint``.
         """
         err.attempts = attempt
         if not err.retryable:
@@ -141,7 +143,10 @@ class _ClientBase:
                       else f"the {deadline - started:.1f} s deadline leaves no time for another")
             plural = "s" if attempt > 1 else ""
             err.gave_up = f"gave up after {attempt} attempt{plural} in {now - started:.1f} s: {budget}"
-            log.warning("detector call failed (%s), %s", err.status, err.gave_up)
+            err.hint = tls_hint(err, ssl=self.ssl, client_certificate=self._tls["certificate_chain"] is not None,
+                                url=self.url) or ""
+            log.warning("detector call failed (%s), %s%s", err.status, err.gave_up,
+                        f"; hint: {err.hint}" if err.hint else "")
             return None
         log.warning("detector call failed (%s: %s), attempt %d of %d; retrying in %.2f s",
                     err.status, err.message[:120], attempt, self.retries + 1, delay)

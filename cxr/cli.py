@@ -198,22 +198,9 @@ def client_tls_options(args: argparse.Namespace) -> dict:
             "private_key": args.tls_key}
 
 
-def tls_hint(error, tls: bool) -> str:
-    """A hint for an UNAVAILABLE failure that looks like a refused TLS handshake, or ""."""
-    if getattr(error, "status", "") != "UNAVAILABLE":
-        return ""
-    text = str(getattr(error, "message", error)).lower()
-    if not any(s in text for s in ("socket closed", "handshake", "ssl", "certificate")):
-        return ""  # connection refused, DNS, timeouts: not TLS
-    if not tls:
-        return "the server may require TLS: a plaintext client sees 'Socket closed'; add --tls-ca (and --tls-cert/--tls-key for mutual TLS)"
-    return ("the TLS handshake may have failed: check that --tls-ca signed the server's certificate (whose name must "
-            "match the host in --url) and, if the server requires mutual TLS, that --tls-cert/--tls-key were issued "
-            "by the CA the server trusts")
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     from cxr.client import DetectorClient
+    from cxr.client.errors import tls_hint
     from cxr.client.predict import format_table, outcomes_json, run_predict
 
     import contextlib
@@ -244,7 +231,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     failed = sum(o.error is not None for o in outcomes)
     if failed:
         print(f"cxr predict: {failed} of {len(outcomes)} studies failed", file=sys.stderr)
-        hint = next((h for h in (tls_hint(o.error, bool(tls)) for o in outcomes if o.error) if h), "")
+        hints = (tls_hint(o.error, ssl=bool(tls), client_certificate=tls.get("certificate_chain") is not None, url=url)
+                 for o in outcomes if o.error)
+        hint = next((h for h in hints if h), None)
         if hint:
             print(f"cxr predict: hint: {hint}", file=sys.stderr)
     return 1 if failed else 0

@@ -13,7 +13,9 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import logging
+import asyncio
 import os
+import pickle
 import re
 import socket
 import subprocess
@@ -38,8 +40,8 @@ from pydicom.uid import generate_uid  # noqa: E402
 from pynetdicom import AE, evt  # noqa: E402
 from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation  # noqa: E402
 
-from cxr.cli import tls_hint  # noqa: E402
-from cxr.client import DetectorClient, DetectorError  # noqa: E402
+from cxr.client import AsyncDetectorClient, DetectorClient, DetectorError  # noqa: E402
+from cxr.client.errors import tls_hint  # noqa: E402
 from cxr.client.pacs import COMPREHENSIVE_3D_SR, PacsBridge, PacsConfig  # noqa: E402
 from cxr.server import TritonServer, free_port  # noqa: E402
 
@@ -181,14 +183,22 @@ REFUSED = {
         lambda p: {"ssl": True, "root_certificates": p.other_ca, "certificate_chain": p.client_cert,
                    "private_key": p.client_key}, None),
 }
+# What DetectorError's hint says for each refused client: the likely fix, not just "TLS".
+HINTS = {
+    "no-client-certificate": "hint: the server may require a client certificate (mutual TLS)",
+    "plaintext-client": "hint: the server may require TLS: pass ssl=True / --ssl and the CA",
+    "client-certificate-from-another-ca": "hint: the server may have refused the client certificate (mutual TLS)",
+    "server-not-signed-by-the-trusted-ca": "hint: the server's certificate is not signed by root_certificates",
+}
 
 
 @pytest.mark.parametrize("case", list(REFUSED))
 def test_mtls_server_refuses_the_handshake(mtls_server, pki, study, case):
-    """Each wrong client fails at the handshake, for the right reason, with a hint that says TLS.
+    """Each wrong client fails at the handshake, for the right reason, with a hint that names the fix.
 
     gRPC reports a refused handshake as UNAVAILABLE, the same status as a server that
     is restarting, so the SDK counts it as retryable: with retries=0 it fails at once.
+    The hint is in ``str(err)`` after gave_up, and survives pickling (task queues).
     """
     kwargs, server_says = REFUSED[case]
     start = mtls_server.log_file.stat().st_size
@@ -197,7 +207,13 @@ def test_mtls_server_refuses_the_handshake(mtls_server, pki, study, case):
             client.predict(study)
     err = info.value
     assert err.status == "UNAVAILABLE" and err.retryable
-    assert "TLS" in tls_hint(err, tls=bool(kwargs(pki))), err.message
+    assert err.gave_up and HINTS[case] in str(err), str(err)
+    assert str(err).index(err.gave_up) < str(err).index("; hint: ")
+    client_kwargs = kwargs(pki)
+    assert err.hint == tls_hint(err, ssl=bool(client_kwargs), client_certificate="certificate_chain" in client_kwargs,
+                                url=client.url)  # the same text `cxr predict` prints
+    again = pickle.loads(pickle.dumps(err))
+    assert (again.hint, str(again)) == (err.hint, str(err))
     if server_says is None:  # the client rejected the server's certificate itself
         assert "CERTIFICATE_VERIFY_FAILED" in err.message
     else:
@@ -215,8 +231,58 @@ def test_tls_only_server_needs_no_client_certificate(repository, pki, study, tmp
         with DetectorClient(url=url, timeout_s=WAIT_S, ssl=True, root_certificates=pki.ca) as client:
             assert client.predict(study).detections
         with DetectorClient(url=url, timeout_s=10.0, retries=0) as plain:
-            with pytest.raises(DetectorError, match="UNAVAILABLE"):
+            with pytest.raises(DetectorError, match="UNAVAILABLE") as info:
                 plain.predict(study)
+        assert HINTS["plaintext-client"] in str(info.value), str(info.value)
+
+
+def test_async_client_gets_the_same_hint(mtls_server, pki, study):
+    """AsyncDetectorClient gives up through the same path: no client certificate, the mutual-TLS hint."""
+    async def run() -> None:
+        async with AsyncDetectorClient(url=f"127.0.0.1:{mtls_server.grpc_port}", timeout_s=10.0, retries=0,
+                                       ssl=True, root_certificates=pki.ca) as client:
+            await client.predict(study)
+
+    with pytest.raises(DetectorError) as info:
+        asyncio.run(run())
+    assert HINTS["no-client-certificate"] in str(info.value), str(info.value)
+
+
+def test_a_name_missing_from_the_server_certificate_gets_the_san_hint(mtls_server, pki, study):
+    """Right CA, right client certificate, wrong name: [::ffff:127.0.0.1] reaches the server's dual-stack
+    socket like 127.0.0.1 does, but is not one of the certificate's subjectAltName entries."""
+    url = f"[::ffff:127.0.0.1]:{mtls_server.grpc_port}"
+    with DetectorClient(url=url, timeout_s=10.0, retries=0, **mtls(pki)) as client:
+        with pytest.raises(DetectorError) as info:
+            client.predict(study)
+    err = info.value
+    if "Connection refused" in err.message:
+        pytest.skip("the server's gRPC socket is not dual-stack here: loopback has no second name to try")
+    assert "Hostname Verification" in err.message, err.message  # gRPC's own check, not a CA problem
+    assert "hint: the server's certificate is trusted but its subjectAltName does not cover '[::ffff:127.0.0.1]'" \
+        in str(err), str(err)
+
+
+def test_tls_client_against_a_plaintext_server_is_told_the_server_may_not_use_tls(server, pki, study):
+    with DetectorClient(url=server.url, timeout_s=10.0, retries=0, ssl=True, root_certificates=pki.ca) as client:
+        with pytest.raises(DetectorError) as info:
+            client.predict(study)
+    assert "WRONG_VERSION_NUMBER" in info.value.message, info.value.message
+    assert "hint: the server may not use TLS (it answered in plaintext)" in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("case", ["plaintext-client", "no-client-certificate", "client-certificate-from-another-ca"])
+def test_nothing_listening_gets_no_tls_hint(pki, study, case):
+    """"Connection refused" means the server is down, not a TLS problem, whatever the client's TLS options."""
+    dead = f"127.0.0.1:{free_port()}"  # bound then released: nothing listens there
+    with DetectorClient(url=dead, timeout_s=10.0, retries=1, backoff_s=0.01, **REFUSED[case][0](pki)) as client:
+        with pytest.raises(DetectorError) as info:
+            client.predict(study)
+    err = info.value
+    assert err.status == "UNAVAILABLE" and "Connection refused" in err.message, err.message
+    assert err.gave_up, "the client must have given up (where the hint would be attached)"
+    assert err.hint == "" and "hint" not in str(err), str(err)
+    assert pickle.loads(pickle.dumps(err)).hint == ""
 
 
 def test_cli_predict_without_a_client_certificate_fails_with_a_tls_hint(mtls_server, pki, study):
@@ -227,7 +293,7 @@ def test_cli_predict_without_a_client_certificate_fails_with_a_tls_hint(mtls_ser
     refused = subprocess.run([sys.executable, "-m", "cxr.cli", "predict", str(study), "--url", url, "--timeout", "5",
                               "--tls-ca", str(pki.ca)], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert refused.returncode == 1
-    assert "hint: the TLS handshake may have failed" in refused.stderr, refused.stderr
+    assert "hint: the server may require a client certificate (mutual TLS)" in refused.stderr, refused.stderr
 
 
 # ------------------------------------------------------------------------------ loopback
