@@ -118,6 +118,16 @@ def _describe(data: bytes) -> str:
     return f"{len(data)} bytes starting with {data[:8]!r}"
 
 
+def _has_decoder(uid) -> bool:
+    """Whether pydicom has a working decoder for ``uid`` (a failure then means corrupt data)."""
+    try:
+        from pydicom.pixels import get_decoder
+
+        return bool(get_decoder(uid).is_available)
+    except Exception:  # unknown/unsupported syntax
+        return False
+
+
 def _check_size(h: int, w: int, what: str, max_pixels: int) -> None:
     if h * w > max_pixels:
         raise InvalidImageError(
@@ -562,7 +572,7 @@ def _decode_dicom_dataset(ds, max_pixels: int) -> DecodedImage:
             stored = ds.pixel_array
     except Exception as exc:
         text = str(exc)
-        if compressed and any(w in text.lower() for w in ("decod", "plugin", "handler")):
+        if compressed and not _has_decoder(tsuid):
             raise InvalidImageError(
                 f"DICOM transfer syntax {ts_name} cannot be decoded here: no decoder installed "
                 "(install pylibjpeg with its plugins, or send uncompressed DICOM)"
