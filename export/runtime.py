@@ -22,11 +22,16 @@ from cxr.preprocess import PreprocessConfig, preprocess
 RawOutput = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # boxes, scores, labels, valid
 
 
-def ort_session(path: str | Path, *, threads: int | None = None, optimization: str = "all"):
+def ort_session(path: str | Path, *, threads: int | None = None, optimization: str = "all",
+                memory_arena: bool = True):
     """An ``onnxruntime.InferenceSession`` on the CPU with graph optimisations.
 
     threads: intra-op threads (default: all cores; Triton instances should set it to
     cores / instances so they do not oversubscribe).
+    memory_arena: ONNX Runtime's CPU memory arena (its default).  The arena keeps every
+    block it ever allocated, so a long-lived server seeing many batch sizes and
+    data-dependent detection shapes ratchets up in steps; off, tensors go to malloc and
+    are returned, at 20-50% more time per call (benchmarks/README.md, "Soak").
     """
     import onnxruntime as ort
 
@@ -44,6 +49,7 @@ def ort_session(path: str | Path, *, threads: int | None = None, optimization: s
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3  # warnings about unused initializers etc. are noise here
+    opts.enable_cpu_mem_arena = memory_arena
     if not Path(path).is_file():
         raise FileNotFoundError(f"ONNX model not found: {path}")
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
@@ -52,9 +58,9 @@ def ort_session(path: str | Path, *, threads: int | None = None, optimization: s
 class OrtDetector:
     """Callable: ``[B, C, S, S]`` float32 -> (boxes, scores, labels, valid)."""
 
-    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, *, threads: int | None = None, memory_arena: bool = True) -> None:
         self.path = Path(path)
-        self.session = ort_session(path, threads=threads)
+        self.session = ort_session(path, threads=threads, memory_arena=memory_arena)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
 

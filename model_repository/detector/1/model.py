@@ -27,8 +27,14 @@ class TritonPythonModel:
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: run `cxr export {'onnx-int8' if precision == 'int8' else 'onnx'} ...` first")
         threads = int(params.get("intra_op_threads") or 0) or None
-        self.detector = OrtDetector(path, threads=threads)
+        # ONNX Runtime's CPU arena stays on by default: under load it ratchets the stub's RSS
+        # up in steps (~+120 MB over a 2000-request soak) but off, each call is 20-50% slower
+        # (benchmarks/README.md, "Soak").  Parameter cpu_mem_arena=false trades speed for flat RSS.
+        arena = str(params.get("cpu_mem_arena", "true")).lower() not in ("0", "false", "no", "off")
+        self.detector = OrtDetector(path, threads=threads, memory_arena=arena)
         self.precision = precision
+        enabled = self.detector.session.get_session_options().enable_cpu_mem_arena
+        pb_utils.Logger.log_info(f"detector: ONNX Runtime {precision}, cpu memory arena {'on' if enabled else 'off'}")
 
     def execute(self, requests):
         inputs = [pb_utils.get_input_tensor_by_name(r, "images").as_numpy() for r in requests]
