@@ -118,7 +118,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         result = run_export(
             args.kind, args.checkpoint, repository=args.repository, out=args.out, data=args.data, check=args.check,
             check_images=args.check_images, calibration_images=args.calibration_images, force=args.force,
-            batch_profile=profile,
+            batch_profile=profile, int8_budget=None if args.int8_all else args.int8_budget,
+            int8_search_images=args.int8_search_images, progress=not args.json,
         )
     except ParityError as exc:
         if args.json:
@@ -332,10 +333,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--repository", type=Path, default=Path("model_repository"), help="Triton model repository (default model_repository)")
     p.add_argument("--out", type=Path, default=None, help="write the artifact to this file instead of the repository")
-    p.add_argument("--data", type=Path, default=None, help="NIH-layout dataset: test split for --check, train split for INT8 calibration")
+    p.add_argument("--data", type=Path, default=None, help="NIH-layout dataset: test split for --check, train split for INT8 "
+                   "calibration, val split for the INT8 layer search")
     p.add_argument("--check", action="store_true", help="run the parity check against PyTorch")
     p.add_argument("--check-images", type=int, default=32, help="held-out images for --check (default 32)")
     p.add_argument("--calibration-images", type=int, default=32, help="training images for INT8 calibration (default 32)")
+    p.add_argument("--int8-budget", type=float, default=0.05, metavar="FRACTION",
+                   help="INT8 mixed precision: quantize only the layer groups that together change at most this "
+                   "fraction of the FP32 model's detections on validation images; the rest stay FP32 (default 0.05)")
+    p.add_argument("--int8-search-images", type=int, default=32, help="validation images for the INT8 layer search (default 32)")
+    p.add_argument("--int8-all", action="store_true", help="quantize every Conv/Gemm except the box predictor, no search")
     p.add_argument("--force", action="store_true", help="replace artifacts of a different model in the repository")
     p.add_argument("--min-batch", type=int, default=1, help="TensorRT profile: smallest batch")
     p.add_argument("--opt-batch", type=int, default=4, help="TensorRT profile: batch to optimise for")

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from cxr.export.quantize import DEFAULT_BUDGET
 from cxr.export.parity import TOLERANCES, ParityReport, Tolerance, compare
 from cxr.export.repository import artifact_path, check_compatible, ensure_repository, place_artifact
 
@@ -74,6 +76,52 @@ def calibration_batches(ckpt, studies) -> list[np.ndarray]:
     return [preprocess(decode_image(s.path), ckpt.preprocess)[0][None] for s in studies]
 
 
+class Int8Disagreement:
+    """``evaluate(int8_path)``: the fraction of FP32 detections on ``studies`` that INT8 changes.
+
+    A detection (any above the postprocess score threshold: mAP counts all of them)
+    is unchanged when an INT8 detection of its label overlaps it at IoU >= 0.5 (the
+    parity matcher) with a score within ``score_step``; missing, moved, re-scored and
+    extra detections all count as changed.  Studies are decoded once; FP32 runs once.
+
+    ``noise_floor`` is the same measure for the FP32 model itself with Gaussian noise
+    of half an 8-bit grey level added to its input: how much a model changes under a
+    perturbation smaller than its input's precision.  An INT8 model cannot be expected
+    to do better; a weakly trained detector can be far above zero.
+    """
+
+    def __init__(self, ckpt, fp32_path: str | Path, studies, *, score_step: float = 0.05, seed: int = 0) -> None:
+        from cxr.export.runtime import OrtDetector, Pipeline
+        from cxr.imaging import decode_image
+
+        self.ckpt, self.score_step = ckpt, score_step
+        self.images = [decode_image(s.path) for s in studies]
+        fp32 = OrtDetector(fp32_path)
+        self.reference = Pipeline(fp32, ckpt.preprocess, ckpt.postprocess)(self.images)
+        sigma = 0.5 / 255 / min(ckpt.preprocess.std)
+        rng = np.random.default_rng(seed)
+        self.noise_floor = self._changed(lambda x: fp32(x + rng.normal(0.0, sigma, x.shape).astype(np.float32)))
+
+    def _changed(self, detector) -> float:
+        from cxr.export.parity import match_detections
+        from cxr.export.runtime import Pipeline
+
+        report = self.ckpt.postprocess.score_threshold
+        margin = min(TOLERANCES["int8"].score_margin, report)
+        changed = total = 0
+        for r, t in zip(self.reference, Pipeline(detector, self.ckpt.preprocess, self.ckpt.postprocess)(self.images)):
+            pairs, n_ref, n_test = match_detections(r, t, TOLERANCES["int8"].match_iou, report_score=report, score_margin=margin)
+            kept = sum(1 for i, j in pairs if abs(float(r.scores[i]) - float(t.scores[j])) <= self.score_step)
+            total += max(n_ref, n_test)
+            changed += max(n_ref, n_test) - kept
+        return changed / total if total else 0.0
+
+    def __call__(self, path: Path) -> float:
+        from cxr.export.runtime import OrtDetector
+
+        return self._changed(OrtDetector(path))
+
+
 def run_export(
     kind: str,
     checkpoint: str | Path,
@@ -84,6 +132,9 @@ def run_export(
     check: bool = False,
     check_images: int = 32,
     calibration_images: int = 32,
+    int8_search_images: int = 32,
+    int8_budget: float | None = DEFAULT_BUDGET,
+    progress: bool = False,
     force: bool = False,
     batch_profile=None,
 ) -> ExportResult:
@@ -95,6 +146,8 @@ def run_export(
         raise ValueError(f"unknown export kind {kind!r}; choose one of: {', '.join(KINDS)}")
     if check and data is None:
         raise ValueError("--check needs --data DIR: parity runs on the held-out (test) studies of that dataset")
+    if int8_budget is not None and not 0.0 < int8_budget <= 1.0:
+        raise ValueError(f"--int8-budget is a fraction of detections in (0, 1], got {int8_budget}")
     if kind == "onnx-int8" and data is None:
         raise ValueError("onnx-int8 needs --data DIR: INT8 is calibrated on training images of that dataset")
     ckpt = load_checkpoint(checkpoint)
@@ -120,7 +173,10 @@ def run_export(
 
             export_onnx(ckpt, fp32)
             calib = calibration_batches(ckpt, _studies(data, "train", calibration_images, labelset))
-            built = quantize_int8(fp32, Path(tmp) / "model.int8.onnx", calib)
+            # Mixed precision is chosen on the validation split; parity (--check) runs on test.
+            evaluate = None if int8_budget is None else Int8Disagreement(ckpt, fp32, _studies(data, "val", int8_search_images, labelset))
+            built = quantize_int8(fp32, Path(tmp) / "model.int8.onnx", calib, evaluate=evaluate,
+                                  budget=int8_budget or 0.0, progress=progress)
             make_detector, tolerance = (lambda p: OrtDetector(p)), TOLERANCES["int8"]
         else:
             from cxr.export.runtime import OrtDetector

@@ -6,13 +6,23 @@ softmax, top-k -- stays FP32, and so do the two final layers of the box predicto
 (class scores and box regression), where 8-bit steps would move scores and box
 edges visibly.  Weights are per-channel int8; activations uint8 (the U8S8 kernels
 that x86 CPUs run fastest), calibrated with MinMax on preprocessed training images.
+
+Mixed precision.  Per-tensor 8-bit activations do not suit every trained network:
+a small detector trained from scratch (the cpu-demo MobileNetV3) has layers whose
+channels differ in range by orders of magnitude, and quantizing all of them moves
+scores by up to 0.5.  With ``evaluate`` given, :func:`quantize_int8` measures each
+layer group's damage on its own (quantize only that group, compare detections with
+FP32 on validation images), then quantizes the longest run of least-sensitive
+groups that keeps the whole model within ``budget`` (bisection); the rest stay FP32.  Calibration runs
+once (ORT's calibration cache), so each trial costs a few seconds.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +32,7 @@ log = logging.getLogger(__name__)
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 # Node-name fragments kept in FP32 (torch.onnx names nodes after module paths).
 SENSITIVE_NODES = ("box_predictor",)
+DEFAULT_BUDGET = 0.05  # at most 5 % of the FP32 model's detections may change (gone, moved, or re-scored)
 
 
 class _Calibration:
@@ -43,6 +54,113 @@ def sensitive_nodes(model, fragments: Sequence[str] = SENSITIVE_NODES) -> list[s
     return [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS and any(f in n.name for f in fragments)]
 
 
+def node_group(name: str) -> str:
+    """The module a node belongs to, at the granularity mixed precision works at.
+
+    ``/backbone/body/body.6/block/...`` -> ``backbone.body.6`` (one inverted-residual
+    block), ``/backbone/body/layer2/layer2.0/conv1/Conv`` -> ``backbone.layer2``,
+    ``/backbone/fpn/...`` -> ``backbone.fpn``, ``/rpn_head/...`` -> ``rpn_head``.
+    """
+    parts = [p for p in name.split("/") if p]
+    if len(parts) >= 3 and parts[0] == "backbone" and parts[1] == "body":
+        return f"backbone.{parts[2]}"
+    if len(parts) >= 2 and parts[0] == "backbone":
+        return f"backbone.{parts[1]}"
+    return parts[0] if parts else name
+
+
+@dataclass
+class MixedPrecision:
+    """What the search measured and chose (stamped into the model's metadata)."""
+
+    budget: float
+    sensitivity: dict[str, float] = field(default_factory=dict)  # group -> error with only that group in INT8
+    quantized: list[str] = field(default_factory=list)
+    error: float = 0.0  # of the chosen combination
+    trials: int = 0
+    noise_floor: float | None = None  # the FP32 model's own error under input noise, when the evaluator measures it
+
+    def to_dict(self) -> dict:
+        return {"budget": self.budget, "error": round(self.error, 4), "trials": self.trials, "quantized_groups": self.quantized,
+                "noise_floor": None if self.noise_floor is None else round(self.noise_floor, 4),
+                "sensitivity": {k: round(v, 4) for k, v in self.sensitivity.items()}}
+
+
+class _Builder:
+    """Pre-processes and calibrates once; builds QDQ models for any set of FP32 nodes."""
+
+    def __init__(self, fp32_path: Path, calibration: Sequence[np.ndarray], tmp: Path, *, per_channel: bool, reduce_range: bool) -> None:
+        import onnx
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        self.tmp, self.per_channel, self.reduce_range = tmp, per_channel, reduce_range
+        self.calibration = list(calibration)
+        self.prepped = tmp / "prepped.onnx"
+        try:
+            quant_pre_process(str(fp32_path), str(self.prepped), skip_symbolic_shape=False)
+        except Exception as exc:  # symbolic shape inference cannot follow NMS/top-k everywhere
+            log.info("symbolic shape inference failed (%s); quantizing without it", exc)
+            quant_pre_process(str(fp32_path), str(self.prepped), skip_symbolic_shape=True)
+        model = onnx.load(str(self.prepped))
+        self.input_name = model.graph.input[0].name
+        self.nodes = [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS]
+        self.cache = tmp / "calibration.json"  # ORT's calibration cache: ranges computed on the first build only
+
+    def build(self, out: Path, excluded: Sequence[str]) -> Path:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        quantize_static(
+            str(self.prepped), str(out), _Calibration(self.input_name, self.calibration),
+            quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_exclude=list(excluded),
+            per_channel=self.per_channel, reduce_range=self.reduce_range, activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(self.cache),
+        )
+        return out
+
+
+def _search(builder: _Builder, always_fp32: Sequence[str], evaluate: Callable[[Path], float], budget: float,
+            progress: bool) -> MixedPrecision:
+    from tqdm.auto import tqdm
+
+    groups: dict[str, list[str]] = {}
+    for name in builder.nodes:
+        if name not in always_fp32:
+            groups.setdefault(node_group(name), []).append(name)
+    result = MixedPrecision(budget=budget, noise_floor=getattr(evaluate, "noise_floor", None))
+    if result.noise_floor is not None:
+        log.info("FP32 model under input noise of half a grey level: %.1f %% of detections change", 100 * result.noise_floor)
+    trial = builder.tmp / "trial.onnx"
+
+    def error_with(chosen: Sequence[str]) -> float:
+        keep = {n for g in chosen for n in groups[g]}
+        result.trials += 1
+        return float(evaluate(builder.build(trial, [n for n in builder.nodes if n not in keep])))
+
+    bar = tqdm(total=len(groups) + max(1, len(groups).bit_length()), desc="INT8 layer sensitivity", unit="trial",
+               disable=not progress, leave=False)
+    for g in groups:
+        result.sensitivity[g] = error_with([g])
+        bar.update()
+    # The longest run of least-sensitive groups that stays within budget, by bisection
+    # (the error mostly grows with each group added; the first group alone is known to fit).
+    order = [g for g in sorted(groups, key=result.sensitivity.__getitem__) if result.sensitivity[g] <= budget]
+    lo, hi = min(1, len(order)), len(order)
+    result.error = result.sensitivity[order[0]] if order else 0.0
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        err = error_with(order[:mid])
+        bar.update()
+        if err <= budget:
+            lo, result.error = mid, err
+        else:
+            hi = mid - 1
+    result.quantized = order[:lo]
+    bar.close()
+    log.info("INT8 mixed precision: %d of %d layer groups quantized (error %.3f, budget %.3f, %d trials)",
+             len(result.quantized), len(groups), result.error, budget, result.trials)
+    return result
+
+
 def quantize_int8(
     fp32_path: str | Path,
     out_path: str | Path,
@@ -51,39 +169,44 @@ def quantize_int8(
     per_channel: bool = True,
     reduce_range: bool = True,
     exclude: Sequence[str] = SENSITIVE_NODES,
+    evaluate: Callable[[Path], float] | None = None,
+    budget: float = DEFAULT_BUDGET,
+    progress: bool = False,
 ) -> Path:
     """Quantize ``fp32_path`` into ``out_path`` using ``calibration`` inputs ``[1, C, S, S]``.
 
     reduce_range: 7-bit weights.  Without AVX-512 VNNI, x86 int8 kernels accumulate
     pairs in int16 and can saturate with full 8-bit ranges; ORT recommends it there.
+    evaluate: ``f(int8_model_path) -> error`` (e.g. the fraction of FP32 detections
+    that change on validation images); given, only the layer groups that keep the
+    error within ``budget`` are quantized (see the module docstring).
     """
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from cxr.export.onnx_export import read_metadata, stamp_metadata
 
     if not calibration:
         raise ValueError("INT8 calibration needs at least one image")
     fp32_path, out_path = Path(fp32_path), Path(out_path)
-    model = onnx.load(str(fp32_path))
-    input_name = model.graph.input[0].name
-    excluded = sensitive_nodes(model, exclude)
+    excluded = sensitive_nodes(onnx.load(str(fp32_path)), exclude)
+    mixed = None
     with tempfile.TemporaryDirectory() as tmp:
-        prepped = Path(tmp) / "prepped.onnx"
-        try:
-            quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=False)
-        except Exception as exc:  # symbolic shape inference cannot follow NMS/top-k everywhere
-            log.info("symbolic shape inference failed (%s); quantizing without it", exc)
-            quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
-        quantize_static(
-            str(prepped), str(out_path), _Calibration(input_name, list(calibration)),
-            quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_exclude=excluded,
-            per_channel=per_channel, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-        )
+        builder = _Builder(fp32_path, calibration, Path(tmp), per_channel=per_channel, reduce_range=reduce_range)
+        if evaluate is not None:
+            mixed = _search(builder, excluded, evaluate, budget, progress)
+            if not mixed.quantized:
+                floor = "" if mixed.noise_floor is None else (
+                    f"; the FP32 model itself changes {mixed.noise_floor:.0%} of its detections under input noise of half "
+                    "a grey level, so INT8 cannot do much better: serve FP32, or train longer / from pretrained weights")
+                raise ValueError(f"no layer group can be quantized to INT8 within the budget ({budget:.2f}); "
+                                 f"least sensitive group changes {min(mixed.sensitivity.values()):.0%} of detections{floor}")
+            chosen = {n for g in mixed.quantized for n in builder.nodes if node_group(n) == g and n not in excluded}
+            excluded = [n for n in builder.nodes if n not in chosen]
+        builder.build(out_path, excluded)
     meta = read_metadata(fp32_path)
     meta.update(precision="int8", calibration_images=len(calibration), int8_excluded_nodes=excluded, reduce_range=reduce_range)
+    if mixed is not None:
+        meta["int8_mixed_precision"] = mixed.to_dict()
     quantized = onnx.load(str(out_path))
     stamp_metadata(quantized, meta)
     onnx.save(quantized, str(out_path))

@@ -211,7 +211,7 @@ def test_export_into_repository_refuses_another_model(exported, tmp_path, tiny_d
 
 def test_int8_quantization(exported, tmp_path, tiny_data):
     _, _, ckpt_path = exported
-    res = run_export("onnx-int8", ckpt_path, out=tmp_path / "m.int8.onnx", data=tiny_data, calibration_images=4)
+    res = run_export("onnx-int8", ckpt_path, out=tmp_path / "m.int8.onnx", data=tiny_data, calibration_images=4, int8_budget=None)
     model = onnx.load(str(res.path))
     assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
     assert read_metadata(res.path)["precision"] == "int8"
@@ -223,3 +223,61 @@ def test_check_without_data_is_a_clear_error(exported):
     _, _, ckpt_path = exported
     with pytest.raises(ValueError, match="--check needs --data"):
         run_export("onnx", ckpt_path, repository=None, out="x.onnx", check=True)
+
+
+def _int8_groups(path) -> set[str]:
+    """Layer groups of an INT8 model whose Conv/Gemm weights arrive through DequantizeLinear."""
+    from cxr.export.quantize import QUANTIZED_OPS, node_group
+
+    model = onnx.load(str(path))
+    dq = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return {node_group(n.name) for n in model.graph.node if n.op_type in QUANTIZED_OPS and len(n.input) > 1 and n.input[1] in dq}
+
+
+def test_node_groups_follow_module_paths():
+    from cxr.export.quantize import node_group
+
+    assert node_group("/backbone/body/body.6/block/block.1/block.1.0/Conv") == "backbone.body.6"
+    assert node_group("/backbone/body/layer2/layer2.0/conv1/Conv") == "backbone.layer2"
+    assert node_group("/backbone/fpn/inner_blocks.1/inner_blocks.1.0/Conv") == "backbone.fpn"
+    assert node_group("/rpn_head/cls_logits_1/Conv") == "rpn_head"
+    assert node_group("/box_head/fc6/Gemm") == "box_head"
+
+
+def test_int8_mixed_precision_keeps_the_sensitive_group_fp32(exported, tmp_path, tiny_data):
+    """The search quantizes every group except one whose (measured) damage is over budget."""
+    from cxr.export.commands import _studies, calibration_batches
+    from cxr.export.quantize import quantize_int8
+
+    ckpt, fp32, _ = exported
+    cost = {"backbone.fpn": 0.5, "box_head": 0.04, "rpn_head": 0.03}  # per group, as if measured; others 0
+
+    def evaluate(path):
+        return sum(cost.get(g, 0.0) for g in _int8_groups(path))
+
+    calib = calibration_batches(ckpt, _studies(tiny_data, "train", 2, "nih-bbox"))
+    out = quantize_int8(fp32, tmp_path / "mixed.onnx", calib, evaluate=evaluate, budget=0.1)
+    mixed = read_metadata(out)["int8_mixed_precision"]
+    quantized = _int8_groups(out)
+    assert "backbone.fpn" not in quantized and {"box_head", "rpn_head", "backbone.body.6"} <= quantized
+    assert set(mixed["quantized_groups"]) == quantized and mixed["sensitivity"]["backbone.fpn"] == 0.5
+    assert mixed["error"] == pytest.approx(0.07) and mixed["trials"] <= len(mixed["sensitivity"]) + 5
+
+    with pytest.raises(ValueError, match="no layer group can be quantized"):
+        quantize_int8(fp32, tmp_path / "none.onnx", calib, evaluate=lambda p: 1.0, budget=0.1)
+
+
+def test_int8_disagreement_is_zero_for_the_fp32_model_and_measures_a_noise_floor(exported, tiny_data):
+    from cxr.export.commands import Int8Disagreement, _studies
+
+    ckpt, fp32, _ = exported
+    evaluate = Int8Disagreement(ckpt, fp32, _studies(tiny_data, "train", 4, "nih-bbox"))
+    assert sum(len(d) for d in evaluate.reference) > 0
+    assert evaluate(fp32) == 0.0
+    assert 0.0 <= evaluate.noise_floor <= 1.0
+
+
+def test_int8_budget_outside_0_1_is_refused(exported, tiny_data):
+    _, _, ckpt_path = exported
+    with pytest.raises(ValueError, match="--int8-budget is a fraction"):
+        run_export("onnx-int8", ckpt_path, out="x.onnx", data=tiny_data, int8_budget=5.0)
