@@ -48,7 +48,8 @@ class _ClientBase:
     """Options, validation, retry policy and result assembly shared by both clients."""
 
     def __init__(self, *, url: str = "127.0.0.1:8001", model_name: str = "cxr_detector", model_version: str = "",
-                 timeout_s: float = 30.0, retries: int = 3, backoff_s: float = 0.5, ssl: bool = False,
+                 timeout_s: float = 30.0, retries: int = 3, backoff_s: float = 0.5, max_backoff_s: float = 5.0,
+                 ssl: bool = False,
                  root_certificates: str | os.PathLike | None = None, private_key: str | os.PathLike | None = None,
                  certificate_chain: str | os.PathLike | None = None, score_threshold: float | None = None,
                  top_k: int | None = None, use_shared_memory: bool = False) -> None:
@@ -60,6 +61,8 @@ class _ClientBase:
             raise client_error(f"retries must be an integer >= 0, got {retries!r}")
         if not (isinstance(backoff_s, (int, float)) and backoff_s >= 0):
             raise client_error(f"backoff_s must be >= 0 seconds, got {backoff_s!r}")
+        if not (isinstance(max_backoff_s, (int, float)) and max_backoff_s > 0):
+            raise client_error(f"max_backoff_s must be a positive number of seconds, got {max_backoff_s!r}")
         tls_files = {"root_certificates": root_certificates, "private_key": private_key,
                      "certificate_chain": certificate_chain}
         given = [k for k, v in tls_files.items() if v is not None]
@@ -73,6 +76,7 @@ class _ClientBase:
                 raise client_error(f"{key} file not found: {tls_files[key]}")
         self.url, self.model_name, self.model_version = url, model_name, str(model_version)
         self.timeout_s, self.retries, self.backoff_s = float(timeout_s), retries, float(backoff_s)
+        self.max_backoff_s = float(max_backoff_s)
         self.ssl = bool(ssl)
         self._tls = {k: (None if v is None else str(v)) for k, v in tls_files.items()}
         self._defaults = check_parameters(score_threshold, top_k)
@@ -91,7 +95,7 @@ class _ClientBase:
         """Keyword arguments for tritonclient's InferenceServerClient (sync and aio alike)."""
         # gRPC's own reconnect backoff grows to 120 s: a client whose server was down
         # would keep failing fast long after it is back.  Cap it at our longest wait.
-        longest_ms = int(max(0.1, min(self.backoff_s * 2 ** self.retries, self.timeout_s)) * 1000)
+        longest_ms = int(max(0.1, min(self.backoff_s * 2 ** self.retries, self.max_backoff_s, self.timeout_s)) * 1000)
         keepalive = grpcclient.KeepAliveOptions()
         channel_args = [
             ("grpc.max_send_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
@@ -134,9 +138,10 @@ class _ClientBase:
         err.attempts = attempt
         if not err.retryable:
             return None
-        # Half to all of the exponential step: clients failed by the same outage do not
-        # all come back in the same millisecond.
-        delay = self.backoff_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
+        # Half to all of the exponential step (at most max_backoff_s, so a client is back
+        # within seconds of the server): clients failed by the same outage do not all
+        # come back in the same millisecond.
+        delay = min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s) * random.uniform(0.5, 1.0)
         now = time.monotonic()
         if attempt > self.retries or now + delay + _MIN_ATTEMPT_S >= deadline:
             budget = (f"retries={self.retries} used up" if attempt > self.retries
@@ -206,7 +211,7 @@ class DetectorClient(_ClientBase):
     Options (keyword-only): ``url`` "host:port"; ``model_name`` / ``model_version``;
     ``timeout_s`` overall deadline per call, retries included; ``retries`` extra
     attempts for retryable failures (UNAVAILABLE: unreachable, restarting, connection
-    reset) after waits of 0.5-1 x ``backoff_s * 2**n``; ``ssl`` and the
+    reset) after waits of 0.5-1 x ``min(backoff_s * 2**n, max_backoff_s)``; ``ssl`` and the
     PEM file paths ``root_certificates``, ``private_key``, ``certificate_chain``
     (mTLS); default ``score_threshold`` / ``top_k`` request parameters;
     ``use_shared_memory`` sends PIXELS through system shared memory (server on the

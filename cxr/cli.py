@@ -201,7 +201,6 @@ def client_tls_options(args: argparse.Namespace) -> dict:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from cxr.client import DetectorClient
-    from cxr.client.errors import tls_hint
     from cxr.client.predict import format_table, outcomes_json, run_predict
 
     import contextlib
@@ -232,9 +231,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     failed = sum(o.error is not None for o in outcomes)
     if failed:
         print(f"cxr predict: {failed} of {len(outcomes)} studies failed", file=sys.stderr)
-        hints = (tls_hint(o.error, ssl=bool(tls), client_certificate=tls.get("certificate_chain") is not None, url=url)
-                 for o in outcomes if o.error)
-        hint = next((h for h in hints if h), None)
+        # The SDK names the likely TLS/mTLS fix when it gives up on a refused handshake.
+        hint = next((o.error.hint for o in outcomes if getattr(o.error, "hint", "")), None)
         if hint:
             print(f"cxr predict: hint: {hint}", file=sys.stderr)
     return 1 if failed else 0

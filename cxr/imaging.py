@@ -188,17 +188,23 @@ def _decode_pil(data: bytes, fmt: str, max_pixels: int) -> DecodedImage:
         raise InvalidImageError(
             f"{fmt} image above the pixel limit, refusing to decode a possible decompression bomb: {exc}"
         ) from exc
+    except MemoryError:  # the host is short of memory: not the study's fault
+        raise
     except Exception as exc:
         raise InvalidImageError(f"corrupt {fmt}: cannot read the header ({exc}); got {_describe(data)}") from exc
     w, h = img.size
     _check_size(h, w, f"{fmt} image", max_pixels)
     try:
         img.load()
+    except MemoryError:  # the host is short of memory: not the study's fault
+        raise
     except Exception as exc:  # PIL raises OSError, SyntaxError, zlib.error, ... for damaged data
         raise InvalidImageError(f"truncated or corrupt {fmt} ({w}x{h}, {len(data)} bytes): {exc}") from exc
     try:
         return _pil_pixels(img, fmt)
     except InvalidImageError:
+        raise
+    except MemoryError:  # the host is short of memory: not the study's fault
         raise
     except Exception as exc:  # a mode Pillow cannot convert; not a bug in the caller's data handling
         raise InvalidImageError(f"{fmt} with pixel mode {img.mode!r} cannot be read: {exc}") from exc
@@ -257,6 +263,8 @@ def decode_pixels(
     """
     try:
         arr = np.asarray(array)
+    except MemoryError:  # the host is short of memory: not the study's fault
+        raise
     except Exception as exc:  # ragged nested lists and the like
         raise InvalidImageError(f"pixels are not an array: {exc}") from exc
     if arr.ndim == 3 and arr.shape[-1] == 1:
@@ -294,6 +302,8 @@ def decode_dicom_bytes(data: bytes, *, max_pixels: int = MAX_PIXELS) -> DecodedI
     _check_deflate_bomb(data)
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
+    except MemoryError:  # the host is short of memory: not the study's fault
+        raise
     except Exception as exc:
         raise InvalidImageError(f"corrupt or truncated DICOM ({len(data)} bytes): {exc}") from exc
     return decode_dicom_dataset(ds, max_pixels=max_pixels)
@@ -399,6 +409,8 @@ def _single_frame(ds, ts_name: str, what: str) -> tuple[bytes, ...]:
         frames = generate_fragmented_frames(ds.PixelData, number_of_frames=1, extended_offsets=extended)
         first = next(frames, None)
         extra = next(frames, None)
+    except MemoryError:  # the host is short of memory: not the study's fault
+        raise
     except Exception as exc:  # malformed items, offsets past the end, ...
         raise InvalidImageError(
             f"truncated or corrupt DICOM pixel data ({ts_name}): cannot split the encapsulated fragments into "
@@ -468,6 +480,14 @@ def _check_rle_frame(frame: bytes, rows: int, cols: int, allocated: int) -> None
         )
     need = rows * cols
     for i, (start, end) in enumerate(zip(offsets, ends), start=1):
+        # No PackBits encoding needs more than 2 bytes per output byte (one-byte literal
+        # runs); anything longer is padding with no-op headers, which would cost the walk
+        # below seconds for a small image: refuse it without walking.
+        if end - start > 2 * (need + RLE_SEGMENT_SLACK) + 2:
+            raise InvalidImageError(
+                f"RLE segment {i} is {end - start} bytes, more than any encoding of Rows×Columns = "
+                f"{cols}x{rows} = {need} bytes needs (at most 2 bytes per pixel byte)"
+            )
         got = _rle_segment_length(frame, start, end, need + RLE_SEGMENT_SLACK)
         if got > need + RLE_SEGMENT_SLACK:
             raise InvalidImageError(
@@ -504,6 +524,8 @@ def decode_dicom_dataset(ds, *, max_pixels: int = MAX_PIXELS) -> DecodedImage:
     try:
         return _decode_dicom_dataset(ds, max_pixels)
     except InvalidImageError:
+        raise
+    except MemoryError:  # the host is short of memory: not the study's fault
         raise
     except Exception as exc:
         raise InvalidImageError(f"corrupt DICOM ({type(exc).__name__}: {exc})") from exc
@@ -570,6 +592,8 @@ def _decode_dicom_dataset(ds, max_pixels: int) -> DecodedImage:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns, then guesses, on inconsistent headers
             stored = ds.pixel_array
+    except MemoryError:  # the host is short of memory: not the study's fault
+        raise
     except Exception as exc:
         text = str(exc)
         if compressed and not _has_decoder(tsuid):

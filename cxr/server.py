@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -103,6 +104,36 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stable_port(low: int = 10000) -> int:
+    """A free loopback port outside the kernel's ephemeral range.
+
+    :func:`free_port` hands out an ephemeral port; once released, any outgoing
+    connection may get it as its local port.  A server that is stopped and restarted
+    on the same ports (fault drills) needs ports no client socket can take meanwhile.
+    """
+    try:
+        first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return free_port()
+    if first_ephemeral <= low + 100:
+        return free_port()
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(low, first_ephemeral)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    return free_port()
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 literal in brackets."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 @dataclass
@@ -213,7 +244,12 @@ class TritonServer:
             log.warning(warning)
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         log.info("starting %s", " ".join(self.command(install)))
-        self.process = subprocess.Popen(self.command(install), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self.process = subprocess.Popen(self.command(install), env=env, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()  # the child has its own copy
         try:
             self.wait_ready(timeout)
         except BaseException:
@@ -223,13 +259,12 @@ class TritonServer:
 
     @property
     def url(self) -> str:
-        return f"{self.host}:{self.grpc_port}"
+        return host_port(self.host, self.grpc_port)
 
     def ready(self) -> bool:
         try:
             # HTTP stays plain (and on loopback when gRPC has TLS): see the module doc.
-            host = f"[{self.http_host}]" if ":" in self.http_host else self.http_host
-            with urllib.request.urlopen(f"http://{host}:{self.http_port}/v2/health/ready", timeout=2) as r:
+            with urllib.request.urlopen(f"http://{host_port(self.http_host, self.http_port)}/v2/health/ready", timeout=2) as r:
                 return r.status == 200
         except (urllib.error.URLError, OSError):
             return False
@@ -304,8 +339,8 @@ class TritonServer:
         import json
         import urllib.parse
 
-        host = f"[{self.http_host}]" if ":" in self.http_host else self.http_host
-        url = f"http://{host}:{self.http_port}/v2/repository/models/{urllib.parse.quote(model, safe='')}/load"
+        where = host_port(self.http_host, self.http_port)
+        url = f"http://{where}/v2/repository/models/{urllib.parse.quote(model, safe='')}/load"
         request = urllib.request.Request(url, data=b"", method="POST")
         try:
             with urllib.request.urlopen(request, timeout=timeout):
@@ -319,7 +354,7 @@ class TritonServer:
             first = reason.strip().splitlines()[0] if reason.strip() else f"HTTP {exc.code}"
             raise UsageError(f"reloading model {model!r} failed (a version already serving goes on serving): {first}") from exc
         except (urllib.error.URLError, OSError) as exc:
-            raise UsageError(f"cannot reach tritonserver at {host}:{self.http_port} to reload {model!r}: {exc}") from exc
+            raise UsageError(f"cannot reach tritonserver at {where} to reload {model!r}: {exc}") from exc
 
     def __enter__(self) -> TritonServer:
         return self.start() if self.process is None else self

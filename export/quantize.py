@@ -195,13 +195,14 @@ def quantize_int8(
         if evaluate is not None:
             mixed = _search(builder, excluded, evaluate, budget, progress)
             if not mixed.quantized:
+                least = f"{min(mixed.sensitivity.values()):.0%}" if mixed.sensitivity else "n/a (nothing to quantize)"
                 floor = "" if mixed.noise_floor is None else (
                     f"; the FP32 model itself changes {mixed.noise_floor:.0%} of its detections under input noise of half "
                     "a grey level, so INT8 cannot do much better: serve FP32, or train longer / from pretrained weights")
                 raise ValueError(f"no layer group can be quantized to INT8 within the budget ({budget:.2f}); "
-                                 f"least sensitive group changes {min(mixed.sensitivity.values()):.0%} of detections{floor}")
-            chosen = {n for g in mixed.quantized for n in builder.nodes if node_group(n) == g and n not in excluded}
-            excluded = [n for n in builder.nodes if n not in chosen]
+                                 f"least sensitive group changes {least} of detections{floor}")
+            chosen = set(mixed.quantized)
+            excluded = [n for n in builder.nodes if n in excluded or node_group(n) not in chosen]
         builder.build(out_path, excluded)
     meta = read_metadata(fp32_path)
     meta.update(precision="int8", calibration_images=len(calibration), int8_excluded_nodes=excluded, reduce_range=reduce_range)

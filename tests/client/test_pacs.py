@@ -43,7 +43,7 @@ from cxr.client.pacs import (  # noqa: E402
 )
 from cxr.client.pacs_queue import study_id  # noqa: E402
 from cxr.client.results import StudyResult  # noqa: E402
-from cxr.server import TritonServer, free_port  # noqa: E402
+from cxr.server import TritonServer, free_port, stable_port  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
@@ -272,8 +272,8 @@ def own_server(repository, tmp_path_factory):
     """A tritonserver of these tests alone, not started: they stop, kill and restart it
     on the same ports (the session ``server`` must survive)."""
     pytest.importorskip("pytriton")
-    srv = TritonServer(model_repository=repository, grpc_port=free_port(), http_port=free_port(),
-                       metrics_port=free_port(), log_file=tmp_path_factory.mktemp("pacs-triton") / "tritonserver.log")
+    srv = TritonServer(model_repository=repository, grpc_port=stable_port(), http_port=stable_port(),
+                       metrics_port=stable_port(), log_file=tmp_path_factory.mktemp("pacs-triton") / "tritonserver.log")
     yield srv
     srv.stop()
 

@@ -8,6 +8,7 @@ import json
 import logging
 import pickle
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -255,6 +256,7 @@ def test_invalid_input_fails_before_sending(tmp_path, image, kwargs, message):
     ({"ssl": True, "private_key": "key.pem"}, "both private_key and certificate_chain"),
     ({"timeout_s": 0}, "timeout_s"),
     ({"retries": -1}, "retries"),
+    ({"max_backoff_s": 0}, "max_backoff_s"),
     ({"url": "grpc://host:8001"}, "no scheme"),
 ])
 def test_invalid_options_fail_in_the_constructor(tmp_path, monkeypatch, options, message):
@@ -264,6 +266,19 @@ def test_invalid_options_fail_in_the_constructor(tmp_path, monkeypatch, options,
     with pytest.raises(DetectorError) as err:
         DetectorClient(**options)
     assert err.value.status == "CLIENT" and message in err.value.message
+
+
+def test_retry_waits_are_capped_by_max_backoff():
+    from cxr.client.errors import DetectorError as Err
+
+    c = DetectorClient(url="127.0.0.1:1", retries=20, backoff_s=1.0, max_backoff_s=0.3)
+    try:
+        err = Err("UNAVAILABLE", "connection refused", retryable=True)
+        deadline = time.monotonic() + 3600
+        delays = [c._retry_delay(err, attempt, time.monotonic(), deadline) for attempt in range(1, 12)]
+        assert all(0.15 <= d <= 0.3 for d in delays), delays  # uncapped, attempt 11 would wait 512-1024 s
+    finally:
+        c.close()
 
 
 # -------------------------------------------------------------------------------- TLS

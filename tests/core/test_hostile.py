@@ -493,3 +493,13 @@ def test_corrupt_frame_with_a_working_decoder_is_called_corrupt_not_undecodable(
     with pytest.raises(InvalidImageError, match="truncated or corrupt DICOM pixel data") as info:
         decode_image(buf.getvalue())
     assert "no decoder installed" not in str(info.value)
+
+
+def test_rle_segment_longer_than_any_encoding_is_refused_without_walking():
+    """No-op headers (0x80) add bytes but no pixels: refused by length, before the O(n) walk."""
+    from cxr.imaging import _check_rle_frame
+
+    header = (1).to_bytes(4, "little") + (64).to_bytes(4, "little") + bytes(56)
+    noop_padding = header + b"\x80" * 100_000 + b"\x00\x00"  # 64x64 8-bit needs 4,096 bytes
+    with pytest.raises(InvalidImageError, match=r"RLE segment 1 is 100002 bytes, more than any encoding"):
+        _check_rle_frame(noop_padding, 64, 64, 8)

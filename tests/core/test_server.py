@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cxr.errors import UsageError
-from cxr.server import TritonInstall, TritonServer, is_loopback
+from cxr.server import TritonInstall, TritonServer, host_port, is_loopback, stable_port
 
 INSTALL = TritonInstall(Path("/opt/tritonserver"), Path("/opt/lib"), Path("/opt/backends"))
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -97,6 +97,22 @@ def test_unreadable_key_is_a_usage_error(tmp_path, pem):
     pem["key"].chmod(0)
     with pytest.raises(UsageError, match="--tls-key: .* is not readable"):
         TritonServer(model_repository=tmp_path, tls_cert=pem["cert"], tls_key=pem["key"]).command(INSTALL)
+
+
+def test_stable_port_is_free_and_below_the_ephemeral_range():
+    import socket
+
+    first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    port = stable_port()
+    assert 1024 <= port < first_ephemeral
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # still free
+
+
+def test_host_port_brackets_ipv6():
+    assert host_port("127.0.0.1", 8001) == "127.0.0.1:8001"
+    assert host_port("::1", 8001) == "[::1]:8001"
+    assert TritonServer(model_repository=Path("x"), host="::1", grpc_port=9).url == "[::1]:9"
 
 
 def test_is_loopback():

@@ -34,13 +34,6 @@ def _detections(result, class_names) -> Detections:
 
 
 @pytest.fixture(scope="module")
-def client(server):
-    c = grpcclient.InferenceServerClient(server.url)
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="module")
 def studies(synth_data):
     pngs = sorted((synth_data / "images").glob("*.png"))[:6]
     dicoms = sorted((synth_data / "dicom").glob("*.dcm"))[:3]

@@ -24,7 +24,7 @@ import tritonclient.grpc as grpcclient
 
 from cxr.client import DetectorClient, DetectorError, StudyResult
 from cxr.errors import UsageError
-from cxr.server import TritonServer, free_port
+from cxr.server import TritonServer, free_port, stable_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -37,7 +37,7 @@ def triton(repository, tmp_path_factory):
     """A server of our own (the session ``server`` must survive these tests)."""
     repo = tmp_path_factory.mktemp("faults") / "model_repository"
     shutil.copytree(repository, repo, ignore=shutil.ignore_patterns("*.log", "__pycache__"))
-    srv = TritonServer(model_repository=repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
+    srv = TritonServer(model_repository=repo, grpc_port=stable_port(), http_port=stable_port(), metrics_port=stable_port(),
                        log_file=repo.parent / "tritonserver.log")
     with srv:
         yield srv

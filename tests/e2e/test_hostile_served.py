@@ -41,13 +41,6 @@ def _infer(client, data: bytes):
 
 
 @pytest.fixture(scope="module")
-def client(server):
-    c = grpcclient.InferenceServerClient(server.url)
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="module")
 def valid(synth_data) -> bytes:
     return sorted((synth_data / "images").glob("*.png"))[0].read_bytes()
 
