@@ -31,7 +31,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID
 
 from cxr.errors import InvalidImageError
-from cxr.imaging import RLE_SEGMENT_SLACK, _rle_segment_length, decode_image
+from cxr.dicom_guards import RLE_SEGMENT_SLACK, rle_segment_length
+from cxr.imaging import decode_image
 from cxr.preprocess import PreprocessConfig, preprocess
 
 HOSTILE = Path(__file__).resolve().parents[1] / "data" / "hostile"
@@ -225,7 +226,7 @@ def test_rle_bomb_of_1_gib_is_refused_before_expanding(tmp_path):
     frame_bytes = bomb.stat().st_size
     data = bomb.read_bytes()
     start = data.index(b"\x01\x00\x00\x00\x40\x00\x00\x00")  # RLE header: 1 segment at offset 64
-    would_be = _rle_segment_length(data, start + 64, len(data), limit=1 << 62)
+    would_be = rle_segment_length(data, start + 64, len(data), limit=1 << 62)
     assert would_be >= 1 << 30, f"the bomb only expands to {would_be / 2**20:.0f} MiB"
     outcome, growth = _peak_growth_mb(bomb)
     assert outcome == "rejected"
@@ -260,7 +261,7 @@ def test_rle_walk_counts_what_pydicom_decodes(segment, limit):
     from pydicom.pixels.decoders.rle import _rle_decode_segment
 
     true = len(_rle_decode_segment(segment))
-    counted = _rle_segment_length(b"\x81\x00" + segment + b"\x7f" * 200, 2, 2 + len(segment), limit)
+    counted = rle_segment_length(b"\x81\x00" + segment + b"\x7f" * 200, 2, 2 + len(segment), limit)
     if true <= limit:
         assert counted == true
     else:
@@ -497,9 +498,9 @@ def test_corrupt_frame_with_a_working_decoder_is_called_corrupt_not_undecodable(
 
 def test_rle_segment_longer_than_any_encoding_is_refused_without_walking():
     """No-op headers (0x80) add bytes but no pixels: refused by length, before the O(n) walk."""
-    from cxr.imaging import _check_rle_frame
+    from cxr.dicom_guards import check_rle_frame
 
     header = (1).to_bytes(4, "little") + (64).to_bytes(4, "little") + bytes(56)
     noop_padding = header + b"\x80" * 100_000 + b"\x00\x00"  # 64x64 8-bit needs 4,096 bytes
     with pytest.raises(InvalidImageError, match=r"RLE segment 1 is 100002 bytes, more than any encoding"):
-        _check_rle_frame(noop_padding, 64, 64, 8)
+        check_rle_frame(noop_padding, 64, 64, 8)
