@@ -24,12 +24,6 @@ pytest.importorskip("pynetdicom")
 pytest.importorskip("highdicom")
 pytest.importorskip("tritonclient.grpc")
 
-from pynetdicom import AE, evt  # noqa: E402
-from pynetdicom.sop_class import (  # noqa: E402
-    ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    SecondaryCaptureImageStorage,
-)
 from pydicom.uid import generate_uid  # noqa: E402
 
 from cxr.client.errors import DetectorError  # noqa: E402
@@ -44,59 +38,11 @@ from cxr.client.pacs import (  # noqa: E402
 from cxr.client.pacs_queue import study_id  # noqa: E402
 from cxr.client.results import StudyResult  # noqa: E402
 from cxr.server import TritonServer, free_port, stable_port  # noqa: E402
+from dicomnet import SENDER, Destination, send  # noqa: E402  (tests/dicomnet.py)
 
 pytestmark = pytest.mark.e2e
 
-SENDER = "MODALITY1"
 WAIT_S = 60.0  # generous: the 2-core CI box also runs the server
-
-
-class Destination:
-    """A receiving PACS: a Storage SCP for SR and GSPS that keeps what it gets."""
-
-    def __init__(self, port: int | None = None, ae_title: str = "PACS") -> None:
-        self.port = port or free_port()
-        self.received: list[pydicom.Dataset] = []
-        self._ae = AE(ae_title=ae_title)
-        self._ae.add_supported_context(COMPREHENSIVE_3D_SR)
-        self._ae.add_supported_context(GSPS)
-        self._server = None
-
-    def _on_store(self, event) -> int:
-        ds = event.dataset
-        ds.file_meta = event.file_meta
-        self.received.append(ds)
-        return 0x0000
-
-    def start(self) -> Destination:
-        self._server = self._ae.start_server(("127.0.0.1", self.port), block=False,
-                                             evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
-
-    def __enter__(self) -> Destination:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-def send(port: int, datasets, *, calling: str = SENDER, called: str = "CXR"):
-    """C-STORE each dataset (or file) as storescu would; None when the association is refused."""
-    ae = AE(ae_title=calling)
-    for uid in (ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation, SecondaryCaptureImageStorage):
-        ae.add_requested_context(uid)
-    assoc = ae.associate("127.0.0.1", port, ae_title=called)
-    if not assoc.is_established:
-        return None
-    try:
-        return [assoc.send_c_store(ds).Status for ds in datasets]
-    finally:
-        assoc.release()
 
 
 def wait_for(predicate, timeout: float = WAIT_S) -> bool:

@@ -37,13 +37,12 @@ from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
-from pynetdicom import AE, evt  # noqa: E402
-from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation  # noqa: E402
 
 from cxr.client import AsyncDetectorClient, DetectorClient, DetectorError  # noqa: E402
 from cxr.client.errors import tls_hint  # noqa: E402
-from cxr.client.pacs import COMPREHENSIVE_3D_SR, PacsBridge, PacsConfig  # noqa: E402
+from cxr.client.pacs import PacsBridge, PacsConfig  # noqa: E402
 from cxr.server import TritonServer, free_port  # noqa: E402
+from dicomnet import Destination, send  # noqa: E402  (tests/dicomnet.py)
 
 pytestmark = pytest.mark.e2e
 
@@ -387,40 +386,6 @@ def test_the_phi_scan_can_fail():
     assert phi_hits({"z": "study 3f2a9c delivered: 2 findings"}) == []
 
 
-class Destination:
-    """A receiving PACS (Storage SCP for SR) that keeps what it gets."""
-
-    def __init__(self) -> None:
-        self.port, self.received = free_port(), []
-        self._ae = AE(ae_title="PACS")
-        self._ae.add_supported_context(COMPREHENSIVE_3D_SR)
-        self._server = None
-
-    def _on_store(self, event) -> int:
-        self.received.append(event.dataset)
-        return 0x0000
-
-    def __enter__(self) -> Destination:
-        self._server = self._ae.start_server(("127.0.0.1", self.port), block=False,
-                                             evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-
-
-def c_store(port: int, datasets: list[pydicom.Dataset]) -> list[int] | None:
-    ae = AE(ae_title="MODALITY1")
-    ae.add_requested_context(DigitalXRayImageStorageForPresentation)
-    assoc = ae.associate("127.0.0.1", port, ae_title="CXR")
-    if not assoc.is_established:
-        return None
-    try:
-        return [assoc.send_c_store(ds).Status for ds in datasets]
-    finally:
-        assoc.release()
-
-
 @pytest.fixture(scope="module")
 def phi_studies(synth_data, tmp_path_factory) -> tuple[Path, Path]:
     """A DX study carrying PHI, and the same PHI with pixel data cut to a third (undecodable)."""
@@ -477,7 +442,7 @@ def test_no_phi_in_any_log(server, mtls_server, pki, phi_studies, tmp_path, capl
                         max_attempts_per_pass=2, pass_pause_s=0.3, timeout_s=30.0)
     with dest:
         with PacsBridge(config) as bridge:  # builds its own mTLS DetectorClient from the config
-            assert c_store(bridge.address[1], [pydicom.dcmread(good), pydicom.dcmread(broken)]) == [0, 0]
+            assert send(bridge.address[1], [pydicom.dcmread(good), pydicom.dcmread(broken)]) == [0, 0]
             assert bridge.wait_idle(WAIT_S)
             stats = bridge.stats
     assert stats["delivered"] == 1 and stats["failed"] == 1, stats
