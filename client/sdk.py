@@ -93,9 +93,13 @@ class _ClientBase:
 
     def _connection_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for tritonclient's InferenceServerClient (sync and aio alike)."""
-        # gRPC's own reconnect backoff grows to 120 s: a client whose server was down
-        # would keep failing fast long after it is back.  Cap it at our longest wait.
-        longest_ms = int(max(0.1, min(self.backoff_s * 2 ** self.retries, self.max_backoff_s, self.timeout_s)) * 1000)
+        # gRPC's own reconnect backoff grows to 120 s, and while it runs every call fails
+        # at once: a client whose server was down would keep failing long after it is
+        # back.  Cap it at the shortest possible last retry wait (half of the last step,
+        # after jitter), so a server that is up before that wait starts is reached by the
+        # last attempt.
+        last_step = self.backoff_s * 2 ** max(self.retries - 1, 0) * 0.5
+        longest_ms = int(max(0.1, min(last_step, self.max_backoff_s, self.timeout_s)) * 1000)
         keepalive = grpcclient.KeepAliveOptions()
         channel_args = [
             ("grpc.max_send_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),

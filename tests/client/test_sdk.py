@@ -214,7 +214,10 @@ def test_async_nothing_listening_is_retryable(pngs):
 def test_client_recovers_when_the_server_comes_up_later(repository, pngs, client, tmp_path):
     grpc_port = free_port()
     # Created first, like a PACS bridge that starts before the inference server.
-    late = DetectorClient(url=f"127.0.0.1:{grpc_port}", timeout_s=5.0, retries=3, backoff_s=0.05)
+    # Its failed connects put the gRPC channel in reconnect backoff, which fails every call
+    # at once until it ends; the client caps it (here at timeout_s, 3 s), and the retries
+    # below span that: jittered waits of at least 0.125 + 0.25 + 0.5 + 1 + 2 + 2.5 × 3 s.
+    late = DetectorClient(url=f"127.0.0.1:{grpc_port}", timeout_s=3.0, retries=8, backoff_s=0.25)
     with pytest.raises(DetectorError) as err:
         late.predict(pngs[0])
     assert err.value.retryable
@@ -277,6 +280,24 @@ def test_retry_waits_are_capped_by_max_backoff():
         deadline = time.monotonic() + 3600
         delays = [c._retry_delay(err, attempt, time.monotonic(), deadline) for attempt in range(1, 12)]
         assert all(0.15 <= d <= 0.3 for d in delays), delays  # uncapped, attempt 11 would wait 512-1024 s
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"retries": 0}, {"retries": 6, "backoff_s": 0.1}, {"timeout_s": 0.5}])
+def test_channel_reconnect_backoff_is_shorter_than_the_last_retry_wait(kwargs):
+    """While gRPC backs off reconnecting, every call fails at once: the backoff must end
+    within the last retry wait, or a server up again before it would still be missed."""
+    c = DetectorClient(url="127.0.0.1:1", **kwargs)
+    try:
+        args = dict(c._connection_kwargs()["channel_args"])
+        err = DetectorError("UNAVAILABLE", "connection refused", retryable=True)
+        last = c.retries if c.retries else 1
+        waits = [c._retry_delay(err, last, time.monotonic(), time.monotonic() + 3600) for _ in range(200)]
+        waits = [w for w in waits if w is not None] or [c.backoff_s * 0.5]
+        assert args["grpc.max_reconnect_backoff_ms"] <= min(waits) * 1000 + 1, (args, min(waits))
+        assert args["grpc.max_reconnect_backoff_ms"] <= c.timeout_s * 1000
+        assert args["grpc.initial_reconnect_backoff_ms"] <= args["grpc.max_reconnect_backoff_ms"]
     finally:
         c.close()
 
