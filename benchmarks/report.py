@@ -253,12 +253,18 @@ def write_report(report: Mapping, out: Path) -> dict[str, Path]:
     """report.json, report.md and report.png in ``out``; returns what was written."""
     out.mkdir(parents=True, exist_ok=True)
     written = {"json": out / "report.json", "md": out / "report.md"}
-    written["json"].write_text(json.dumps(_clean(report), indent=2, default=_json_default, allow_nan=False) + "\n")
+    write_json(report, written["json"])
     written["md"].write_text(render_markdown(report))
     png = plot(report, out / "report.png")
     if png is not None:
         written["png"] = png
     return written
+
+
+def write_json(obj, path: Path) -> Path:
+    """Strict JSON (NaN/inf as null, numpy scalars as numbers), indented, at ``path``."""
+    path.write_text(json.dumps(_clean(obj), indent=2, default=_json_default, allow_nan=False) + "\n")
+    return path
 
 
 def _clean(obj):

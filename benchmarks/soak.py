@@ -413,13 +413,10 @@ def soak_plot(report: dict, path: Path) -> Path | None:
 
 def write_soak(report: dict, out: Path) -> dict[str, Path]:
     """soak.json and soak.png in ``out``; returns what was written."""
-    import json
-
-    from cxr.benchmarks.report import _clean, _json_default
+    from cxr.benchmarks.report import write_json
 
     out.mkdir(parents=True, exist_ok=True)
-    written = {"json": out / "soak.json"}
-    written["json"].write_text(json.dumps(_clean(report), indent=2, default=_json_default, allow_nan=False) + "\n")
+    written = {"json": write_json(report, out / "soak.json")}
     png = soak_plot(report, out / "soak.png")
     if png is not None:
         written["png"] = png
