@@ -1,7 +1,7 @@
 """The backends ``cxr bench`` compares, each as one end-to-end callable.
 
 Every backend turns a list of studies into a list of
-:class:`~cxr.postprocess.Detections` (boxes in ORIGINAL pixels, 1-based class ids)
+:class:`~cxr.postprocess.DetectionArrays` (boxes in ORIGINAL pixels, 1-based class ids)
 and includes decoding, preprocessing and postprocessing, so the comparison is end
 to end.  In process that is :class:`cxr.export.runtime.Pipeline` around a detector
 (PyTorch eager, ONNX Runtime FP32 / INT8, TensorRT FP16); served it is the
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr.benchmarks.stats import CallTimer
-from cxr.postprocess import Detections
+from cxr.postprocess import DetectionArrays
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class Backend:
     """An available backend: ``run(images) -> detections`` plus what the report needs."""
 
     name: str
-    run: Callable[[Sequence[BenchImage]], list[Detections]]
+    run: Callable[[Sequence[BenchImage]], list[DetectionArrays]]
     precision: str
     size_mb: float | None
     batches: tuple[int, ...] = (1,)  # in process: images per call; served: always 1 per request
@@ -108,12 +108,12 @@ def _mb(path: Path) -> float | None:
 
 
 def _pipeline_backend(name: str, detector, ckpt, *, size_mb: float | None, detail: str, batches: tuple[int, ...]) -> Backend:
-    from cxr.export.runtime import Pipeline
+    from cxr.export.pipeline import Pipeline
 
     timer = CallTimer(detector)
     pipe = Pipeline(timer, ckpt.preprocess, ckpt.postprocess)
 
-    def run(images: Sequence[BenchImage]) -> list[Detections]:
+    def run(images: Sequence[BenchImage]) -> list[DetectionArrays]:
         return pipe([im.data for im in images], batch_size=max(len(images), 1))
 
     return Backend(name, run, PRECISION[name], size_mb, batches=batches, detail=detail, timer=timer)
@@ -152,13 +152,13 @@ def open_in_process(name: str, ckpt, *, checkpoint: Path, repository: Path, batc
     return _pipeline_backend(name, detector, ckpt, size_mb=_mb(path), detail=str(path), batches=batches)
 
 
-def to_detections(result, class_names: Sequence[str]) -> Detections:
-    """A client :class:`~cxr.client.results.StudyResult` as :class:`Detections` (1-based ids)."""
+def to_detections(result, class_names: Sequence[str]) -> DetectionArrays:
+    """A client :class:`~cxr.client.results.StudyResult` as :class:`DetectionArrays` (1-based ids)."""
     index = {n: i + 1 for i, n in enumerate(class_names)}
     dets = result.detections
     if not dets:
-        return Detections.empty()
-    return Detections(
+        return DetectionArrays.empty()
+    return DetectionArrays(
         np.asarray([d.box_xyxy_px for d in dets], np.float32).reshape(-1, 4),
         np.asarray([d.score for d in dets], np.float32),
         np.asarray([index[d.label] for d in dets], np.int64),
@@ -233,7 +233,7 @@ def open_served(name: str, ckpt, *, url: str, repository: Path, probe: BenchImag
     def payload(im: BenchImage):
         return Pixels(im.pixels, bits_stored=im.bits_stored) if shm else im.data
 
-    def run(images: Sequence[BenchImage]) -> list[Detections]:
+    def run(images: Sequence[BenchImage]) -> list[DetectionArrays]:
         return [to_detections(client.predict(payload(im)), classes) for im in images]
 
     try:

@@ -181,7 +181,7 @@ def _server(cfg: BenchConfig, needed: bool):
     if cfg.url is not None or not needed:
         yield cfg.url
         return
-    from cxr.server import TritonServer, free_port
+    from cxr.triton_server import TritonServer, free_port
 
     cfg.out.mkdir(parents=True, exist_ok=True)
     server = TritonServer(model_repository=cfg.repository, grpc_port=free_port(), http_port=free_port(),

@@ -57,7 +57,7 @@ def _images_from_studies(studies, labelset) -> list[BenchImage]:
 
 def load_images(ckpt, *, data: str | Path | None, n: int, split: str = "test") -> tuple[list[BenchImage], str]:
     """Up to ``n`` held-out studies and a description of where they came from."""
-    from cxr.training.datasets import NIHDataset
+    from cxr.training.annotations import NIHDataset
 
     labelset = ckpt.labelset_name if ckpt.labelset_name != "custom" else "nih-bbox"
     if data is not None:

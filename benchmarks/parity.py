@@ -19,7 +19,7 @@ from tqdm import tqdm
 from cxr.benchmarks.backends import Backend, BenchImage, Unavailable
 from cxr.benchmarks.latency import inputs_for
 from cxr.export.parity import TOLERANCES, compare
-from cxr.postprocess import Detections
+from cxr.postprocess import DetectionArrays
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class BackendParity:
         return dict(self.__dict__)
 
 
-def clinical(dets: Sequence[Detections], truth: Sequence[dict], class_names: Sequence[str]) -> dict:
+def clinical(dets: Sequence[DetectionArrays], truth: Sequence[dict], class_names: Sequence[str]) -> dict:
     """mAP@0.5, per-class AP@0.5 and FROC at 1 FP/image (no bootstrap: parity needs point values)."""
     from cxr.training.metrics import evaluate_detections
 
@@ -57,8 +57,8 @@ def clinical(dets: Sequence[Detections], truth: Sequence[dict], class_names: Seq
             "per_class_ap50": {name: row["ap50"] for name, row in m["per_class"].items()}}
 
 
-def _run_all(backend: Backend, images: Sequence[BenchImage], batch: int) -> list[Detections]:
-    out: list[Detections] = []
+def _run_all(backend: Backend, images: Sequence[BenchImage], batch: int) -> list[DetectionArrays]:
+    out: list[DetectionArrays] = []
     for start in range(0, len(images), batch):
         out += backend.run(images[start:start + batch])
     return out

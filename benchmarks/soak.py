@@ -264,7 +264,7 @@ def run_soak(cfg: SoakConfig) -> dict:
     with contextlib.ExitStack() as stack:
         url, embedded = cfg.url, None
         if url is None:
-            from cxr.server import TritonServer, free_port
+            from cxr.triton_server import TritonServer, free_port
 
             server = TritonServer(model_repository=cfg.repository, grpc_port=free_port(), http_port=free_port(),
                                   metrics_port=free_port(), log_file=cfg.out / "tritonserver.log")

@@ -1,4 +1,4 @@
-"""Detections as DICOM objects a PACS can store and display next to the source image.
+"""DetectionArrays as DICOM objects a PACS can store and display next to the source image.
 
 Two outputs per study, both in the source's study, each in a new series:
 

@@ -27,7 +27,7 @@ import pydicom
 from cxr.client.errors import DetectorError, client_error
 from cxr.client.results import Detection, StudyResult
 from cxr.imaging import JPEG_MAGIC, MAX_PIXELS, MIN_SIDE, PNG_MAGIC
-from cxr.serving import MAX_REQUEST_BYTES
+from cxr.triton_models import MAX_REQUEST_BYTES
 
 # The served contract (README "Serving").  These names are checked against the
 # server's model config on first use, so a renamed tensor fails loudly, once.

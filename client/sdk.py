@@ -227,7 +227,7 @@ class DetectorClient(_ClientBase):
 
     def predict(self, image: ImageInput, *, score_threshold: float | None = None, top_k: int | None = None,
                 timeout_s: float | None = None) -> StudyResult:
-        """Detections for one study (path, bytes, uint8/uint16 array, Pixels or pydicom.Dataset)."""
+        """DetectionArrays for one study (path, bytes, uint8/uint16 array, Pixels or pydicom.Dataset)."""
         started = time.monotonic()
         deadline = self._deadline(timeout_s)
         request = self._request(image, score_threshold, top_k)
@@ -317,7 +317,7 @@ class AsyncDetectorClient(_ClientBase):
 
     async def predict(self, image: ImageInput, *, score_threshold: float | None = None, top_k: int | None = None,
                       timeout_s: float | None = None) -> StudyResult:
-        """Detections for one study; see :meth:`DetectorClient.predict`."""
+        """DetectionArrays for one study; see :meth:`DetectorClient.predict`."""
         started = time.monotonic()
         deadline = self._deadline(timeout_s)
         request = self._request(image, score_threshold, top_k)

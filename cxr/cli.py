@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cxr import __version__
 from cxr.errors import UsageError
-from cxr.server import TARGETS  # stdlib-only module: cheap for every command
+from cxr.triton_server import TARGETS  # stdlib-only module: cheap for every command
 
 log = logging.getLogger("cxr")
 
@@ -29,7 +29,7 @@ def _print_json(obj) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from cxr.training.datasets import NIHDataset, format_summary, summarize
+    from cxr.training.annotations import NIHDataset, format_summary, summarize
     from cxr.training.synth import SynthConfig, generate
 
     cfg = SynthConfig(
@@ -58,7 +58,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_data_info(args: argparse.Namespace) -> int:
-    from cxr.training.datasets import NIHDataset, format_summary, summarize
+    from cxr.training.annotations import NIHDataset, format_summary, summarize
 
     ds = NIHDataset.from_dir(args.dir, seed=args.seed)
     summary = summarize(ds.studies, ds.splits)
@@ -142,7 +142,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from cxr.server import TritonServer
+    from cxr.triton_server import TritonServer
 
     log_file = args.log_file or Path(args.model_repository) / "tritonserver.log"
     server = TritonServer(
@@ -211,7 +211,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     server = contextlib.nullcontext()
     url = args.url
     if args.serve is not None:  # one-shot: an embedded server on free loopback ports for this run
-        from cxr.server import TritonServer, free_port
+        from cxr.triton_server import TritonServer, free_port
 
         server = TritonServer(model_repository=args.serve, grpc_port=free_port(), http_port=free_port(),
                               metrics_port=free_port(), log_file=Path(args.serve) / "tritonserver.log")

@@ -43,7 +43,7 @@ class PostprocessConfig:
 
 
 @dataclass(frozen=True)
-class Detections:
+class DetectionArrays:
     """Final detections of one image.
 
     boxes: float32 ``[N, 4]`` xyxy in ORIGINAL image pixels; scores: float32 ``[N]``
@@ -60,7 +60,7 @@ class Detections:
         return int(self.scores.shape[0])
 
     @classmethod
-    def empty(cls) -> Detections:
+    def empty(cls) -> DetectionArrays:
         return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64))
 
 
@@ -102,8 +102,8 @@ def postprocess(
     config: PostprocessConfig = PostprocessConfig(),
     *,
     valid_count: int | None = None,
-) -> Detections:
-    """One image's raw detector output -> final :class:`Detections`.
+) -> DetectionArrays:
+    """One image's raw detector output -> final :class:`DetectionArrays`.
 
     boxes: ``[K, 4]`` xyxy in the letterbox (``S x S``) frame; scores ``[K]``; labels
     ``[K]`` (1-based class ids).  Only the first ``valid_count`` rows are candidates
@@ -120,15 +120,15 @@ def postprocess(
     mask = finite & (scores >= config.score_threshold) & (labels > 0)
     boxes, scores, labels = boxes[mask], scores[mask], labels[mask]
     if scores.size == 0:
-        return _with_mm(Detections.empty(), record)
+        return _with_mm(DetectionArrays.empty(), record)
 
     keep = batched_nms(boxes, scores, labels, config.iou_threshold)[: config.max_detections]
     orig = record.from_letterbox(boxes[keep])
     ok = valid_boxes(orig)  # a box entirely in the padding collapses to zero size
-    dets = Detections(orig[ok], scores[keep][ok], labels[keep][ok])
+    dets = DetectionArrays(orig[ok], scores[keep][ok], labels[keep][ok])
     return _with_mm(dets, record)
 
 
-def _with_mm(dets: Detections, record: LetterboxRecord) -> Detections:
+def _with_mm(dets: DetectionArrays, record: LetterboxRecord) -> DetectionArrays:
     mm = record.to_mm(dets.boxes)
-    return Detections(dets.boxes, dets.scores, dets.labels, mm)
+    return DetectionArrays(dets.boxes, dets.scores, dets.labels, mm)

@@ -42,7 +42,7 @@ class ExportResult:
 
 
 def _studies(data: str | Path, split: str, n: int, labelset_name: str):
-    from cxr.training.datasets import NIHDataset
+    from cxr.training.annotations import NIHDataset
 
     ds = NIHDataset.from_dir(data, labelset=labelset_name, require_images=True)
     studies = [s for s in ds.detection_studies(split)][:n]
@@ -57,7 +57,8 @@ def _labelset_name(ckpt) -> str:
 
 def check_parity(ckpt, detector, studies, *, tolerance: Tolerance, batch_size: int = 4) -> ParityReport:
     """PyTorch vs ``detector`` on ``studies`` through the same pre/postprocessing."""
-    from cxr.export.runtime import Pipeline, TorchDetector
+    from cxr.export.pipeline import Pipeline
+    from cxr.export.runtime import TorchDetector
     from cxr.training.engine import ground_truth
 
     paths = [s.path for s in studies]
@@ -90,7 +91,8 @@ class Int8Disagreement:
     """
 
     def __init__(self, ckpt, fp32_path: str | Path, studies, *, score_step: float = 0.05, seed: int = 0) -> None:
-        from cxr.export.runtime import OrtDetector, Pipeline
+        from cxr.export.pipeline import Pipeline
+        from cxr.export.runtime import OrtDetector
         from cxr.imaging import decode_image
 
         self.ckpt, self.score_step = ckpt, score_step
@@ -103,7 +105,7 @@ class Int8Disagreement:
 
     def _changed(self, detector) -> float:
         from cxr.export.parity import match_detections
-        from cxr.export.runtime import Pipeline
+        from cxr.export.pipeline import Pipeline
 
         report = self.ckpt.postprocess.score_threshold
         margin = min(TOLERANCES["int8"].score_margin, report)

@@ -1,6 +1,6 @@
 """Parity: does an artifact give the same answers as PyTorch on the same images?
 
-Detections are matched per image by label and IoU (greedy by reference score).
+DetectionArrays are matched per image by label and IoU (greedy by reference score).
 The report gives the match rate, |delta score| (max, median), the largest box
 deviation in pixels and the mAP@0.5 of each side against the ground truth.
 """
@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from cxr.boxes import box_iou
-from cxr.postprocess import Detections
+from cxr.postprocess import DetectionArrays
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class ParityReport:
         return "\n".join(lines)
 
 
-def match_detections(ref: Detections, test: Detections, iou_threshold: float, *, report_score: float, score_margin: float):
+def match_detections(ref: DetectionArrays, test: DetectionArrays, iou_threshold: float, *, report_score: float, score_margin: float):
     """Greedy label-aware matching; returns (pairs [(i_ref, i_test)], n_ref, n_test) over reported boxes."""
     r_idx = np.flatnonzero(ref.scores >= report_score)
     t_idx = np.flatnonzero(test.scores >= report_score - score_margin)
@@ -109,8 +109,8 @@ def match_detections(ref: Detections, test: Detections, iou_threshold: float, *,
 
 
 def compare(
-    reference: Sequence[Detections],
-    artifact: Sequence[Detections],
+    reference: Sequence[DetectionArrays],
+    artifact: Sequence[DetectionArrays],
     *,
     names: Sequence[str] | None = None,
     ground_truth: Sequence[dict] | None = None,

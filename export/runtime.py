@@ -1,25 +1,17 @@
-"""ONNX Runtime sessions and the in-process detector pipeline.
+"""Detectors in process: the exported graph in ONNX Runtime and the eager PyTorch graph.
 
-:class:`OrtDetector` runs an exported graph; :class:`Pipeline` chains ``cxr``
-preprocess -> a detector -> ``cxr`` postprocess for one image, the exact in-process
-equivalent of the Triton ensemble (used by parity checks, benchmarks and the e2e
-tests as the reference the server must equal).
+Both are callables ``[B, C, S, S]`` float32 -> (boxes, scores, labels, valid), the
+detector step of :class:`cxr.export.pipeline.Pipeline`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from cxr.boxes import LetterboxRecord
-from cxr.imaging import DecodedImage, decode_image
-from cxr.postprocess import Detections, PostprocessConfig, postprocess
-from cxr.preprocess import PreprocessConfig, preprocess
-
-RawOutput = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # boxes, scores, labels, valid
+from cxr.export.pipeline import RawOutput
 
 
 def ort_session(path: str | Path, *, threads: int | None = None, optimization: str = "all",
@@ -84,38 +76,3 @@ class TorchDetector:
         with self._torch.no_grad():
             out = self.graph(self._torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
         return tuple(t.numpy() for t in out)  # type: ignore[return-value]
-
-
-def split_raw(raw: RawOutput) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
-    """Batched raw output -> one (boxes, scores, labels, valid) per image."""
-    boxes, scores, labels, valid = raw
-    return [(boxes[i], scores[i], labels[i], int(valid[i])) for i in range(boxes.shape[0])]
-
-
-class Pipeline:
-    """decode -> preprocess -> detector -> postprocess, in process."""
-
-    def __init__(self, detector: Callable[[np.ndarray], RawOutput], preprocess_config: PreprocessConfig,
-                 postprocess_config: PostprocessConfig = PostprocessConfig()) -> None:
-        self.detector = detector
-        self.pre = preprocess_config
-        self.post = postprocess_config
-
-    def prepare(self, images: Sequence) -> tuple[np.ndarray, list[LetterboxRecord]]:
-        tensors, records = [], []
-        for im in images:
-            decoded = im if isinstance(im, DecodedImage) else decode_image(im)
-            x, rec = preprocess(decoded, self.pre)
-            # The record travels as float32 between Triton models; round-trip it here
-            # too so the in-process result is bit-for-bit the served one.
-            tensors.append(x)
-            records.append(LetterboxRecord.from_array(rec.to_array()))
-        return np.stack(tensors), records
-
-    def __call__(self, images: Sequence, *, batch_size: int = 4) -> list[Detections]:
-        results: list[Detections] = []
-        for start in range(0, len(images), batch_size):
-            batch, records = self.prepare(images[start : start + batch_size])
-            for (b, s, l, v), rec in zip(split_raw(self.detector(batch)), records):
-                results.append(postprocess(b, s, l, rec, self.post, valid_count=v))
-        return results

@@ -59,7 +59,7 @@ def repository(checkpoint, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def server(repository):
     pytest.importorskip("pytriton")
-    from cxr.server import TritonServer, free_port
+    from cxr.triton_server import TritonServer, free_port
 
     srv = TritonServer(model_repository=repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
                        log_file=repository / "tritonserver.log")
@@ -71,7 +71,8 @@ def server(repository):
 @pytest.fixture(scope="session")
 def reference(checkpoint, repository):
     """The in-process pipeline: cxr preprocess -> ORT (same ONNX) -> cxr postprocess."""
-    from cxr.export.runtime import OrtDetector, Pipeline
+    from cxr.export.pipeline import Pipeline
+    from cxr.export.runtime import OrtDetector
     from cxr.training.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)

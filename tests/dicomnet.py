@@ -14,7 +14,7 @@ from pynetdicom.sop_class import (
 )
 
 from cxr.client.pacs import COMPREHENSIVE_3D_SR, GSPS
-from cxr.server import free_port
+from cxr.triton_server import free_port
 
 SENDER = "MODALITY1"
 

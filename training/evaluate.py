@@ -43,8 +43,8 @@ def evaluate_checkpoint(
 
     from cxr.imaging import decode_image
     from cxr.training.checkpoint import load_checkpoint
-    from cxr.training.data import DetectionDataset, collate
-    from cxr.training.datasets import NIHDataset
+    from cxr.training.torch_dataset import DetectionDataset, collate
+    from cxr.training.annotations import NIHDataset
     from cxr.training.engine import ground_truth, predict
     from cxr.training.metrics import evaluate_detections, format_metrics_table
     from cxr.training.plots import plot_examples, plot_loss_curve, plot_pr_froc

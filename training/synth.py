@@ -73,7 +73,7 @@ class SynthConfig:
 
 
 @dataclass(frozen=True)
-class Study:
+class SynthStudy:
     """One generated image and its truth; ``boxes`` xyxy float32 ``[N, 4]`` in pixels."""
 
     patient: int
@@ -153,10 +153,10 @@ def render_study(
 # --- the data set -------------------------------------------------------------------
 
 
-def plan_studies(cfg: SynthConfig) -> list[Study]:
+def plan_studies(cfg: SynthConfig) -> list[SynthStudy]:
     """Patients, follow-ups, demographics and findings for ``cfg.images`` studies."""
     rng = np.random.default_rng([cfg.seed, 0])
-    studies: list[Study] = []
+    studies: list[SynthStudy] = []
     patient = 0
     while len(studies) < cfg.images:
         patient += 1  # NIH patient ids start at 1
@@ -176,11 +176,11 @@ def plan_studies(cfg: SynthConfig) -> list[Study]:
                 findings = tuple(sample_findings(rng, size=cfg.size, anatomy=anatomy))
             prior = findings or prior
             view = "PA" if rng.random() < 0.6 else "AP"  # NIH: 60% PA
-            studies.append(Study(patient, followup, age + followup // 2, sex, view, findings))
+            studies.append(SynthStudy(patient, followup, age + followup // 2, sex, view, findings))
     return studies
 
 
-def split_patients(studies: list[Study], test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+def split_patients(studies: list[SynthStudy], test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """(train_val, test) image names; a patient's images all go to one side."""
     patients = sorted({s.patient for s in studies})
     order = np.random.default_rng([seed, 2]).permutation(len(patients))
@@ -222,7 +222,7 @@ def generate(out: Path | str, cfg: SynthConfig, *, progress: bool = True) -> Pat
     out = Path(out)
     _prepare_out(out)
     studies = plan_studies(cfg)
-    thumbs: list[tuple[Image.Image, Study]] = []
+    thumbs: list[tuple[Image.Image, SynthStudy]] = []
     if cfg.dicom:
         (out / "dicom").mkdir(exist_ok=True)
     for study in tqdm(studies, desc="synth", unit="img", disable=not progress):
@@ -273,7 +273,7 @@ def _anatomy_seed(seed: int, patient: int) -> int:
 _CR, _DX = "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1"  # CR; DX For Presentation
 
 
-def write_dicom(path: Path, img: np.ndarray, study: Study, *, seed: int) -> None:
+def write_dicom(path: Path, img: np.ndarray, study: SynthStudy, *, seed: int) -> None:
     """Write ``img`` (float32 ``[H, W]`` in 0..1, bright = dense) as a DICOM Part 10 file.
 
     12 bits stored in 16, Explicit VR Little Endian.  CR vs DX and MONOCHROME1 vs 2 are
@@ -344,7 +344,7 @@ _COLOURS = {
 }
 
 
-def contact_sheet(thumbs: list[tuple[Image.Image, Study]], size: int, cols: int = 4) -> Image.Image:
+def contact_sheet(thumbs: list[tuple[Image.Image, SynthStudy]], size: int, cols: int = 4) -> Image.Image:
     """A grid of thumbnails (RGB) with each study's boxes drawn and labelled."""
     tile = 320
     rows = max(1, math.ceil(len(thumbs) / cols))

@@ -144,8 +144,8 @@ def train(cfg: TrainConfig) -> Path:
     from torch.utils.data import DataLoader, DistributedSampler
 
     from cxr.training.checkpoint import Checkpoint, data_fingerprint, load_checkpoint, save_checkpoint
-    from cxr.training.data import Augmenter, DetectionDataset, collate
-    from cxr.training.datasets import NIHDataset
+    from cxr.training.torch_dataset import Augmenter, DetectionDataset, collate
+    from cxr.training.annotations import NIHDataset
     from cxr.training.engine import ground_truth, predict, train_one_epoch
     from cxr.training.metrics import choose_thresholds, evaluate_detections
     from cxr.training.model import ModelConfig, build_model, load_pretrained

@@ -37,7 +37,7 @@ from cxr.client.pacs import (  # noqa: E402
 )
 from cxr.client.pacs_queue import study_id  # noqa: E402
 from cxr.client.results import StudyResult  # noqa: E402
-from cxr.server import TritonServer, free_port, stable_port  # noqa: E402
+from cxr.triton_server import TritonServer, free_port, stable_port  # noqa: E402
 from dicomnet import SENDER, Destination, send  # noqa: E402  (tests/dicomnet.py)
 
 pytestmark = pytest.mark.e2e

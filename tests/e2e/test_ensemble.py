@@ -12,7 +12,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from cxr.export.parity import Tolerance, compare
-from cxr.postprocess import Detections
+from cxr.postprocess import DetectionArrays
 
 pytestmark = pytest.mark.e2e
 OUTPUTS = ("BOXES", "BOXES_MM", "SCORES", "LABELS", "MODEL_VERSION")
@@ -27,10 +27,10 @@ def _infer(client, data: bytes, params=None):
                         parameters=params, client_timeout=120)
 
 
-def _detections(result, class_names) -> Detections:
+def _detections(result, class_names) -> DetectionArrays:
     scores = result.as_numpy("SCORES")[0]
     labels = np.array([class_names.index(x.decode()) + 1 for x in result.as_numpy("LABELS")[0]], np.int64)
-    return Detections(result.as_numpy("BOXES")[0], scores, labels, result.as_numpy("BOXES_MM")[0])
+    return DetectionArrays(result.as_numpy("BOXES")[0], scores, labels, result.as_numpy("BOXES_MM")[0])
 
 
 @pytest.fixture(scope="module")

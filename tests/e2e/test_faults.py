@@ -24,7 +24,7 @@ import tritonclient.grpc as grpcclient
 
 from cxr.client import DetectorClient, DetectorError, StudyResult
 from cxr.errors import UsageError
-from cxr.server import TritonServer, free_port, stable_port
+from cxr.triton_server import TritonServer, free_port, stable_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -10,9 +10,9 @@ import pytest
 
 from cxr.errors import InvalidImageError
 from cxr.labels import get_labelset
-from cxr.postprocess import Detections, PostprocessConfig
+from cxr.postprocess import DetectionArrays, PostprocessConfig
 from cxr.preprocess import PreprocessConfig
-from cxr.serving import decode_request_image, detection_tensors, model_parameters, postprocess_overrides
+from cxr.triton_models import decode_request_image, detection_tensors, model_parameters, postprocess_overrides
 
 REPO = Path(__file__).resolve().parents[2] / "model_repository"
 
@@ -67,7 +67,7 @@ def test_pixels_with_bits_and_spacing():
 
 
 def test_oversized_request_refused():
-    from cxr import serving
+    from cxr import triton_models as serving
 
     with pytest.raises(InvalidImageError, match="above the"):
         decode_request_image(b"\0" * (serving.MAX_REQUEST_BYTES + 1), None, {})
@@ -91,15 +91,15 @@ def test_overrides_apply():
 
 def test_detection_tensors_pad_and_label():
     names = get_labelset("nih-bbox").names
-    a = Detections(np.array([[1, 2, 3, 4]], np.float32), np.array([0.9], np.float32), np.array([2]), np.ones((1, 4), np.float32))
-    out = detection_tensors([a, Detections.empty()], names)
+    a = DetectionArrays(np.array([[1, 2, 3, 4]], np.float32), np.array([0.9], np.float32), np.array([2]), np.ones((1, 4), np.float32))
+    out = detection_tensors([a, DetectionArrays.empty()], names)
     assert out["BOXES"].shape == (2, 1, 4) and out["LABELS"][0, 0] == b"Cardiomegaly"
     assert out["SCORES"][1, 0] == -1.0 and out["LABELS"][1, 0] == b""
     assert np.isnan(out["BOXES_MM"][1]).all()
 
 
 def test_server_command_is_loopback_and_explicit(tmp_path):
-    from cxr.server import TritonInstall, TritonServer
+    from cxr.triton_server import TritonInstall, TritonServer
 
     srv = TritonServer(model_repository=tmp_path, target="gpu-trt")
     cmd = srv.command(TritonInstall(Path("/bin/tritonserver"), Path("/lib"), Path("/backends")))
@@ -112,7 +112,7 @@ def test_server_command_is_loopback_and_explicit(tmp_path):
 def test_serve_refuses_a_repository_without_a_model(tmp_path):
     from cxr.errors import UsageError
     from cxr.export.repository import ensure_repository
-    from cxr.server import TritonServer
+    from cxr.triton_server import TritonServer
 
     ensure_repository(tmp_path / "repo", _default_meta())
     with pytest.raises(UsageError, match="no exported model: run `cxr export onnx"):
@@ -124,7 +124,7 @@ def test_serve_refuses_a_repository_without_a_model(tmp_path):
 def test_gpu_target_on_the_embedded_server_is_refused(tmp_path):
     from cxr.errors import UsageError
     from cxr.export.repository import ensure_repository
-    from cxr.server import TritonServer
+    from cxr.triton_server import TritonServer
 
     repo = ensure_repository(tmp_path / "repo", _default_meta())
     (repo / "detector" / "1" / "model.onnx").write_bytes(b"placeholder")

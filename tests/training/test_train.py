@@ -13,7 +13,7 @@ from cxr.cli import main
 from cxr.labels import get_labelset
 from cxr.preprocess import PreprocessConfig
 from cxr.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from cxr.training.data import Augmenter, AugmentConfig, DetectionDataset, collate
+from cxr.training.torch_dataset import Augmenter, AugmentConfig, DetectionDataset, collate
 from cxr.training.model import ARCHITECTURES, ModelConfig, build_model, load_pretrained
 
 warnings.filterwarnings("ignore", message=".*trainable_backbone_layers.*")
@@ -165,7 +165,7 @@ def tiny_dataset(tmp_path_factory):
 
 
 def test_dataset_targets_are_in_the_letterbox_frame(tiny_dataset):
-    from cxr.training.datasets import NIHDataset
+    from cxr.training.annotations import NIHDataset
 
     ds = NIHDataset.from_dir(tiny_dataset, require_images=True)
     studies = [s for s in ds.detection_studies() if len(s.boxes)]

@@ -13,7 +13,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from cxr.export.runtime import OrtDetector
-from cxr.serving import model_parameters
+from cxr.triton_models import model_parameters
 
 
 class TritonPythonModel:

@@ -12,7 +12,7 @@ import triton_python_backend_utils as pb_utils
 
 from cxr.boxes import LetterboxRecord
 from cxr.postprocess import PostprocessConfig, postprocess
-from cxr.serving import detection_tensors, error_response, model_parameters, postprocess_overrides
+from cxr.triton_models import detection_tensors, error_response, model_parameters, postprocess_overrides
 
 
 class TritonPythonModel:

@@ -11,7 +11,7 @@ import triton_python_backend_utils as pb_utils
 
 from cxr.errors import InvalidImageError
 from cxr.preprocess import PreprocessConfig, preprocess
-from cxr.serving import decode_request_image, error_response, model_parameters
+from cxr.triton_models import decode_request_image, error_response, model_parameters
 
 
 class TritonPythonModel:

@@ -1,4 +1,4 @@
-"""cxr.training.datasets against NIH's and VinDr's real annotation files, plus edge cases.
+"""cxr.training.annotations against NIH's and VinDr's real annotation files, plus edge cases.
 
 The real files come from torchxrayvision's package data (annotations only, no images).
 torchxrayvision itself is never imported (it pulls in torch); only its folder is used.
@@ -18,7 +18,7 @@ import pytest
 
 from cxr.errors import UnknownLabelError
 from cxr.labels import get_labelset
-from cxr.training.datasets import (
+from cxr.training.annotations import (
     NIHDataset,
     Study,
     format_summary,

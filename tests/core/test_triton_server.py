@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cxr.errors import UsageError
-from cxr.server import TritonInstall, TritonServer, host_port, is_loopback, stable_port
+from cxr.triton_server import TritonInstall, TritonServer, host_port, is_loopback, stable_port
 
 INSTALL = TritonInstall(Path("/opt/tritonserver"), Path("/opt/lib"), Path("/opt/backends"))
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"

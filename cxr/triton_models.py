@@ -13,7 +13,7 @@ import numpy as np
 
 from cxr.errors import InvalidImageError
 from cxr.imaging import DecodedImage, decode_image, decode_pixels
-from cxr.postprocess import Detections, PostprocessConfig
+from cxr.postprocess import DetectionArrays, PostprocessConfig
 
 # Largest encoded study accepted in one request (a 4300x4300 16-bit DICOM is ~37 MB).
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
@@ -72,7 +72,7 @@ def postprocess_overrides(base: PostprocessConfig, params: dict) -> PostprocessC
         raise ValueError(f"bad request parameter: {exc}") from exc
 
 
-def detection_tensors(dets: list[Detections], class_names) -> dict[str, np.ndarray]:
+def detection_tensors(dets: list[DetectionArrays], class_names) -> dict[str, np.ndarray]:
     """Postprocess outputs of one request (``b`` images) as padded arrays.
 
     With several images in one request the shorter lists are padded: padding rows
