@@ -27,13 +27,14 @@ from pathlib import Path
 import numpy as np
 
 from cxr.benchmarks.stats import CallTimer
+from cxr.contract import Artifact, BenchBackend, Precision
+from cxr.errors import InvalidOptionError
 from cxr.postprocess import DetectionArrays
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("pytorch", "onnx", "onnx-int8", "tensorrt", "triton", "triton-shm")
-PRECISION = {"pytorch": "fp32", "onnx": "fp32", "onnx-int8": "int8", "tensorrt": "fp16", "triton": "fp32", "triton-shm": "fp32"}
-IN_PROCESS = ("pytorch", "onnx", "onnx-int8", "tensorrt")
+BACKENDS = BenchBackend.values()  # report order
+IN_PROCESS = tuple(b.value for b in BenchBackend if b.in_process)
 
 
 @dataclass(frozen=True)
@@ -116,20 +117,20 @@ def _pipeline_backend(name: str, detector, ckpt, *, size_mb: float | None, detai
     def run(images: Sequence[BenchImage]) -> list[DetectionArrays]:
         return pipe([im.data for im in images], batch_size=max(len(images), 1))
 
-    return Backend(name, run, PRECISION[name], size_mb, batches=batches, detail=detail, timer=timer)
+    return Backend(name, run, BenchBackend(name).precision(), size_mb, batches=batches, detail=detail, timer=timer)
 
 
 def open_in_process(name: str, ckpt, *, checkpoint: Path, repository: Path, batches: tuple[int, ...] = (1, 4)) -> Backend | Unavailable:
     """PyTorch eager or an exported artifact of ``repository`` behind the cxr pipeline."""
     from cxr.export.repository import artifact_path
 
-    if name == "pytorch":
+    if BenchBackend(name) is BenchBackend.PYTORCH:
         from cxr.export.runtime import TorchDetector
 
         return _pipeline_backend(name, TorchDetector(ckpt), ckpt, size_mb=_mb(Path(checkpoint)), detail=str(checkpoint), batches=batches)
-    kind = {"onnx": "onnx", "onnx-int8": "onnx-int8", "tensorrt": "trt"}[name]
+    kind = BenchBackend(name).artifact
     path = artifact_path(repository, kind)
-    if name == "tensorrt":
+    if kind is Artifact.TRT:
         from cxr.export.tensorrt import TensorRTUnavailable, require_tensorrt
 
         try:
@@ -139,7 +140,7 @@ def open_in_process(name: str, ckpt, *, checkpoint: Path, repository: Path, batc
     if not path.is_file():
         return Unavailable(name, f"not exported: {path} is missing (run `cxr export {kind} --checkpoint CKPT --repository {repository}`)")
     try:
-        if name == "tensorrt":
+        if kind is Artifact.TRT:
             from cxr.export.tensorrt import TrtDetector
 
             detector = TrtDetector(path)
@@ -210,7 +211,7 @@ class TritonStats:
         self.client.close()
 
 
-def open_served(name: str, ckpt, *, url: str, repository: Path, probe: BenchImage, precision: str = "fp32",
+def open_served(name: str, ckpt, *, url: str, repository: Path, probe: BenchImage, precision: Precision | str = Precision.FP32,
                 timeout_s: float = 120.0) -> Backend | Unavailable:
     """The ``cxr_detector`` ensemble at ``url``: bytes in (``triton``) or shm pixels in (``triton-shm``).
 
@@ -221,7 +222,7 @@ def open_served(name: str, ckpt, *, url: str, repository: Path, probe: BenchImag
         from cxr.client import DetectorClient, DetectorError, Pixels
     except ImportError as exc:
         return Unavailable(name, f"the client is not installed ({exc}); pip install 'cxr-triton[client]'")
-    shm = name == "triton-shm"
+    shm = BenchBackend(name) is BenchBackend.TRITON_SHM
     if shm and probe.pixels is None:
         return Unavailable(name, "the benchmark images could not be decoded to raw pixels for shared memory")
     try:
@@ -242,7 +243,8 @@ def open_served(name: str, ckpt, *, url: str, repository: Path, probe: BenchImag
         client.close()
         hint = " (shared memory needs the server on this host)" if shm else ""
         return Unavailable(name, f"probe request to {url} failed{hint}: {exc}")
-    backend = Backend(name, run, precision, _mb(Path(repository) / "detector/1" / ("model.int8.onnx" if precision == "int8" else "model.onnx")),
+    precision = BenchBackend(name).precision(served=precision)
+    backend = Backend(name, run, precision, _mb(Path(repository) / Artifact.for_cpu(precision).path),
                       batches=(1,), detail=f"cxr_detector at {url}" + (" via system shared memory" if shm else ""))
     backend.closers.append(client.close)
     try:
@@ -254,12 +256,12 @@ def open_served(name: str, ckpt, *, url: str, repository: Path, probe: BenchImag
 
 
 def open_backends(ckpt, *, checkpoint: Path, repository: Path, url: str | None, probe: BenchImage | None,
-                  names: Sequence[str] = BACKENDS, served_precision: str = "fp32",
+                  names: Sequence[str] = BACKENDS, served_precision: Precision | str = Precision.FP32,
                   batches: tuple[int, ...] = (1, 4)) -> list[Backend | Unavailable]:
     """Open every backend of ``names`` in :data:`BACKENDS` order; the unusable ones as Unavailable."""
     unknown = [n for n in names if n not in BACKENDS]
     if unknown:
-        raise ValueError(f"unknown backend(s) {unknown}; choose from: {', '.join(BACKENDS)}")
+        raise InvalidOptionError(f"unknown backend(s) {unknown}; choose from: {', '.join(BACKENDS)}")
     out: list[Backend | Unavailable] = []
     for name in BACKENDS:
         if name not in names:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr.benchmarks.backends import BenchImage
+from cxr.errors import InvalidFileError
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def load_images(ckpt, *, data: str | Path | None, n: int, split: str = "test") -
         ds = NIHDataset.from_dir(data, labelset=labelset, require_images=True)
         studies = ds.detection_studies(split)[:n]
         if not studies:
-            raise ValueError(f"{data}: split {split!r} has no images; pass a dataset with a {split} split or omit --data")
+            raise InvalidFileError(f"{data}: split {split!r} has no images; pass a dataset with a {split} split or omit --data")
         return _images_from_studies(studies, ds.labelset), f"{len(studies)} {split}-split studies of {data}"
 
     from cxr.training.synth import SynthConfig, generate

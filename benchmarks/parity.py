@@ -18,6 +18,8 @@ from tqdm import tqdm
 
 from cxr.benchmarks.backends import Backend, BenchImage, Unavailable
 from cxr.benchmarks.latency import inputs_for
+from cxr.contract import BenchBackend as B
+from cxr.errors import InvalidOptionError
 from cxr.export.parity import TOLERANCES, compare
 from cxr.postprocess import DetectionArrays
 
@@ -68,10 +70,10 @@ def run_parity(backends: Sequence[Backend | Unavailable], images: Sequence[Bench
                progress: bool = False) -> dict[str, BackendParity]:
     """Parity of every available backend against ``pytorch`` (which must be among them)."""
     usable = {b.name: b for b in backends if isinstance(b, Backend)}
-    if "pytorch" not in usable:
-        raise ValueError("parity needs the pytorch backend as the reference")
+    if B.PYTORCH not in usable:
+        raise InvalidOptionError("parity needs the pytorch backend as the reference")
     results: dict[str, BackendParity] = {}
-    reference = _run_all(usable["pytorch"], images, 4)
+    reference = _run_all(usable[B.PYTORCH], images, 4)
     ref_metrics = clinical(reference, [im.truth for im in images], class_names)
     for name, backend in tqdm(usable.items(), desc="parity", disable=not progress, dynamic_ncols=True):
         subset = inputs_for(backend, images)
@@ -84,7 +86,7 @@ def run_parity(backends: Sequence[Backend | Unavailable], images: Sequence[Bench
                                           failures=["no usable images (shared memory needs grayscale PNG/JPEG pixels)"])
             continue
         try:
-            dets = reference if name == "pytorch" else _run_all(backend, subset, 4 if 4 in backend.batches else 1)
+            dets = reference if name == B.PYTORCH else _run_all(backend, subset, 4 if 4 in backend.batches else 1)
         except Exception as exc:  # noqa: BLE001 - one broken backend must not hide the others' results
             log.warning("parity: %s failed: %s", name, exc)
             results[name] = BackendParity(name, len(subset), False, None, None, None, {}, None, None, None, None, tol_name,
@@ -93,7 +95,7 @@ def run_parity(backends: Sequence[Backend | Unavailable], images: Sequence[Bench
         report = compare(ref, dets, names=[im.name for im in subset], ground_truth=truth,
                          class_names=class_names, tolerance=TOLERANCES[tol_name])
         base = ref_metrics if len(subset) == len(images) else clinical(ref, truth, class_names)
-        mine = ref_metrics if name == "pytorch" else clinical(dets, truth, class_names)
+        mine = ref_metrics if name == B.PYTORCH else clinical(dets, truth, class_names)
         delta = None if mine["map50"] is None or base["map50"] is None else mine["map50"] - base["map50"]
         results[name] = BackendParity(
             name=name, n_images=len(subset), passed=report.passed, map50=mine["map50"], delta_map50=delta,

@@ -32,7 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_BYTES, PIXELS = "IMAGE_BYTES", "PIXELS"
+from cxr import contract
+
+IMAGE_BYTES, PIXELS = contract.IMAGE_BYTES.name, contract.PIXELS.name
 
 
 def serialize_bytes_tensor(elements: Sequence[bytes]) -> bytes:
@@ -101,7 +103,7 @@ def write_perf_data(out: Path, studies: Sequence[bytes], pixels: Sequence[np.nda
 def command_lines(url: str = "localhost:8001", data: str = "perf_analyzer_data.json",
                   pixels: str | None = "perf_analyzer_pixels.json", concurrency: str = "1:8") -> list[str]:
     """perf_analyzer invocations matching ``cxr bench``'s served sweep (gRPC, batch 1, p95 stabilised)."""
-    base = f"perf_analyzer -m cxr_detector -u {url} -i grpc -b 1 --concurrency-range {concurrency} --percentile=95"
+    base = f"perf_analyzer -m {contract.ENSEMBLE} -u {url} -i grpc -b 1 --concurrency-range {concurrency} --percentile=95"
     lines = [f"{base} --input-data {data}"]
     if pixels:
         lines.append(f"{base} --input-data {pixels} --shared-memory=system")

@@ -21,6 +21,7 @@ from cxr.benchmarks.backends import BACKENDS, Backend, Unavailable
 from cxr.benchmarks.latency import best_throughput, headline
 from cxr.benchmarks.parity import BackendParity
 from cxr.benchmarks.stats import PointStats
+from cxr.contract import BenchBackend as B
 
 SCHEMA = "cxr-bench/1"
 STATUSES = ("ok", "failed-parity", "unavailable")
@@ -71,10 +72,10 @@ def targets(rows: Mapping[str, dict], points: Mapping[str, Sequence[PointStats]]
     def get(name: str, key: str):
         return rows.get(name, {}).get(key)
 
-    tri4, ort1 = _point(points, "triton", 4), _point(points, "onnx", 1)
-    onnx_speedup = _ratio(get("pytorch", "p50_ms"), get("onnx", "p50_ms"))
-    int8_speedup = _ratio(get("onnx", "p50_ms"), get("onnx-int8", "p50_ms"))
-    int8_delta = get("onnx-int8", "delta_map50")
+    tri4, ort1 = _point(points, B.TRITON, 4), _point(points, B.ONNX, 1)
+    onnx_speedup = _ratio(get(B.PYTORCH, "p50_ms"), get(B.ONNX, "p50_ms"))
+    int8_speedup = _ratio(get(B.ONNX, "p50_ms"), get(B.ONNX_INT8, "p50_ms"))
+    int8_delta = get(B.ONNX_INT8, "delta_map50")
     measured = [r for r in rows.values() if r["status"] != "unavailable" and r.get("parity") is not None]
     out = [
         ("serving overhead (Triton p50 / ORT p50, concurrency 1)", overhead, "<= 1.15", lambda v: v <= 1.15),
@@ -96,12 +97,12 @@ def build_report(*, env: dict, backends: Sequence[Backend | Unavailable], points
     peak = peak or {}
     # TensorRT runs on the GPU: its ceiling is the GPU's fp16 matmul, not the CPU's.
     rows = {b.name: backend_row(b, points.get(b.name), (parity or {}).get(b.name), flops=flops,
-                                peak_gflops=peak.get("cuda_fp16_gflops" if b.name == "tensorrt" else "peak_gflops"))
+                                peak_gflops=peak.get("cuda_fp16_gflops" if b.name == B.TENSORRT else "peak_gflops"))
             for b in backends}
-    base = rows.get("pytorch", {}).get("p50_ms")
+    base = rows.get(B.PYTORCH, {}).get("p50_ms")
     for row in rows.values():
         row["speedup_vs_pytorch"] = _ratio(base, row["p50_ms"])
-    overhead = _ratio(rows.get("triton", {}).get("p50_ms"), rows.get("onnx", {}).get("p50_ms"))
+    overhead = _ratio(rows.get(B.TRITON, {}).get("p50_ms"), rows.get(B.ONNX, {}).get("p50_ms"))
     ordered = [rows[n] for n in BACKENDS if n in rows]
     return {
         "schema": SCHEMA,
@@ -111,7 +112,7 @@ def build_report(*, env: dict, backends: Sequence[Backend | Unavailable], points
         "model_gflops_per_image": None if flops is None else flops / 1e9,
         "matmul_peak": peak,
         "serving_overhead": overhead,
-        "serving_overhead_shm": _ratio(rows.get("triton-shm", {}).get("p50_ms"), rows.get("onnx", {}).get("p50_ms")),
+        "serving_overhead_shm": _ratio(rows.get(B.TRITON_SHM, {}).get("p50_ms"), rows.get(B.ONNX, {}).get("p50_ms")),
         "backends": ordered,
         "sweeps": {name: [p.to_dict() for p in pts] for name, pts in points.items()},
         "targets": targets(rows, points, overhead),

@@ -10,11 +10,33 @@
 
 :class:`AsyncDetectorClient` is the asyncio twin.  Every failure is a
 :class:`DetectorError` with ``status``, ``message`` and ``retryable``.
+
+The names below are imported on first use, so light submodules
+(``cxr.client.errors``, ``cxr.client.tls``) import without tritonclient.
 """
 
-from cxr.client.errors import DetectorError
-from cxr.client.requests import Pixels
-from cxr.client.results import Detection, StudyResult
-from cxr.client.sdk import AsyncDetectorClient, DetectorClient
+from __future__ import annotations
 
-__all__ = ["AsyncDetectorClient", "Detection", "DetectorClient", "DetectorError", "Pixels", "StudyResult"]
+import importlib
+
+_EXPORTS = {
+    "AsyncDetectorClient": "cxr.client.sdk",
+    "Detection": "cxr.client.results",
+    "DetectorClient": "cxr.client.sdk",
+    "DetectorError": "cxr.client.errors",
+    "Pixels": "cxr.client.requests",
+    "StudyResult": "cxr.client.results",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'cxr.client' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -31,8 +31,10 @@ import pydicom
 from pynetdicom import AE, evt
 from pynetdicom import sop_class
 
-from cxr.client.pacs_queue import COMPREHENSIVE_3D_SR, GSPS, Spool, WorkQueue, Worker, is_valid_uid, study_id
-from cxr.errors import UsageError
+from cxr.client.pacs_queue import (COMPREHENSIVE_3D_SR, GSPS, QueueState, Spool, WorkQueue, Worker, is_valid_uid,
+                                   study_id)
+from cxr.client.tls import add_tls_arguments, tls_options
+from cxr.errors import InvalidOptionError, UsageError
 
 __all__ = ["COMPREHENSIVE_3D_SR", "GSPS", "PacsBridge", "PacsConfig", "add_pacs_parser", "cmd_pacs", "parse_forward",
            "skip_reason"]
@@ -52,7 +54,7 @@ def _check_ae(value: object, what: str) -> str:
     default repertoire, no backslash or control characters, not only spaces)."""
     text = value.strip() if isinstance(value, str) else ""
     if not text or len(value) > 16 or "\\" in value or any(ord(c) < 32 or ord(c) > 126 for c in value):
-        raise ValueError(f"{what} {value!r} is not a valid DICOM AE title: "
+        raise InvalidOptionError(f"{what} {value!r} is not a valid DICOM AE title: "
                          "1-16 printable ASCII characters, no backslash")
     return text
 
@@ -87,13 +89,13 @@ class PacsConfig:
         self.allowed_aes = tuple(_check_ae(a, "allowed AE") for a in self.allowed_aes)
         if not self.allowed_aes and not self.allow_any:
             # pynetdicom treats an empty allow list as "everyone"; we never default open.
-            raise ValueError("no calling AE title is allowed, so every sender would be refused: "
+            raise InvalidOptionError("no calling AE title is allowed, so every sender would be refused: "
                              "list the senders with --allow-ae AE (repeatable) or pass --allow-any")
         if not (isinstance(self.port, int) and 0 <= self.port <= 65535):
-            raise ValueError(f"port must be 0..65535, got {self.port!r}")
+            raise InvalidOptionError(f"port must be 0..65535, got {self.port!r}")
         host, port, ae = self.forward
         if not host or not (isinstance(port, int) and 1 <= port <= 65535):
-            raise ValueError(f"forward must be (host, port 1..65535, AE title), got {self.forward!r}")
+            raise InvalidOptionError(f"forward must be (host, port 1..65535, AE title), got {self.forward!r}")
         self.forward = (str(host), port, _check_ae(ae, "forward AE"))
         self.spool = Path(self.spool)
         self.modalities = tuple(m.strip().upper() for m in self.modalities)
@@ -101,12 +103,12 @@ class PacsConfig:
         self.views = tuple(v.strip().upper() for v in self.views)
         for name in ("queue_size", "max_attempts_per_pass"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
-                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+                raise InvalidOptionError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         for name in ("retry_backoff_s", "pass_pause_s"):
             if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0 seconds, got {getattr(self, name)!r}")
+                raise InvalidOptionError(f"{name} must be >= 0 seconds, got {getattr(self, name)!r}")
         if not self.timeout_s > 0:
-            raise ValueError(f"timeout_s must be > 0 seconds, got {self.timeout_s!r}")
+            raise InvalidOptionError(f"timeout_s must be > 0 seconds, got {self.timeout_s!r}")
 
 
 def skip_reason(ds: pydicom.Dataset, config: PacsConfig) -> str | None:
@@ -253,17 +255,16 @@ class PacsBridge:
             log.info("study %s skipped: %s", sid, reason)
             return SUCCESS  # not ours to read, but the sender did nothing wrong
         state = self._queue.reserve(uid)
-        if state == "ok" and (self.spool.is_done(uid) or self.spool.is_failed(uid)):
+        if state is QueueState.RESERVED and (self.spool.is_done(uid) or self.spool.is_failed(uid)):
             self._queue.cancel(uid)
-            state = "already delivered" if self.spool.is_done(uid) else "failed earlier (see spool/failed)"
-        if state == "full":
+            state = QueueState.DELIVERED if self.spool.is_done(uid) else QueueState.FAILED
+        if state is QueueState.FULL:
             self._count("refused")
             log.warning("study %s refused: queue full (%d pending); the sender should retry", sid, len(self._queue))
             return OUT_OF_RESOURCES
-        if state != "ok":
+        if state is not QueueState.RESERVED:
             self._count("duplicates")
-            word = "already queued" if state == "duplicate" else state
-            log.info("study %s received again: %s; acknowledged, not processed again", sid, word)
+            log.info("study %s received again: %s; acknowledged, not processed again", sid, state.description)
             return SUCCESS
         try:
             self.spool.write_pending(uid, event.encoded_dataset())
@@ -322,9 +323,7 @@ def add_pacs_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--queue-size", type=int, default=d.queue_size, help=f"studies pending at most (default {d.queue_size})")
     p.add_argument("--retry-backoff", type=float, default=d.retry_backoff_s, help="first retry wait in s (doubles)")
     p.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds per detector call / network operation")
-    from cxr.cli import add_client_tls_arguments  # one definition for `cxr predict` and `cxr pacs`
-
-    add_client_tls_arguments(p)
+    add_tls_arguments(p)  # one definition for `cxr predict` and `cxr pacs`
     p.set_defaults(func=cmd_pacs)
     return p
 
@@ -333,14 +332,13 @@ def cmd_pacs(args: argparse.Namespace) -> int:
     """Run the bridge until SIGINT/SIGTERM; prints where it listens and, at the end, its counters."""
     import signal
 
-    from cxr.cli import client_tls_options
     from cxr.client.sdk import DetectorClient
 
     config = PacsConfig(port=args.port, ae_title=args.ae_title, host=args.host, allowed_aes=tuple(args.allow_ae),
                         allow_any=args.allow_any, forward=args.forward, spool=args.spool, gsps=args.gsps,
                         modalities=tuple(args.modality or PacsConfig.modalities), queue_size=args.queue_size,
                         retry_backoff_s=args.retry_backoff, detector_url=args.url, timeout_s=args.timeout,
-                        detector_tls=client_tls_options(args))
+                        detector_tls=tls_options(args))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -39,11 +39,12 @@ from pydicom.errors import InvalidDicomError
 
 from cxr.client.dicom_out import presentation_state, structured_report
 from cxr.client.errors import DetectorError
+from cxr.contract import ClosedVocabulary
 
 if TYPE_CHECKING:  # pacs imports this module; the config type is for readers and checkers
     from cxr.client.pacs import PacsConfig
 
-__all__ = ["COMPREHENSIVE_3D_SR", "GSPS", "DeliveryError", "Spool", "WorkQueue", "Worker", "deliver", "is_valid_uid",
+__all__ = ["COMPREHENSIVE_3D_SR", "GSPS", "DeliveryError", "QueueState", "Spool", "WorkQueue", "Worker", "deliver", "is_valid_uid",
            "study_id"]
 
 log = logging.getLogger("cxr.pacs")
@@ -59,6 +60,21 @@ _TRANSIENT = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"
 
 # DICOM UI value: components of digits separated by dots, at most 64 characters (PS3.5 9.1).
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class QueueState(ClosedVocabulary):
+    """queue state: what the bridge knows of an arriving SOPInstanceUID."""
+
+    RESERVED = "reserved"  # new: a slot is claimed for it; write it to the spool, then put() it
+    QUEUED = "queued"  # already received and waiting in the queue
+    FULL = "full"  # no slot left: the sender is told 0xA700 and retries later
+    DELIVERED = "delivered"  # results were delivered before (spool/done)
+    FAILED = "failed"  # it failed permanently before (spool/failed)
+
+    @property
+    def description(self) -> str:
+        return {QueueState.QUEUED: "already queued", QueueState.DELIVERED: "already delivered",
+                QueueState.FAILED: "failed earlier (see spool/failed)"}.get(self, self.value)
 
 
 def study_id(sop_instance_uid: str) -> str:
@@ -186,15 +202,15 @@ class WorkQueue:
         with self._cond:
             return uid in self._members
 
-    def reserve(self, uid: str) -> str:
-        """Claim a slot for a new arrival: "ok", "duplicate" (already in) or "full"."""
+    def reserve(self, uid: str) -> QueueState:
+        """Claim a slot for a new arrival: RESERVED, QUEUED (already in) or FULL."""
         with self._cond:
             if uid in self._members:
-                return "duplicate"
+                return QueueState.QUEUED
             if len(self._members) >= self.maxsize:
-                return "full"
+                return QueueState.FULL
             self._members.add(uid)
-            return "ok"
+            return QueueState.RESERVED
 
     def cancel(self, uid: str) -> None:
         """Give back a reserved slot that was never committed."""

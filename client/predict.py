@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from cxr.client.errors import DetectorError
 from cxr.client.results import StudyResult
+from cxr.errors import InvalidOptionError, MissingFileError
 
 log = logging.getLogger("cxr.client")
 
@@ -34,9 +35,9 @@ def collect_inputs(paths: list[Path]) -> list[Path]:
         elif p.is_file():
             files.append(p)
         else:
-            raise FileNotFoundError(f"no such file or folder: {p}")
+            raise MissingFileError(f"no such file or folder: {p}")
     if not files:
-        raise ValueError(f"no PNG, JPEG or DICOM files in {', '.join(map(str, paths))}")
+        raise InvalidOptionError(f"no PNG, JPEG or DICOM files in {', '.join(map(str, paths))}")
     return files
 
 

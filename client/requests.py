@@ -24,18 +24,18 @@ from typing import Any, Union
 import numpy as np
 import pydicom
 
+from cxr import contract
 from cxr.client.errors import DetectorError, client_error
 from cxr.client.results import Detection, StudyResult
 from cxr.imaging import JPEG_MAGIC, MAX_PIXELS, MIN_SIDE, PNG_MAGIC
 from cxr.triton_models import MAX_REQUEST_BYTES
 
-# The served contract (README "Serving").  These names are checked against the
-# server's model config on first use, so a renamed tensor fails loudly, once.
-IMAGE_BYTES, PIXELS = "IMAGE_BYTES", "PIXELS"
+# The served contract (cxr.contract).  These names are checked against the server's
+# model config on first use, so a server with another contract fails loudly, once.
+IMAGE_BYTES, PIXELS = contract.IMAGE_BYTES.name, contract.PIXELS.name
 REQUIRED_INPUTS = (IMAGE_BYTES, PIXELS)
-REQUIRED_OUTPUTS = ("BOXES", "SCORES", "LABELS")
-OPTIONAL_OUTPUTS = ("BOXES_MM", "MODEL_VERSION")
-
+REQUIRED_OUTPUTS = tuple(t.name for t in contract.REQUIRED_OUTPUTS)
+OPTIONAL_OUTPUTS = tuple(t.name for t in contract.ENSEMBLE_OUTPUTS if t not in contract.REQUIRED_OUTPUTS)
 
 
 @dataclass(frozen=True)
@@ -91,11 +91,11 @@ def check_parameters(score_threshold: float | None, top_k: int | None) -> dict[s
         value = float(score_threshold)
         if not (math.isfinite(value) and 0.0 <= value <= 1.0):
             raise client_error(f"score_threshold must be in [0, 1], got {score_threshold!r}")
-        out["score_threshold"] = value
+        out[contract.SCORE_THRESHOLD.name] = value
     if top_k is not None:
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
             raise client_error(f"top_k must be a positive integer, got {top_k!r}")
-        out["top_k"] = int(top_k)
+        out[contract.TOP_K.name] = int(top_k)
     return out
 
 
@@ -212,7 +212,7 @@ def _from_pixels(pixels: Pixels, params: dict) -> Request:
     if arr.dtype == np.uint8:
         if pixels.bits_stored not in (None, 8):
             raise client_error(f"uint8 pixels have 8 bits stored, got bits_stored={pixels.bits_stored}")
-        arr, params["bits_stored"] = arr.astype(np.uint16), 8
+        arr, params[contract.BITS_STORED.name] = arr.astype(np.uint16), 8
     elif pixels.bits_stored is not None:
         bits = pixels.bits_stored
         if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 16:
@@ -220,12 +220,12 @@ def _from_pixels(pixels: Pixels, params: dict) -> Request:
         top = 2 ** int(bits) - 1
         if int(arr.max(initial=0)) > top:
             raise client_error(f"uint16 pixels reach {int(arr.max())}, above the {bits}-bit maximum {top}")
-        params["bits_stored"] = int(bits)
+        params[contract.BITS_STORED.name] = int(bits)
     if pixels.spacing_mm is not None:
         row, col = (float(v) for v in pixels.spacing_mm)
         if not (math.isfinite(row) and math.isfinite(col) and row > 0 and col > 0):
             raise client_error(f"spacing_mm must be two positive numbers (row, column), got {pixels.spacing_mm!r}")
-        params["spacing_row_mm"], params["spacing_col_mm"] = row, col
+        params[contract.SPACING_ROW_MM.name], params[contract.SPACING_COL_MM.name] = row, col
     data = np.ascontiguousarray(arr, dtype=np.uint16)
     return Request((InputSpec(PIXELS, data),), params, (h, w), None, f"pixels {w}x{h}")
 
@@ -258,17 +258,17 @@ class ModelSpec:
             raise DetectorError(
                 "FAILED_PRECONDITION",
                 f"model {model_name!r} on the server is not a cxr detector: it lacks {', '.join(missing)} "
-                f"(inputs {sorted(inputs)}, outputs {list(outputs)}); point model_name at the cxr_detector ensemble",
+                f"(inputs {sorted(inputs)}, outputs {list(outputs)}); point model_name at the {contract.ENSEMBLE} ensemble",
                 retryable=False,
             )
-        if inputs[PIXELS] != "UINT16" or inputs[IMAGE_BYTES] != "BYTES":
+        if inputs[PIXELS] != contract.PIXELS.wire_dtype or inputs[IMAGE_BYTES] != contract.IMAGE_BYTES.wire_dtype:
             raise DetectorError(
                 "FAILED_PRECONDITION",
                 f"model {model_name!r} declares {IMAGE_BYTES} as {inputs[IMAGE_BYTES]} and {PIXELS} as {inputs[PIXELS]}; "
                 "this client sends BYTES and UINT16",
                 retryable=False,
             )
-        version = config.get("parameters", {}).get("model_version", {}).get("string_value", "")
+        version = config.get("parameters", {}).get(contract.ConfigKey.MODEL_VERSION, {}).get("string_value", "")
         wanted = tuple(n for n in REQUIRED_OUTPUTS + OPTIONAL_OUTPUTS if n in outputs)
         return cls(inputs, wanted, int(config.get("max_batch_size", 0) or 0) > 0, version, config)
 
@@ -298,10 +298,10 @@ def parse_response(result: Any, request: Request, spec: ModelSpec, *, model_name
         arr = result.as_numpy(name)
         return None if arr is None else (arr[0] if spec.batched else arr)
 
-    boxes, scores, labels = out("BOXES"), out("SCORES"), out("LABELS")
+    boxes, scores, labels = (out(t.name) for t in (contract.BOXES, contract.SCORES, contract.LABELS))
     if boxes is None or scores is None or labels is None:
         raise DetectorError("INTERNAL", "server response lacks BOXES, SCORES or LABELS", retryable=False)
-    mm = out("BOXES_MM")
+    mm = out(contract.BOXES_MM.name)
     detections = []
     for i in range(len(scores)):
         if scores[i] < 0:
@@ -311,7 +311,7 @@ def parse_response(result: Any, request: Request, spec: ModelSpec, *, model_name
         if mm is not None and np.isfinite(mm[i]).all():
             box_mm = tuple(float(v) for v in mm[i])
         detections.append(Detection(label, float(scores[i]), tuple(float(v) for v in boxes[i]), box_mm))
-    version = out("MODEL_VERSION")
+    version = out(contract.MODEL_VERSION.name)
     if version is not None and version.size:
         text = version.reshape(-1)[0]
         served_version = text.decode() if isinstance(text, bytes) else str(text)

@@ -32,6 +32,7 @@ import tritonclient.utils.shared_memory as shm
 from cxr.client.errors import CONVERTIBLE, DetectorError, client_error, tls_hint, to_detector_error
 from cxr.client.requests import PIXELS, ImageInput, ModelSpec, Request, build_request, check_parameters, parse_response
 from cxr.client.results import StudyResult
+from cxr.contract import ENSEMBLE
 
 __all__ = ["AsyncDetectorClient", "DetectorClient", "DetectorError"]
 
@@ -47,7 +48,7 @@ _MIN_ATTEMPT_S = 0.05
 class _ClientBase:
     """Options, validation, retry policy and result assembly shared by both clients."""
 
-    def __init__(self, *, url: str = "127.0.0.1:8001", model_name: str = "cxr_detector", model_version: str = "",
+    def __init__(self, *, url: str = "127.0.0.1:8001", model_name: str = ENSEMBLE, model_version: str = "",
                  timeout_s: float = 30.0, retries: int = 3, backoff_s: float = 0.5, max_backoff_s: float = 5.0,
                  ssl: bool = False,
                  root_certificates: str | os.PathLike | None = None, private_key: str | os.PathLike | None = None,

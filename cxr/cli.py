@@ -11,11 +11,13 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 from cxr import __version__
-from cxr.errors import UsageError
-from cxr.triton_server import TARGETS  # stdlib-only module: cheap for every command
+from cxr.client.tls import add_tls_arguments, tls_options  # argparse only: no client extra needed
+from cxr.contract import CPU_PRECISIONS, Artifact, ServeTarget
+from cxr.errors import InvalidImageError, UsageError
 
 log = logging.getLogger("cxr")
 
@@ -155,7 +157,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     server.start(timeout=args.timeout)  # logs the exposure warnings (non-loopback bind)
-    security = {"off": "plaintext", "tls": "TLS", "mtls": "mutual TLS: client certificates required"}[server.tls]
+    security = server.tls.description
     print(f"Triton is serving cxr_detector ({args.target}, {args.precision}) from {args.model_repository}")
     print(f"  gRPC     {args.host}:{args.grpc_port} ({security})")
     print(f"  HTTP     http://{server.http_host}:{args.http_port}/v2/models/cxr_detector")
@@ -176,36 +178,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- predict
 
 
-def add_client_tls_arguments(parser: argparse.ArgumentParser) -> None:
-    """The detector connection's TLS options, shared by ``cxr predict`` and ``cxr pacs``."""
-    parser.add_argument("--ssl", action="store_true",
-                        help="connect to the detector with TLS (implied by --tls-ca/--tls-cert; without --tls-ca "
-                        "the system CA store verifies the server)")
-    parser.add_argument("--tls-ca", "--root-certificates", dest="tls_ca", type=Path, default=None, metavar="PEM",
-                        help="CA certificate (PEM) that signed the server's certificate")
-    parser.add_argument("--tls-cert", type=Path, default=None, metavar="PEM",
-                        help="client certificate (PEM) for a server that requires mutual TLS; needs --tls-key")
-    parser.add_argument("--tls-key", type=Path, default=None, metavar="PEM", help="client private key (PEM) for mutual TLS")
-
-
-def client_tls_options(args: argparse.Namespace) -> dict:
-    """DetectorClient keyword arguments for :func:`add_client_tls_arguments`' options ({} = plaintext)."""
-    if (args.tls_cert is None) != (args.tls_key is None):
-        missing = "--tls-key" if args.tls_key is None else "--tls-cert"
-        raise UsageError(f"mutual TLS needs both --tls-cert and --tls-key; {missing} is missing")
-    if not (args.ssl or args.tls_ca or args.tls_cert):
-        return {}
-    return {"ssl": True, "root_certificates": args.tls_ca, "certificate_chain": args.tls_cert,
-            "private_key": args.tls_key}
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     from cxr.client import DetectorClient
     from cxr.client.predict import format_table, outcomes_json, run_predict
 
     import contextlib
 
-    tls = client_tls_options(args)
+    tls = tls_options(args)
     if args.serve is not None and tls:
         raise UsageError("--serve starts a plaintext server on loopback for this run: drop --ssl/--tls-* (or use --url)")
     server = contextlib.nullcontext()
@@ -327,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and TensorRT). --check compares the artifact with PyTorch on held-out studies and fails with a table of "
         "the worst images when outside tolerance.",
     )
-    p.add_argument("kind", choices=("onnx", "onnx-int8", "trt"), help="artifact to build")
+    p.add_argument("kind", choices=Artifact.values(), help="artifact to build")
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--repository", type=Path, default=Path("model_repository"), help="Triton model repository (default model_repository)")
     p.add_argument("--out", type=Path, default=None, help="write the artifact to this file instead of the repository")
@@ -359,9 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
         "when --host is public. A non-loopback --host without TLS is allowed but logs a warning.",
     )
     p.add_argument("--model-repository", type=Path, default=Path("model_repository"))
-    p.add_argument("--target", choices=TARGETS, default="cpu",
+    p.add_argument("--target", choices=ServeTarget.values(), default=ServeTarget.CPU.value,
                    help="detector variant: cpu (Python backend + ONNX Runtime), gpu-onnx, gpu-trt (NGC server only)")
-    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32", help="ONNX file for the cpu target")
+    p.add_argument("--precision", choices=[str(x) for x in CPU_PRECISIONS], default=str(CPU_PRECISIONS[0]),
+                   help="ONNX file for the cpu target")
     p.add_argument("--host", default="127.0.0.1",
                    help="address gRPC binds (default 127.0.0.1, loopback only); e.g. 0.0.0.0 to serve the network "
                    "- use TLS then")
@@ -396,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-threshold", type=float, default=None, help="server-side score threshold for this call")
     p.add_argument("--min-score", type=float, default=0.3, help="only show/draw findings at or above this score (default 0.3)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per study, retries included")
-    add_client_tls_arguments(p)
+    add_tls_arguments(p)
     p.set_defaults(func=cmd_predict)
 
     from cxr.benchmarks.cli import add_bench_parser  # light: heavy imports happen in cmd_bench
@@ -412,27 +392,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_logging(verbose: int) -> None:
+    """0: cxr at INFO, others WARNING; -v: cxr at DEBUG (and bug tracebacks); -vv: everything at DEBUG."""
+    level = logging.DEBUG if verbose >= 2 else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Third-party INFO chatter (attribute copies, quantizer internals: onnxruntime's quantizer
+    # logs on the root logger) hides our lines; -vv shows it.
+    logging.getLogger().setLevel(level)
+    logging.getLogger("cxr").setLevel(logging.DEBUG if verbose >= 1 else logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.INFO if args.verbose < 2 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.verbose < 2:  # third-party INFO chatter (attribute copies, quantizer internals) hides our lines
-        logging.getLogger().setLevel(logging.WARNING)  # onnxruntime's quantizer logs on the root logger
-        logging.getLogger("highdicom").setLevel(logging.WARNING)
-    logging.getLogger("cxr").setLevel(level)  # ours stay at the chosen level
+    _configure_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("cxr: interrupted", file=sys.stderr)
         return 130
-    except (UsageError, FileNotFoundError, ValueError, KeyError) as exc:
-        # User-facing errors carry their own explanation; a traceback adds nothing for
-        # them.  -vv shows it anyway for bug reports.
-        if args.verbose >= 2:
-            log.exception("failed")
+    except (UsageError, InvalidImageError) as exc:
+        # Errors the user can fix carry their own explanation: one line, no traceback.
+        log.debug("failed", exc_info=True)
         print(f"cxr {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - anything else is a bug in cxr: say so, traceback with -v
+        if args.verbose:
+            traceback.print_exc()
+        hint = "" if args.verbose else " (run with -v for the traceback)"
+        print(f"cxr {args.command}: internal error: {type(exc).__name__}: {exc}{hint}; please report it as a bug",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,9 +1,25 @@
-"""The one exception type for bad studies.
+"""The exception types of cxr, by who can fix the problem.
 
-Everything that decodes or validates user-supplied image data raises
-:class:`InvalidImageError`.  Callers that serve requests (the Triton Python models,
-the PACS bridge) catch exactly this type and turn it into a per-request error; any
-other exception is a bug in cxr, not in the input.
+Bad input from a request (served, or handed to the SDK):
+
+- :class:`InvalidImageError` — a study cxr cannot read.  Everything that decodes or
+  validates user-supplied image data raises it; the Triton Python models and the
+  PACS bridge turn it into a per-request error (INVALID_ARG).
+- :class:`InvalidRequestError` — a malformed request parameter (INVALID_ARG too).
+
+Failures the user of a command or of the Python API can fix, all :class:`UsageError`
+(the command line prints their message as one line, exit status 2):
+
+- :class:`InvalidOptionError` — an option or configuration value that is not allowed;
+- :class:`MissingFileError` — a file or folder that was named does not exist;
+- :class:`InvalidFileError` — it exists but is not what was expected (a dataset CSV,
+  a checkpoint, a weights file);
+- :class:`UnknownLabelError` — a finding name outside the label vocabulary.
+
+They also derive from the built-in type a caller would expect (``ValueError``,
+``FileNotFoundError``, ``KeyError``).  Any other exception is a bug in cxr: the command
+line reports it as an internal error (with its traceback under ``-v``), and a Triton
+model answers INTERNAL for that request only.
 """
 
 from __future__ import annotations
@@ -17,15 +33,31 @@ class InvalidImageError(ValueError):
     """
 
 
-class UnknownLabelError(KeyError):
+class InvalidRequestError(ValueError):
+    """A request parameter is malformed (not a number, out of range, ...)."""
+
+
+class UsageError(RuntimeError):
+    """A failure the user can fix (missing GPU, conflicting artifact, bad option, ...).
+
+    The command line prints its message as one line instead of a traceback.
+    """
+
+
+class InvalidOptionError(UsageError, ValueError):
+    """An option or configuration value that is not allowed; the message lists what is."""
+
+
+class MissingFileError(UsageError, FileNotFoundError):
+    """A file or folder the user named does not exist."""
+
+
+class InvalidFileError(UsageError, ValueError):
+    """A file the user named exists but is not what was expected (and says what it is)."""
+
+
+class UnknownLabelError(UsageError, KeyError):
     """A finding name that is not in the label vocabulary."""
 
     def __str__(self) -> str:  # KeyError quotes its argument; we want a sentence
         return str(self.args[0]) if self.args else ""
-
-
-class UsageError(RuntimeError):
-    """A failure the user can fix (missing GPU, conflicting artifact, ...).
-
-    The command line prints its message as one line instead of a traceback.
-    """

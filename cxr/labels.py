@@ -9,11 +9,11 @@ valid ones.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from cxr.errors import UnknownLabelError
+from cxr.contract import ClosedVocabulary
+from cxr.errors import InvalidOptionError, UnknownLabelError
 
 # The 14 image-level labels of NIH ChestX-ray14 (Data_Entry_2017.csv), as spelled there.
 NIH_FINDINGS: tuple[str, ...] = (
@@ -148,8 +148,8 @@ class LabelSet:
         return cls(name=name, names=tuple(names))
 
 
-class Vocabulary(str, enum.Enum):
-    """The label vocabularies cxr knows by name."""
+class Vocabulary(ClosedVocabulary):
+    """label vocabulary: the label vocabularies cxr knows by name."""
 
     NIH_BBOX = "nih-bbox"
     NIH_FINDINGS = "nih-findings"
@@ -157,15 +157,11 @@ class Vocabulary(str, enum.Enum):
 
     @classmethod
     def parse(cls, value: str | Vocabulary) -> Vocabulary:
-        if isinstance(value, cls):
-            return value
+        """``cls(value)``, raising :class:`~cxr.errors.InvalidOptionError` (a ValueError) that lists the names."""
         try:
-            return cls(str(value).strip().lower())
-        except ValueError:
-            raise ValueError(
-                f"unknown label vocabulary {value!r}; choose one of: "
-                f"{', '.join(v.value for v in cls)}"
-            ) from None  # the ValueError from Enum adds nothing to this message
+            return cls(value)
+        except ValueError as exc:
+            raise InvalidOptionError(str(exc)) from exc
 
 
 _LABELSETS = {

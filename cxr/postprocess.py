@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from cxr.boxes import LetterboxRecord, as_boxes, box_iou, valid_boxes
+from cxr.errors import InvalidOptionError
 
 
 @dataclass(frozen=True)
@@ -26,11 +27,11 @@ class PostprocessConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.score_threshold <= 1.0:
-            raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
+            raise InvalidOptionError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
         if not 0.0 < self.iou_threshold <= 1.0:
-            raise ValueError(f"iou_threshold must be in (0, 1], got {self.iou_threshold}")
+            raise InvalidOptionError(f"iou_threshold must be in (0, 1], got {self.iou_threshold}")
         if self.max_detections < 0:
-            raise ValueError(f"max_detections must be >= 0, got {self.max_detections}")
+            raise InvalidOptionError(f"max_detections must be >= 0, got {self.max_detections}")
 
     def to_dict(self) -> dict:
         return asdict(self)

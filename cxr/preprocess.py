@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from cxr.boxes import LetterboxRecord
+from cxr.errors import InvalidOptionError
 from cxr.imaging import DecodedImage
 
 # ImageNet statistics: backbones pretrained on ImageNet (the usual transfer-learning
@@ -36,15 +37,15 @@ class PreprocessConfig:
 
     def __post_init__(self) -> None:
         if self.size < 32:
-            raise ValueError(f"input size must be >= 32, got {self.size}")
+            raise InvalidOptionError(f"input size must be >= 32, got {self.size}")
         if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+            raise InvalidOptionError(f"channels must be 1 or 3, got {self.channels}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise ValueError(
+            raise InvalidOptionError(
                 f"mean and std need {self.channels} values each, got {len(self.mean)} and {len(self.std)}"
             )
         if any(s <= 0 for s in self.std):
-            raise ValueError(f"std values must be positive, got {self.std}")
+            raise InvalidOptionError(f"std values must be positive, got {self.std}")
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -1,19 +1,35 @@
-"""Helpers the Triton Python models share, kept free of Triton so they are unit-tested.
+"""What the three Triton Python models share, kept free of Triton so it is unit-tested.
 
-The ``model.py`` files under ``model_repository/`` are adapters: they read tensors,
-call these functions and :mod:`cxr` numerics, and build responses.
+The ``model.py`` files under ``model_repository/`` are adapters: they read tensors by
+the names in :mod:`cxr.contract`, call these functions and :mod:`cxr` numerics, and
+answer through :func:`respond` / :func:`respond_batched`, the one error boundary of
+the serving layer: every request gets its own response, INVALID_ARG naming the
+problem for bad input (:class:`~cxr.errors.InvalidImageError`,
+:class:`~cxr.errors.InvalidRequestError`), INTERNAL naming the exception for a bug in
+cxr; the other requests of the batch are answered normally.  (``pb_utils`` is the
+stub's ``triton_python_backend_utils`` module, passed in so this file imports
+without Triton.)
 """
 
 from __future__ import annotations
 
 import json
 import math
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from cxr.errors import InvalidImageError
+from cxr.contract import (
+    BITS_STORED, BOXES, BOXES_MM, IMAGE_BYTES, LABELS, PIXELS, POSTPROCESS_OVERRIDES, SCORES, SPACING_COL_MM,
+    SPACING_ROW_MM,
+)
+from cxr.errors import InvalidImageError, InvalidRequestError
 from cxr.imaging import DecodedImage, decode_image, decode_pixels
 from cxr.postprocess import DetectionArrays, PostprocessConfig
+
+BAD_INPUT = (InvalidImageError, InvalidRequestError)  # INVALID_ARG; anything else is INTERNAL
 
 # Largest encoded study accepted in one request (a 4300x4300 16-bit DICOM is ~37 MB).
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
@@ -39,37 +55,42 @@ def decode_request_image(data: bytes | None, pixels: np.ndarray | None, params: 
     ``spacing_col_mm`` (for pixels; DICOM carries its own).
     """
     if (data is None) == (pixels is None):
-        raise InvalidImageError("send exactly one of IMAGE_BYTES (encoded PNG/JPEG/DICOM) or PIXELS (uint16 [H, W])")
+        raise InvalidImageError(
+            f"send exactly one of {IMAGE_BYTES.name} (encoded PNG/JPEG/DICOM) or {PIXELS.name} (uint16 [H, W])")
     if data is not None:
         if len(data) > MAX_REQUEST_BYTES:
             raise InvalidImageError(f"study is {len(data) / 1e6:.1f} MB, above the {MAX_REQUEST_BYTES / 1e6:.0f} MB limit")
         return decode_image(data)
     spacing = None
-    if "spacing_row_mm" in params and "spacing_col_mm" in params:
-        spacing = (float(params["spacing_row_mm"]), float(params["spacing_col_mm"]))
-    bits = params.get("bits_stored")
-    return decode_pixels(pixels, bits_stored=None if bits is None else int(bits), spacing_mm=spacing)
+    if SPACING_ROW_MM.name in params and SPACING_COL_MM.name in params:
+        spacing = (_number(params, SPACING_ROW_MM), _number(params, SPACING_COL_MM))
+    bits = params.get(BITS_STORED.name)
+    return decode_pixels(pixels, bits_stored=None if bits is None else _number(params, BITS_STORED), spacing_mm=spacing)
+
+
+def _number(params: dict, parameter) -> float | int:
+    """``params[parameter.name]`` as the parameter's type; InvalidRequestError if it is not a finite number."""
+    value = params[parameter.name]
+    try:
+        number = parameter.kind(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequestError(f"request parameter {parameter.name}={value!r} is not a number") from exc
+    if isinstance(number, float) and not math.isfinite(number):
+        raise InvalidRequestError(f"request parameter {parameter.name}={value!r} is not finite")
+    return number
 
 
 def postprocess_overrides(base: PostprocessConfig, params: dict) -> PostprocessConfig:
     """Per-request ``score_threshold`` / ``iou_threshold`` / ``top_k`` over the model's defaults.
 
-    Raises ValueError naming the bad parameter (the caller answers INVALID_ARG).
+    Raises InvalidRequestError naming the bad parameter (answered INVALID_ARG).
     """
-    values = {}
-    for key, field, cast in (("score_threshold", "score_threshold", float), ("iou_threshold", "iou_threshold", float),
-                             ("top_k", "max_detections", int)):
-        if key in params:
-            try:
-                values[field] = cast(params[key])
-            except (TypeError, ValueError):
-                raise ValueError(f"request parameter {key}={params[key]!r} is not a number") from None
-            if isinstance(values[field], float) and not math.isfinite(values[field]):
-                raise ValueError(f"request parameter {key}={params[key]!r} is not finite")
+    values = {field: _number(params, parameter) for parameter, field in POSTPROCESS_OVERRIDES.items()
+              if parameter.name in params}
     try:
         return base.replace(**values)
     except ValueError as exc:
-        raise ValueError(f"bad request parameter: {exc}") from exc
+        raise InvalidRequestError(f"bad request parameter: {exc}") from exc
 
 
 def detection_tensors(dets: list[DetectionArrays], class_names) -> dict[str, np.ndarray]:
@@ -90,13 +111,74 @@ def detection_tensors(dets: list[DetectionArrays], class_names) -> dict[str, np.
         if d.boxes_mm is not None:
             mm[i, :k] = d.boxes_mm
         labels[i, :k] = [class_names[int(c) - 1].encode() for c in d.labels]
-    return {"BOXES": boxes, "BOXES_MM": mm, "SCORES": scores, "LABELS": labels}
+    return {BOXES.name: boxes, BOXES_MM.name: mm, SCORES.name: scores, LABELS.name: labels}
 
 
 def error_response(pb_utils, message: str, code: str = "INVALID_ARG"):
-    """A per-request error response, INVALID_ARG unless ``code`` names another
-    ``TritonError`` code (``pb_utils`` is the stub's module, passed in so this file
-    imports without Triton)."""
+    """A per-request error response, INVALID_ARG unless ``code`` names another ``TritonError`` code."""
     code = getattr(pb_utils.TritonError, code, None)  # error codes exist from Triton 23.09
     err = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
     return pb_utils.InferenceResponse(output_tensors=[], error=err)
+
+
+Outputs = dict[str, np.ndarray]
+
+
+def _guarded(pb_utils, step: str, fn: Callable[[], Any]) -> tuple[Any, Any]:
+    """``(fn(), None)``, or ``(None, error response)`` by the boundary rules (module doc)."""
+    try:
+        return fn(), None
+    except BAD_INPUT as exc:
+        return None, error_response(pb_utils, str(exc))
+    except Exception as exc:  # a bug in cxr (or the host out of memory), not in the study: this request only
+        logger = getattr(pb_utils, "Logger", None)
+        if logger is not None:  # the traceback goes to the server log, for the bug report
+            logger.log_error(f"{step}: internal error\n{traceback.format_exc()}")
+        return None, error_response(pb_utils, f"internal error in {step} ({type(exc).__name__}: {exc})", "INTERNAL")
+
+
+def _response(pb_utils, step: str, fn: Callable[[], Outputs]):
+    outputs, error = _guarded(pb_utils, step, fn)
+    if error is not None:
+        return error
+    return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in outputs.items()])
+
+
+def request_parameters(request) -> dict:
+    """The request's parameters as a dict (Triton hands them over as JSON)."""
+    return json.loads(request.parameters() or "{}")
+
+
+def respond(pb_utils, requests: Sequence[Any], handle: Callable[[Any], Outputs], *, step: str) -> list:
+    """One response per request, in order: ``handle(request)`` -> ``{name: array}``, each request on its own."""
+    return [_response(pb_utils, step, lambda r=r: handle(r)) for r in requests]
+
+
+def respond_batched(pb_utils, requests: Sequence[Any], read: Callable[[Any], np.ndarray],
+                    run: Callable[[np.ndarray], Outputs], *, step: str) -> list:
+    """Requests of a dynamic batch through one ``run`` call, still answered one by one.
+
+    ``read(request)`` -> its input ``[n, ...]``; ``run(batch)`` -> outputs ``[N, ...]``,
+    split back by the requests' ``n``.  A request whose input cannot be read fails
+    alone; if the joint call fails, every readable request runs again on its own, so
+    one request that breaks ``run`` cannot fail the others.
+    """
+    responses: list = [None] * len(requests)
+    inputs: dict[int, np.ndarray] = {}
+    for i, r in enumerate(requests):
+        x, error = _guarded(pb_utils, step, lambda r=r: read(r))
+        if error is not None:
+            responses[i] = error
+        else:
+            inputs[i] = x
+    if not inputs:
+        return responses
+    joint, error = _guarded(pb_utils, step, lambda: run(np.concatenate(list(inputs.values()))))
+    start = 0
+    for i, x in inputs.items():
+        if error is not None:  # find out which request broke the joint call: each alone
+            responses[i] = _response(pb_utils, step, lambda x=x: run(x))
+        else:
+            responses[i] = _response(pb_utils, step, lambda s=start, e=start + len(x): {k: v[s:e] for k, v in joint.items()})
+        start += len(x)
+    return responses

@@ -32,11 +32,25 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cxr.errors import UsageError
+from cxr.contract import ENSEMBLE, PRECISION_ENV, Artifact, Precision, ServeTarget, ClosedVocabulary
+from cxr.errors import InvalidOptionError, UsageError
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("cpu", "gpu-onnx", "gpu-trt")
+TARGETS = ServeTarget.values()
+
+
+class TlsMode(ClosedVocabulary):
+    """TLS mode: the gRPC endpoint's transport security."""
+
+    OFF = "off"  # plaintext: loopback, or behind a TLS proxy
+    TLS = "tls"  # server certificate only
+    MTLS = "mtls"  # mutual: clients must present a certificate the client CA signed
+
+    @property
+    def description(self) -> str:
+        return {TlsMode.OFF: "plaintext", TlsMode.TLS: "TLS",
+                TlsMode.MTLS: "mutual TLS: client certificates required"}[self]
 
 
 @dataclass(frozen=True)
@@ -145,8 +159,8 @@ class TritonServer:
     http_port: int = 8000
     metrics_port: int = 8002
     host: str = "127.0.0.1"
-    target: str = "cpu"
-    precision: str = "fp32"
+    target: ServeTarget | str = ServeTarget.CPU
+    precision: Precision | str = Precision.FP32  # which ONNX the cpu target's detector runs
     log_file: Path | None = None
     models: tuple[str, ...] = ()  # explicit model control: load only these (empty = all)
     env: dict = field(default_factory=dict)
@@ -158,33 +172,41 @@ class TritonServer:
     tls_ca: Path | None = None
     log_verbose: int = 0  # Triton's --log-verbose level (0 = off)
 
+    def __post_init__(self) -> None:
+        try:  # normalise on entry: a bad target or precision fails here, before anything starts
+            self.target, self.precision = ServeTarget(self.target), Precision(self.precision)
+        except ValueError as exc:
+            raise InvalidOptionError(str(exc)) from exc
+        if self.target is ServeTarget.CPU and self.precision not in (Precision.FP32, Precision.INT8):
+            raise InvalidOptionError(f"the cpu target runs fp32 or int8 ONNX, not {self.precision}")
+
     @property
-    def tls(self) -> str:
-        """The gRPC endpoint's transport security: "mtls", "tls" or "off"."""
+    def tls(self) -> TlsMode:
+        """The gRPC endpoint's transport security."""
         if self.tls_cert is None and self.tls_key is None:
-            return "off"
-        return "mtls" if self.tls_ca is not None else "tls"
+            return TlsMode.OFF
+        return TlsMode.MTLS if self.tls_ca is not None else TlsMode.TLS
 
     @property
     def http_host(self) -> str:
         """Where HTTP (readiness, metadata) and metrics bind: never off-host next to TLS gRPC."""
-        return self.host if self.tls == "off" or is_loopback(self.host) else "127.0.0.1"
+        return self.host if self.tls is TlsMode.OFF or is_loopback(self.host) else "127.0.0.1"
 
     def exposure_warnings(self) -> list[str]:
         """What an operator must hear about this configuration's network exposure."""
         if is_loopback(self.host):
             return []
-        if self.tls == "off":
+        if self.tls is TlsMode.OFF:
             return [f"gRPC, HTTP and metrics bind {self.host} without TLS: anyone who can reach this host can send "
                     "studies and read results in clear text; use --tls-cert/--tls-key (and --tls-ca for mutual TLS) "
                     "or keep the default loopback bind behind a TLS proxy"]
-        kind = "mutual TLS" if self.tls == "mtls" else "TLS (no client certificates)"
+        kind = "mutual TLS" if self.tls is TlsMode.MTLS else "TLS (no client certificates)"
         return [f"gRPC binds {self.host} with {kind}; "
                 f"HTTP and metrics stay on {self.http_host} (Triton's HTTP has no TLS: put a proxy in front if needed)"]
 
     def tls_flags(self) -> list[str]:
         """tritonserver 2.51 flags for the gRPC TLS settings; UsageError names a bad file."""
-        if self.tls == "off":
+        if self.tls is TlsMode.OFF:
             if self.tls_ca is not None:
                 raise UsageError("--tls-ca (client CA for mutual TLS) needs --tls-cert and --tls-key as well")
             return []
@@ -200,8 +222,6 @@ class TritonServer:
         return flags
 
     def command(self, install: TritonInstall) -> list[str]:
-        if self.target not in TARGETS:
-            raise ValueError(f"unknown target {self.target!r}; choose one of: {', '.join(TARGETS)}")
         cmd = [
             str(install.binary), f"--model-repository={Path(self.model_repository).resolve()}",
             f"--backend-directory={install.backend_dir}", f"--grpc-port={self.grpc_port}", f"--http-port={self.http_port}",
@@ -210,22 +230,23 @@ class TritonServer:
             "--allow-sagemaker=false", "--allow-vertex-ai=false", "--strict-readiness=true", "--exit-timeout-secs=10",
             "--model-control-mode=explicit",
         ]
-        if self.target != "cpu":
-            cmd.append(f"--model-config-name={self.target}")
-        models = self.models or ("cxr_detector",)  # the ensemble pulls in its three steps
+        if self.target.config_name is not None:
+            cmd.append(f"--model-config-name={self.target.config_name}")
+        models = self.models or (ENSEMBLE,)  # the ensemble pulls in its three steps
         cmd += [f"--load-model={m}" for m in models]
         return cmd
 
     def start(self, *, timeout: float = 120.0) -> TritonServer:
         repo = Path(self.model_repository)
-        if not (repo / "cxr_detector" / "config.pbtxt").is_file():
-            raise UsageError(f"{repo} is not a cxr model repository (no cxr_detector/config.pbtxt)")
-        if self.target == "cpu" and not (repo / "detector" / "1" / ("model.int8.onnx" if self.precision == "int8" else "model.onnx")).is_file():
-            kind = "onnx-int8" if self.precision == "int8" else "onnx"
-            raise UsageError(f"{repo}/detector/1 has no exported model: run `cxr export {kind} --checkpoint CKPT --repository {repo}`")
+        if not (repo / ENSEMBLE / "config.pbtxt").is_file():
+            raise UsageError(f"{repo} is not a cxr model repository (no {ENSEMBLE}/config.pbtxt)")
+        artifact = self.target.artifact or Artifact.for_cpu(self.precision)
+        if self.target is ServeTarget.CPU and not (repo / artifact.path).is_file():
+            raise UsageError(f"{repo}/{Path(artifact.path).parent} has no exported model: "
+                             f"run `cxr export {artifact} --checkpoint CKPT --repository {repo}`")
         install = prepare_backends()
-        if self.target != "cpu":
-            backend = "onnxruntime" if self.target == "gpu-onnx" else "tensorrt"
+        if self.target is not ServeTarget.CPU:
+            backend = self.target.triton_backend
             if not (install.backend_dir / backend).is_dir():
                 raise UsageError(
                     f"target {self.target} needs Triton's {backend} backend, which the embedded server does not have; "
@@ -238,7 +259,7 @@ class TritonServer:
         # site-packages) through the python on PATH: put this interpreter's first,
         # or a non-activated venv (CI, `make`) loads models without numpy.
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        env["CXR_DETECTOR_PRECISION"] = self.precision
+        env[PRECISION_ENV] = self.precision.value
         env.update(self.env)
         for warning in self.exposure_warnings():
             log.warning(warning)

@@ -16,13 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.export.quantize import DEFAULT_BUDGET
+from cxr.contract import Artifact, Precision
+from cxr.errors import InvalidFileError, InvalidOptionError
 from cxr.export.parity import TOLERANCES, ParityReport, Tolerance, compare
+from cxr.export.quantize import DEFAULT_BUDGET
 from cxr.export.repository import artifact_path, check_compatible, ensure_repository, place_artifact
 
 log = logging.getLogger(__name__)
 
-KINDS = ("onnx", "onnx-int8", "trt")
+KINDS = Artifact.values()
 
 
 class ParityError(RuntimeError):
@@ -33,12 +35,12 @@ class ParityError(RuntimeError):
 
 @dataclass
 class ExportResult:
-    kind: str
+    kind: Artifact
     path: Path
     parity: ParityReport | None = None
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "path": str(self.path), "parity": None if self.parity is None else self.parity.to_dict()}
+        return {"kind": str(self.kind), "path": str(self.path), "parity": None if self.parity is None else self.parity.to_dict()}
 
 
 def _studies(data: str | Path, split: str, n: int, labelset_name: str):
@@ -47,7 +49,7 @@ def _studies(data: str | Path, split: str, n: int, labelset_name: str):
     ds = NIHDataset.from_dir(data, labelset=labelset_name, require_images=True)
     studies = [s for s in ds.detection_studies(split)][:n]
     if not studies:
-        raise ValueError(f"{data}: split {split!r} has no images to use")
+        raise InvalidFileError(f"{data}: split {split!r} has no images to use")
     return studies
 
 
@@ -108,10 +110,10 @@ class Int8Disagreement:
         from cxr.export.pipeline import Pipeline
 
         report = self.ckpt.postprocess.score_threshold
-        margin = min(TOLERANCES["int8"].score_margin, report)
+        margin = min(TOLERANCES[Precision.INT8].score_margin, report)
         changed = total = 0
         for r, t in zip(self.reference, Pipeline(detector, self.ckpt.preprocess, self.ckpt.postprocess)(self.images)):
-            pairs, n_ref, n_test = match_detections(r, t, TOLERANCES["int8"].match_iou, report_score=report, score_margin=margin)
+            pairs, n_ref, n_test = match_detections(r, t, TOLERANCES[Precision.INT8].match_iou, report_score=report, score_margin=margin)
             kept = sum(1 for i, j in pairs if abs(float(r.scores[i]) - float(t.scores[j])) <= self.score_step)
             total += max(n_ref, n_test)
             changed += max(n_ref, n_test) - kept
@@ -124,7 +126,7 @@ class Int8Disagreement:
 
 
 def run_export(
-    kind: str,
+    kind: Artifact | str,
     checkpoint: str | Path,
     *,
     repository: str | Path | None = "model_repository",
@@ -143,14 +145,16 @@ def run_export(
     from cxr.export.onnx_export import export_onnx
     from cxr.training.checkpoint import load_checkpoint
 
-    if kind not in KINDS:
-        raise ValueError(f"unknown export kind {kind!r}; choose one of: {', '.join(KINDS)}")
+    try:
+        kind = Artifact(kind)
+    except ValueError as exc:
+        raise InvalidOptionError(f"export {exc}") from exc
     if check and data is None:
-        raise ValueError("--check needs --data DIR: parity runs on the held-out (test) studies of that dataset")
+        raise InvalidOptionError("--check needs --data DIR: parity runs on the held-out (test) studies of that dataset")
     if int8_budget is not None and not 0.0 < int8_budget <= 1.0:
-        raise ValueError(f"--int8-budget is a fraction of detections in (0, 1], got {int8_budget}")
-    if kind == "onnx-int8" and data is None:
-        raise ValueError("onnx-int8 needs --data DIR: INT8 is calibrated on training images of that dataset")
+        raise InvalidOptionError(f"--int8-budget is a fraction of detections in (0, 1], got {int8_budget}")
+    if kind is Artifact.ONNX_INT8 and data is None:
+        raise InvalidOptionError("onnx-int8 needs --data DIR: INT8 is calibrated on training images of that dataset")
     ckpt = load_checkpoint(checkpoint)
     meta = ckpt.metadata()
     if repository is not None and out is None:
@@ -159,16 +163,16 @@ def run_export(
     held_out = _studies(data, "test", check_images, labelset) if check else None
 
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = Path(tmp) / "model.onnx"
-        if kind == "trt":
+        fp32 = Path(tmp) / Artifact.ONNX.file
+        if kind is Artifact.TRT:
             from cxr.export.tensorrt import BatchProfile, TrtDetector, build_engine, require_tensorrt
 
             require_tensorrt()  # before spending time on the ONNX export
             export_onnx(ckpt, fp32)
-            built = build_engine(fp32, Path(tmp) / "model.plan", channels=ckpt.preprocess.channels, size=ckpt.preprocess.size,
+            built = build_engine(fp32, Path(tmp) / Artifact.TRT.file, channels=ckpt.preprocess.channels, size=ckpt.preprocess.size,
                                  profile=batch_profile or BatchProfile(), metadata=meta)
-            make_detector, tolerance = (lambda p: TrtDetector(p)), TOLERANCES["fp16"]
-        elif kind == "onnx-int8":
+            make_detector = TrtDetector
+        elif kind is Artifact.ONNX_INT8:
             from cxr.export.quantize import quantize_int8
             from cxr.export.runtime import OrtDetector
 
@@ -176,14 +180,15 @@ def run_export(
             calib = calibration_batches(ckpt, _studies(data, "train", calibration_images, labelset))
             # Mixed precision is chosen on the validation split; parity (--check) runs on test.
             evaluate = None if int8_budget is None else Int8Disagreement(ckpt, fp32, _studies(data, "val", int8_search_images, labelset))
-            built = quantize_int8(fp32, Path(tmp) / "model.int8.onnx", calib, evaluate=evaluate,
+            built = quantize_int8(fp32, Path(tmp) / Artifact.ONNX_INT8.file, calib, evaluate=evaluate,
                                   budget=int8_budget or 0.0, progress=progress)
-            make_detector, tolerance = (lambda p: OrtDetector(p)), TOLERANCES["int8"]
+            make_detector = OrtDetector
         else:
             from cxr.export.runtime import OrtDetector
 
             built = export_onnx(ckpt, fp32)
-            make_detector, tolerance = (lambda p: OrtDetector(p)), TOLERANCES["fp32"]
+            make_detector = OrtDetector
+        tolerance = TOLERANCES[kind.precision]
 
         report = None
         if check:
@@ -191,7 +196,7 @@ def run_export(
             log.info("parity on %d images: %s", report.n_images, "PASS" if report.passed else "FAIL")
             if not report.passed:
                 raise ParityError(report)
-        extra = {"precision": {"onnx": "fp32", "onnx-int8": "int8", "trt": "fp16"}[kind]}
+        extra = {"precision": kind.precision.value}
         if report is not None:
             extra["parity"] = {k: getattr(report, k) for k in ("n_images", "match_rate", "max_score_delta", "max_box_dev_px", "map_delta")}
         if out is not None:
@@ -201,7 +206,7 @@ def run_export(
         else:
             dest = place_artifact(repository, kind, built, meta, force=force, extra=extra)
             ensure_repository(repository, meta)
-            if kind == "trt":
+            if kind is Artifact.TRT:
                 from cxr.export.tensorrt import engine_metadata_path
 
                 engine_metadata_path(dest).write_text(engine_metadata_path(built).read_text())

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import torch
 
+from cxr.contract import DETECTOR_INPUT as INPUT_NAME
+from cxr.contract import RAW_OUTPUTS as OUTPUT_NAMES
 from cxr.export.graph import OPSET, ServingGraph
 
 log = logging.getLogger(__name__)
-
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("boxes", "scores", "labels", "valid")
 METADATA_KEY = "cxr"
 
 

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from cxr.boxes import box_iou
+from cxr.contract import Precision
 from cxr.postprocess import DetectionArrays
 
 
@@ -27,13 +28,13 @@ class Tolerance:
     score_margin: float = 0.02  # ... among artifact boxes at or above report_score - margin
 
 
-TOLERANCES = {
-    "fp32": Tolerance(),
+TOLERANCES = {  # keyed by cxr.contract.Precision (a str enum: "fp32" looks up the same entry)
+    Precision.FP32: Tolerance(),
     # Reduced precision is judged on the clinical answer, mAP delta <= 0.01 (the
     # project's stated tolerance); boxes and scores may move, and the match rate at
     # IoU 0.5 is reported, not required.
-    "int8": Tolerance(min_match_rate=0.0, match_iou=0.5, max_map_delta=0.01, score_margin=0.1),
-    "fp16": Tolerance(min_match_rate=0.0, match_iou=0.5, max_map_delta=0.01, score_margin=0.05),
+    Precision.INT8: Tolerance(min_match_rate=0.0, match_iou=0.5, max_map_delta=0.01, score_margin=0.1),
+    Precision.FP16: Tolerance(min_match_rate=0.0, match_iou=0.5, max_map_delta=0.01, score_margin=0.05),
 }
 
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr.errors import InvalidOptionError
+
 log = logging.getLogger(__name__)
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
@@ -199,7 +201,7 @@ def quantize_int8(
                 floor = "" if mixed.noise_floor is None else (
                     f"; the FP32 model itself changes {mixed.noise_floor:.0%} of its detections under input noise of half "
                     "a grey level, so INT8 cannot do much better: serve FP32, or train longer / from pretrained weights")
-                raise ValueError(f"no layer group can be quantized to INT8 within the budget ({budget:.2f}); "
+                raise InvalidOptionError(f"no layer group can be quantized to INT8 within the budget ({budget:.2f}); "
                                  f"least sensitive group changes {least} of detections{floor}")
             chosen = set(mixed.quantized)
             excluded = [n for n in builder.nodes if n in excluded or node_group(n) not in chosen]

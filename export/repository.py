@@ -19,13 +19,9 @@ import json
 import shutil
 from pathlib import Path
 
-from cxr.errors import UsageError
+from cxr.contract import Artifact, Step
+from cxr.errors import InvalidOptionError, UsageError
 
-ARTIFACTS = {
-    "onnx": "detector/1/model.onnx",
-    "onnx-int8": "detector/1/model.int8.onnx",
-    "trt": "detector/1/model.plan",
-}
 METADATA_FILE = "cxr-metadata.json"
 # Fields that must agree between artifacts of one repository.
 IDENTITY_FIELDS = ("model_version", "class_names", "preprocess", "model")
@@ -33,17 +29,19 @@ IDENTITY_FIELDS = ("model_version", "class_names", "preprocess", "model")
 
 # The committed repository (model.py adapters + default configs) in the source tree.
 TEMPLATE = Path(__file__).resolve().parents[1] / "model_repository"
-PYTHON_MODELS = ("preprocess", "detector", "postprocess")
+PYTHON_MODELS = tuple(Step)  # every step has a model.py adapter (the GPU detector configs ignore its)
 
 
 class RepositoryConflict(UsageError):
     """The repository already holds an artifact of a different model."""
 
 
-def artifact_path(repository: str | Path, kind: str) -> Path:
-    if kind not in ARTIFACTS:
-        raise ValueError(f"unknown artifact kind {kind!r}; choose one of: {', '.join(ARTIFACTS)}")
-    return Path(repository) / ARTIFACTS[kind]
+def artifact_path(repository: str | Path, kind: Artifact | str) -> Path:
+    try:
+        kind = Artifact(kind)
+    except ValueError as exc:
+        raise InvalidOptionError(str(exc)) from exc  # the enum's message lists the kinds
+    return Path(repository) / kind.path
 
 
 def read_repository_metadata(repository: str | Path) -> dict:
@@ -76,7 +74,7 @@ def _short(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def place_artifact(repository: str | Path, kind: str, source: str | Path, meta: dict, *, force: bool = False, extra: dict | None = None) -> Path:
+def place_artifact(repository: str | Path, kind: Artifact | str, source: str | Path, meta: dict, *, force: bool = False, extra: dict | None = None) -> Path:
     """Copy ``source`` into the repository as artifact ``kind`` and record its metadata.
 
     With ``force`` and a different model, the other model's artifacts are removed so
@@ -96,7 +94,8 @@ def place_artifact(repository: str | Path, kind: str, source: str | Path, meta: 
         shutil.copyfile(source, tmp)
         tmp.replace(dest)
     artifacts = dict(existing.get("artifacts", {}))
-    artifacts[kind] = {"file": ARTIFACTS[kind], "bytes": dest.stat().st_size, **(extra or {})}
+    kind = Artifact(kind)
+    artifacts[kind.value] = {"file": kind.path, "bytes": dest.stat().st_size, **(extra or {})}
     record = {**_identity(meta), **{k: meta[k] for k in ("labelset", "postprocess", "thresholds", "data_fingerprint") if k in meta}}
     record["artifacts"] = artifacts
     (repository / METADATA_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")

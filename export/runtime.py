@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr.errors import InvalidOptionError, MissingFileError
 from cxr.export.pipeline import RawOutput
 
 
@@ -34,7 +35,7 @@ def ort_session(path: str | Path, *, threads: int | None = None, optimization: s
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }
     if optimization not in levels:
-        raise ValueError(f"unknown optimization level {optimization!r}; choose one of: {', '.join(levels)}")
+        raise InvalidOptionError(f"unknown optimization level {optimization!r}; choose one of: {', '.join(levels)}")
     opts = ort.SessionOptions()
     opts.graph_optimization_level = levels[optimization]
     opts.intra_op_num_threads = threads or os.cpu_count() or 1
@@ -43,7 +44,7 @@ def ort_session(path: str | Path, *, threads: int | None = None, optimization: s
     opts.log_severity_level = 3  # warnings about unused initializers etc. are noise here
     opts.enable_cpu_mem_arena = memory_arena
     if not Path(path).is_file():
-        raise FileNotFoundError(f"ONNX model not found: {path}")
+        raise MissingFileError(f"ONNX model not found: {path}")
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 

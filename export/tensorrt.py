@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.errors import UsageError
+from cxr.contract import RAW_OUTPUTS
+from cxr.errors import InvalidOptionError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class BatchProfile:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min <= self.opt <= self.max:
-            raise ValueError(f"batch profile needs 1 <= min <= opt <= max, got {self.min}/{self.opt}/{self.max}")
+            raise InvalidOptionError(f"batch profile needs 1 <= min <= opt <= max, got {self.min}/{self.opt}/{self.max}")
 
     def shapes(self, channels: int, size: int) -> tuple[tuple[int, ...], ...]:
         return tuple((b, channels, size, size) for b in (self.min, self.opt, self.max))
@@ -155,4 +156,4 @@ class TrtDetector:
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError("TensorRT execution failed")
         stream.synchronize()
-        return tuple(outs[n].cpu().numpy() for n in ("boxes", "scores", "labels", "valid"))
+        return tuple(outs[n].cpu().numpy() for n in RAW_OUTPUTS)

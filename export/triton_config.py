@@ -17,11 +17,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-ENSEMBLE = "cxr_detector"
-MAX_BATCH = 8
+from cxr.contract import (
+    DETECTOR_INPUT, ENSEMBLE, ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS, MAX_BATCH, RAW_OUTPUTS, RECORD, Artifact, ConfigKey, Precision,
+    ServeTarget, Step, Tensor, detector_input, detector_outputs, preprocess_outputs,
+)
+
 # Long enough for concurrent requests to meet in one batch, short next to a
 # ~100 ms CPU inference.
-QUEUE_DELAY_US = {"preprocess": 500, "detector": 2000, "postprocess": 500}
+QUEUE_DELAY_US = {Step.PREPROCESS: 500, Step.DETECTOR: 2000, Step.POSTPROCESS: 500}
+# Tensors inside the ensemble: the preprocess outputs and the detector's raw outputs.
+_IMAGES, _RECORD = DETECTOR_INPUT, "record"
+_RAW = {name: f"raw_{name}" for name in RAW_OUTPUTS}
 
 
 def _params(**values) -> str:
@@ -32,17 +38,22 @@ def _params(**values) -> str:
     return "\n".join(items)
 
 
-def _io(kind: str, tensors: list[tuple]) -> str:
+def _dims(dims: tuple[int, ...]) -> str:
+    return "[ " + "".join(f"{d}, " for d in dims).removesuffix(", ") + (" ]" if dims else "]")
+
+
+def _io(kind: str, tensors: tuple[Tensor, ...] | list[Tensor]) -> str:
     rows = []
     for t in tensors:
-        name, dtype, dims = t[:3]
-        extra = "".join(f" {x}" for x in t[3:])
-        rows.append(f'  {{ name: "{name}" data_type: {dtype} dims: [ {", ".join(str(d) for d in dims)} ]{extra} }}')
+        extra = " optional: true" if t.optional else ""
+        if t.reshape is not None:
+            extra += f" reshape: {{ shape: {_dims(t.reshape)} }}"
+        rows.append(f'  {{ name: "{t.name}" data_type: {t.dtype} dims: {_dims(t.dims)}{extra} }}')
     return f"{kind} [\n" + ",\n".join(rows) + "\n]"
 
 
 def _header(name: str, backend: str, queue: int | None) -> str:
-    key = "platform" if backend in ("ensemble", "onnxruntime_onnx", "tensorrt_plan") else "backend"
+    key = "backend" if backend == "python" else "platform"  # ensembles and native runtimes are platforms
     lines = [f'name: "{name}"', f'{key}: "{backend}"', f"max_batch_size: {MAX_BATCH}"]
     if queue is not None:
         lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {queue} }}")
@@ -50,14 +61,11 @@ def _header(name: str, backend: str, queue: int | None) -> str:
 
 
 def detector_io(size: int, channels: int, candidates: int) -> tuple[str, str]:
-    inputs = _io("input", [("images", "TYPE_FP32", [channels, size, size])])
-    outputs = _io("output", [
-        ("boxes", "TYPE_FP32", [candidates, 4]),
-        ("scores", "TYPE_FP32", [candidates]),
-        ("labels", "TYPE_INT64", [candidates]),
-        ("valid", "TYPE_INT64", [1], "reshape: { shape: [ ] }"),  # the graph's [B] as Triton's [B, 1]
-    ])
-    return inputs, outputs
+    return _io("input", [detector_input(size, channels)]), _io("output", detector_outputs(candidates))
+
+
+def _instances(kind: str) -> str:
+    return f"instance_group [ {{ count: 1 kind: {kind} }} ]"
 
 
 def render(meta: dict, *, cpu_threads: int = 0) -> dict[str, str]:
@@ -70,62 +78,51 @@ def render(meta: dict, *, cpu_threads: int = 0) -> dict[str, str]:
     pre, post = meta["preprocess"], meta["postprocess"]
     size, channels = int(pre["size"]), int(pre["channels"])
     candidates = int(meta["model"]["candidates"])
-    version = meta.get("model_version", "unexported")
+    version = meta.get(ConfigKey.MODEL_VERSION, "unexported")
+    classes = meta[ConfigKey.CLASS_NAMES]
     files: dict[str, str] = {}
 
-    files["preprocess/config.pbtxt"] = "\n".join([
-        _header("preprocess", "python", QUEUE_DELAY_US["preprocess"]),
-        _io("input", [
-            ("IMAGE_BYTES", "TYPE_STRING", [1], "optional: true"),
-            ("PIXELS", "TYPE_UINT16", [-1, -1], "optional: true"),
-        ]),
-        _io("output", [("IMAGES", "TYPE_FP32", [channels, size, size]), ("RECORD", "TYPE_FP32", [8])]),
-        'instance_group [ { count: 1 kind: KIND_CPU } ]',
-        _params(preprocess=pre, model_version=version),
+    files[f"{Step.PREPROCESS}/config.pbtxt"] = "\n".join([
+        _header(Step.PREPROCESS, "python", QUEUE_DELAY_US[Step.PREPROCESS]),
+        _io("input", ENSEMBLE_INPUTS),
+        _io("output", preprocess_outputs(size, channels)),
+        _instances("KIND_CPU"),
+        _params(**{ConfigKey.PREPROCESS: pre, ConfigKey.MODEL_VERSION: version}),
     ]) + "\n"
 
     det_in, det_out = detector_io(size, channels, candidates)
-    common_det = [det_in, det_out, _params(model_version=version, class_names=meta["class_names"])]
-    files["detector/config.pbtxt"] = "\n".join([
-        _header("detector", "python", QUEUE_DELAY_US["detector"]), *common_det[:2],
-        'instance_group [ { count: 1 kind: KIND_CPU } ]',
-        common_det[2],
-        _params(model_file="model.onnx", int8_model_file="model.int8.onnx", precision="fp32", intra_op_threads=str(cpu_threads)),
+    stamped = _params(**{ConfigKey.MODEL_VERSION: version, ConfigKey.CLASS_NAMES: classes})
+    files[f"{Step.DETECTOR}/config.pbtxt"] = "\n".join([
+        _header(Step.DETECTOR, "python", QUEUE_DELAY_US[Step.DETECTOR]), det_in, det_out, _instances("KIND_CPU"), stamped,
+        _params(**{ConfigKey.MODEL_FILE: Artifact.ONNX.file, ConfigKey.INT8_MODEL_FILE: Artifact.ONNX_INT8.file,
+                   ConfigKey.PRECISION: Precision.FP32.value, ConfigKey.INTRA_OP_THREADS: str(cpu_threads)}),
     ]) + "\n"
-    for target, platform, filename in (("gpu-onnx", "onnxruntime_onnx", "model.onnx"), ("gpu-trt", "tensorrt_plan", "model.plan")):
-        files[f"detector/configs/{target}.pbtxt"] = "\n".join([
-            _header("detector", platform, QUEUE_DELAY_US["detector"]), f'default_model_filename: "{filename}"', *common_det[:2],
-            'instance_group [ { count: 1 kind: KIND_GPU } ]', common_det[2],
+    for target in (ServeTarget.GPU_ONNX, ServeTarget.GPU_TRT):
+        artifact = target.artifact
+        files[f"{Step.DETECTOR}/configs/{target.config_name}.pbtxt"] = "\n".join([
+            _header(Step.DETECTOR, artifact.platform, QUEUE_DELAY_US[Step.DETECTOR]),
+            f'default_model_filename: "{artifact.file}"', det_in, det_out, _instances("KIND_GPU"), stamped,
         ]) + "\n"
 
-    files["postprocess/config.pbtxt"] = "\n".join([
-        _header("postprocess", "python", QUEUE_DELAY_US["postprocess"]),
-        _io("input", [
-            ("boxes", "TYPE_FP32", [candidates, 4]), ("scores", "TYPE_FP32", [candidates]),
-            ("labels", "TYPE_INT64", [candidates]), ("valid", "TYPE_INT64", [1]), ("RECORD", "TYPE_FP32", [8]),
-        ]),
-        _io("output", [
-            ("BOXES", "TYPE_FP32", [-1, 4]), ("BOXES_MM", "TYPE_FP32", [-1, 4]), ("SCORES", "TYPE_FP32", [-1]),
-            ("LABELS", "TYPE_STRING", [-1]), ("MODEL_VERSION", "TYPE_STRING", [1]),
-        ]),
-        'instance_group [ { count: 1 kind: KIND_CPU } ]',
-        _params(postprocess=post, class_names=meta["class_names"], model_version=version),
+    files[f"{Step.POSTPROCESS}/config.pbtxt"] = "\n".join([
+        _header(Step.POSTPROCESS, "python", QUEUE_DELAY_US[Step.POSTPROCESS]),
+        _io("input", [*detector_outputs(candidates, for_postprocess=True), RECORD]),
+        _io("output", ENSEMBLE_OUTPUTS),
+        _instances("KIND_CPU"),
+        _params(**{ConfigKey.POSTPROCESS: post, ConfigKey.CLASS_NAMES: classes, ConfigKey.MODEL_VERSION: version}),
     ]) + "\n"
 
+    images, record = preprocess_outputs(size, channels)
     files[f"{ENSEMBLE}/config.pbtxt"] = "\n".join([
         _header(ENSEMBLE, "ensemble", None),
-        _io("input", [("IMAGE_BYTES", "TYPE_STRING", [1], "optional: true"), ("PIXELS", "TYPE_UINT16", [-1, -1], "optional: true")]),
-        _io("output", [
-            ("BOXES", "TYPE_FP32", [-1, 4]), ("BOXES_MM", "TYPE_FP32", [-1, 4]), ("SCORES", "TYPE_FP32", [-1]),
-            ("LABELS", "TYPE_STRING", [-1]), ("MODEL_VERSION", "TYPE_STRING", [1]),
-        ]),
+        _io("input", ENSEMBLE_INPUTS),
+        _io("output", ENSEMBLE_OUTPUTS),
         "ensemble_scheduling {",
-        _step("preprocess", {"IMAGE_BYTES": "IMAGE_BYTES", "PIXELS": "PIXELS"}, {"IMAGES": "images", "RECORD": "record"}),
-        _step("detector", {"images": "images"}, {k: f"raw_{k}" for k in ("boxes", "scores", "labels", "valid")}),
-        _step("postprocess", {**{k: f"raw_{k}" for k in ("boxes", "scores", "labels", "valid")}, "RECORD": "record"},
-              {k: k for k in ("BOXES", "BOXES_MM", "SCORES", "LABELS", "MODEL_VERSION")}),
+        _step(Step.PREPROCESS, {t.name: t.name for t in ENSEMBLE_INPUTS}, {images.name: _IMAGES, record.name: _RECORD}),
+        _step(Step.DETECTOR, {detector_input(size, channels).name: _IMAGES}, _RAW),
+        _step(Step.POSTPROCESS, {**_RAW, RECORD.name: _RECORD}, {t.name: t.name for t in ENSEMBLE_OUTPUTS}),
         "}",
-        _params(model_version=version, class_names=meta["class_names"]),
+        _params(**{ConfigKey.MODEL_VERSION: version, ConfigKey.CLASS_NAMES: classes}),
     ]) + "\n"
     return files
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from cxr.errors import InvalidFileError
+
 log = logging.getLogger(__name__)
 
 
@@ -55,7 +57,7 @@ def evaluate_checkpoint(
     ds = NIHDataset.from_dir(data, labelset=labelset.name if labelset.name != "custom" else "nih-bbox", seed=seed, require_images=True)
     studies = ds.detection_studies(split)[:max_images]
     if not studies:
-        raise ValueError(f"{data}: split {split!r} has no studies usable for detection")
+        raise InvalidFileError(f"{data}: split {split!r} has no studies usable for detection")
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     model = ckpt.build_model().to(dev)
     dataset = DetectionDataset(studies, labelset, ckpt.preprocess)

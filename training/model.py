@@ -18,6 +18,8 @@ from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
+from cxr.errors import InvalidFileError, InvalidOptionError, MissingFileError
+
 ARCHITECTURES = (
     "fasterrcnn_resnet50_fpn",  # the product's default (torchvision v1)
     "fasterrcnn_resnet50_fpn_v2",  # torchvision v2: GN heads, better AP, slower
@@ -45,11 +47,11 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {self.arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
+            raise InvalidOptionError(f"unknown architecture {self.arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
         if self.size % 32:
-            raise ValueError(f"input size must be a multiple of 32 (FPN stride), got {self.size}")
+            raise InvalidOptionError(f"input size must be a multiple of 32 (FPN stride), got {self.size}")
         if self.num_classes < 2:
-            raise ValueError(f"num_classes counts background and must be >= 2, got {self.num_classes}")
+            raise InvalidOptionError(f"num_classes counts background and must be >= 2, got {self.num_classes}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -155,17 +157,17 @@ def load_pretrained(model: FasterRCNN, path: str | Path) -> dict:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"--weights file not found: {path}. Nothing is downloaded at run time; pass a local file "
             "(an ImageNet backbone such as resnet50-*.pth, or a torchvision/cxr detector checkpoint)"
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"--weights {path} is not a PyTorch weights file readable with weights_only=True: {exc}") from exc
+        raise InvalidFileError(f"--weights {path} is not a PyTorch weights file readable with weights_only=True: {exc}") from exc
     state = obj.get("model", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"--weights {path} does not hold a state dict of tensors")
+        raise InvalidFileError(f"--weights {path} does not hold a state dict of tensors")
 
     own, n_file = model.state_dict(), len(state)
     if not any(k.startswith(("backbone.", "rpn.", "roi_heads.")) for k in state):
@@ -181,7 +183,7 @@ def load_pretrained(model: FasterRCNN, path: str | Path) -> dict:
     loaded = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
     if not loaded:
-        raise ValueError(
+        raise InvalidFileError(
             f"--weights {path}: none of its {n_file} tensors match the {len(own)} of this architecture; "
             "is it for a different backbone?"
         )

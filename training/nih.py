@@ -25,6 +25,7 @@ from typing import Literal
 
 import numpy as np
 
+from cxr.errors import InvalidFileError, InvalidOptionError, MissingFileError
 from cxr.labels import NIH_NO_FINDING, LabelSet, get_labelset
 from cxr.training.nih_csv import read_data_entry_columns, read_nih_bbox_list, read_nih_data_entry
 from cxr.training.studies import SPLITS, Study, assign_patients, gc_paused
@@ -46,7 +47,7 @@ def _read_list(path: Path) -> set[str]:
 def _find_file(root: Path, patterns: Iterable[str], what: str) -> Path:
     found = [p for pattern in patterns for p in root.glob(pattern) if p.is_file()]
     if not found:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{root}: no {what}; looked for {' or '.join(patterns)} in that folder. "
             f"Put NIH ChestX-ray14's CSV there, or point to the folder that holds it."
         )
@@ -116,10 +117,10 @@ class NIHDataset:
         """
         if not (released_size is None or released_size == "auto"
                 or (isinstance(released_size, int) and released_size > 0)):
-            raise ValueError(f"released_size must be a positive int, None or 'auto', got {released_size!r}")
+            raise InvalidOptionError(f"released_size must be a positive int, None or 'auto', got {released_size!r}")
         root = Path(root)
         if not root.is_dir():
-            raise FileNotFoundError(f"NIH data folder {root} does not exist or is not a folder")
+            raise MissingFileError(f"NIH data folder {root} does not exist or is not a folder")
         labels = labelset if isinstance(labelset, LabelSet) else get_labelset(labelset)
         entry_path = _find_file(root, ("Data_Entry_2017*.csv", "Data_Entry_2017*.csv.gz"), "Data_Entry file")
         bbox_path = _find_file(root, ("BBox_List_2017.csv", "BBox_List_2017.csv.gz"), "BBox_List file")
@@ -139,7 +140,7 @@ class NIHDataset:
         if require_images:
             keep = [i for i, path in enumerate(paths) if path is not None]
             if not keep:
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"{root}: none of the {len(ids)} images in {entry_path.name} were found "
                     f"under {root}/images*/ (looked for {', '.join(IMAGE_SUFFIXES)} files)"
                 )
@@ -164,7 +165,7 @@ class NIHDataset:
     def split(self, name: str) -> list[Study]:
         """All studies of one split (``"train"``, ``"val"`` or ``"test"``)."""
         if name not in SPLITS:
-            raise ValueError(f"unknown split {name!r}; choose one of: {', '.join(SPLITS)}")
+            raise InvalidOptionError(f"unknown split {name!r}; choose one of: {', '.join(SPLITS)}")
         return [s for s in self.studies if s.split == name]
 
     @property
@@ -247,7 +248,7 @@ def _official_split(images: list[tuple[str, str]], lists: dict[str, Path], *, va
             pool.add(patient)
     both = sorted(test_patients & pool)
     if both:
-        raise ValueError(
+        raise InvalidFileError(
             f"{len(both)} patients have images in both test_list.txt and the train/val pool "
             f"(e.g. patient {both[0]}); the lists must split by patient. Fix the lists, or "
             f"remove them to get a seeded patient-level split."

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr.boxes import xywh_to_xyxy
+from cxr.errors import InvalidFileError
 from cxr.labels import get_labelset
 from cxr.training.studies import read_csv_rows
 
@@ -100,12 +101,12 @@ def read_data_entry_columns(path: str | Path) -> dict[str, list]:
     rows = read_csv_rows(path)
     header = next(rows, None)
     if header is None:
-        raise ValueError(f"{path}: empty file, expected an NIH Data_Entry_2017 CSV")
+        raise InvalidFileError(f"{path}: empty file, expected an NIH Data_Entry_2017 CSV")
     columns = [(_DATA_ENTRY_KEYS[_norm(h)], i) for i, h in enumerate(header) if _norm(h) in _DATA_ENTRY_KEYS]
     found = {key for key, _ in columns}
     missing = [key for key in _REQUIRED if key not in found]
     if missing:
-        raise ValueError(
+        raise InvalidFileError(
             f"{path}: not an NIH Data_Entry_2017 file: header {','.join(header)!r} lacks "
             f"{missing}; expected 'Image Index,Finding Labels,Follow-up #,Patient ID,...'"
         )
@@ -115,7 +116,7 @@ def read_data_entry_columns(path: str | Path) -> dict[str, list]:
         if len(row) < need:
             if not any(cell.strip() for cell in row):
                 continue  # a blank line at the end of a hand-edited file
-            raise ValueError(f"{path} line {line}: {len(row)} fields, the header needs {need}: {row!r}")
+            raise InvalidFileError(f"{path} line {line}: {len(row)} fields, the header needs {need}: {row!r}")
         body.append(row)
     out: dict[str, list] = {}
     for key, i in columns:
@@ -125,7 +126,7 @@ def read_data_entry_columns(path: str | Path) -> dict[str, list]:
             out[key] = list(map(conv, cells))
         except ValueError as exc:
             bad = next(n for n, cell in enumerate(cells) if not _parses(conv, cell))
-            raise ValueError(
+            raise InvalidFileError(
                 f"{path} data row {bad + 1}: cannot read {header[i]!r} from {cells[bad]!r}: {exc}"
             ) from exc
     for key in _DATA_ENTRY_KEYS.values():
@@ -154,7 +155,7 @@ def read_nih_bbox_list(path: str | Path) -> dict[str, list[tuple[str, np.ndarray
     raw_header = next(rows, [])
     header = [_norm(h) for h in raw_header]
     if len(header) < 3 or header[:2] != ["image index", "finding label"] or not header[2].startswith("bbox"):
-        raise ValueError(
+        raise InvalidFileError(
             f"{path}: not an NIH BBox_List_2017 file: header {','.join(raw_header)!r}; "
             f"expected 'Image Index,Finding Label,Bbox [x,y,w,h],,,'"
         )
@@ -163,11 +164,11 @@ def read_nih_bbox_list(path: str | Path) -> dict[str, list[tuple[str, np.ndarray
         if not any(cell.strip() for cell in row):
             continue
         if len(row) < 6:
-            raise ValueError(f"{path} line {line}: expected image, label, x, y, w, h; got {row!r}")
+            raise InvalidFileError(f"{path} line {line}: expected image, label, x, y, w, h; got {row!r}")
         try:
             xywh = [float(v) for v in row[2:6]]
         except ValueError as exc:
-            raise ValueError(f"{path} line {line}: box is not 4 numbers: {row[2:6]!r}") from exc
+            raise InvalidFileError(f"{path} line {line}: box is not 4 numbers: {row[2:6]!r}") from exc
         label = findings.canonical(row[1])
         out.setdefault(row[0].strip(), []).append((label, xywh_to_xyxy(xywh)[0]))
     return out

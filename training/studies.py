@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr.errors import InvalidOptionError
+
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
@@ -145,9 +147,9 @@ def assign_patients(
     """
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= value < 1.0:
-            raise ValueError(f"{name} must be in [0, 1), got {value}")
+            raise InvalidOptionError(f"{name} must be in [0, 1), got {value}")
     if val_fraction + test_fraction >= 1.0:
-        raise ValueError(
+        raise InvalidOptionError(
             f"val_fraction + test_fraction must leave patients for training, got "
             f"{val_fraction} + {test_fraction} = {val_fraction + test_fraction}"
         )

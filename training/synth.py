@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from cxr.boxes import as_boxes, xyxy_to_xywh
+from cxr.errors import InvalidOptionError
 from cxr.labels import NIH_NO_FINDING, get_labelset
 from cxr.training.synth_anatomy import Anatomy, Pose, box_blur, render_anatomy, sigmoid
 from cxr.training.synth_findings import render_finding, sample_findings
@@ -69,7 +70,7 @@ class SynthConfig:
         ]
         for ok, name, allowed in checks:
             if not ok:
-                raise ValueError(f"SynthConfig.{name} must be {allowed}, got {getattr(self, name)!r}")
+                raise InvalidOptionError(f"SynthConfig.{name} must be {allowed}, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -193,9 +194,9 @@ def split_patients(studies: list[SynthStudy], test_fraction: float, seed: int) -
 
 def _prepare_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
-        raise ValueError(f"output {out} exists and is not a folder; choose a new folder")
+        raise InvalidOptionError(f"output {out} exists and is not a folder; choose a new folder")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise ValueError(
+        raise InvalidOptionError(
             f"output folder {out} is not empty and holds no {MARKER}, so it was not written by "
             "`cxr synth`; refusing to write into it. Choose a new or empty folder."
         )

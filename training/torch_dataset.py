@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cxr.boxes import LetterboxRecord, valid_boxes
+from cxr.errors import MissingFileError
 from cxr.imaging import decode_image
 from cxr.labels import LabelSet
 from cxr.preprocess import PreprocessConfig, letterbox, normalize
@@ -95,7 +96,7 @@ class DetectionDataset(Dataset):
     ) -> None:
         missing = [s.image_id for s in studies if s.path is None]
         if missing:
-            raise FileNotFoundError(f"{len(missing)} studies have no image file, e.g. {missing[:3]}")
+            raise MissingFileError(f"{len(missing)} studies have no image file, e.g. {missing[:3]}")
         self.studies = list(studies)
         self.labelset = labelset
         self.preprocess = preprocess

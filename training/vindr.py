@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr.errors import InvalidFileError
 from cxr.labels import VINDR_NO_FINDING, get_labelset
 from cxr.training.studies import Study, read_csv_rows
 
@@ -88,7 +89,7 @@ def read_vindr(
     header = [h.strip().lower() for h in next(rows, [])]
     missing = [c for c in _COLUMNS if c not in header]
     if missing:
-        raise ValueError(
+        raise InvalidFileError(
             f"{csv_path}: not a VinDr-CXR train.csv: header {','.join(header)!r} lacks {missing}; "
             f"expected {','.join(_COLUMNS)!r}"
         )
@@ -101,7 +102,7 @@ def read_vindr(
         if not any(cell.strip() for cell in row):
             continue
         if len(row) < need:
-            raise ValueError(f"{csv_path} line {line}: {len(row)} fields, expected {need}: {row!r}")
+            raise InvalidFileError(f"{csv_path} line {line}: {len(row)} fields, expected {need}: {row!r}")
         image_id, rad_id = row[col["image_id"]].strip(), row[col["rad_id"]].strip()
         readers = per_image[image_id]
         name = row[col["class_name"]].strip()
@@ -111,7 +112,7 @@ def read_vindr(
         try:
             box = [float(row[col[c]]) for c in ("x_min", "y_min", "x_max", "y_max")]
         except ValueError as exc:
-            raise ValueError(
+            raise InvalidFileError(
                 f"{csv_path} line {line}: {name!r} needs 4 coordinates, got {[row[col[c]] for c in _COLUMNS[4:]]!r}"
             ) from exc
         if name not in class_index:  # 14 names over 36k rows: canonicalise each once

@@ -121,7 +121,8 @@ def test_is_loopback():
 
 
 def test_cli_serve_and_predict_tls_options(pem):
-    from cxr.cli import build_parser, client_tls_options
+    from cxr.cli import build_parser
+    from cxr.client.tls import tls_options as client_tls_options
 
     parser = build_parser()
     args = parser.parse_args(["serve", "--host", "0.0.0.0", "--tls-cert", str(pem["cert"]), "--tls-key",

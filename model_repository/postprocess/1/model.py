@@ -1,42 +1,37 @@
 """Triton Python model ``postprocess``: raw candidates -> detections in original pixels.
 
-Adapter only: NMS, thresholds and box un-mapping are ``cxr.postprocess``.  Request
-parameters ``score_threshold``, ``iou_threshold`` and ``top_k`` override the
-defaults stamped into this model's config by ``cxr export``.
+Adapter only: NMS, thresholds and box un-mapping are ``cxr.postprocess``; tensor
+names come from ``cxr.contract``.  Request parameters ``score_threshold``,
+``iou_threshold`` and ``top_k`` override the defaults stamped into this model's
+config by ``cxr export``; a malformed one fails its request with INVALID_ARG.
 """
-
-import json
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from cxr.boxes import LetterboxRecord
+from cxr.contract import MODEL_VERSION, RAW_OUTPUTS, RECORD, ConfigKey, Step
 from cxr.postprocess import PostprocessConfig, postprocess
-from cxr.triton_models import detection_tensors, error_response, model_parameters, postprocess_overrides
+from cxr.triton_models import detection_tensors, model_parameters, postprocess_overrides, request_parameters, respond
 
 
 class TritonPythonModel:
     def initialize(self, args):
         params = model_parameters(args["model_config"])
-        self.config = PostprocessConfig(**params["postprocess"])
-        self.class_names = list(params["class_names"])
-        self.version = str(params.get("model_version", "unknown")).encode()
+        self.config = PostprocessConfig(**params[ConfigKey.POSTPROCESS])
+        self.class_names = list(params[ConfigKey.CLASS_NAMES])
+        self.version = str(params.get(ConfigKey.MODEL_VERSION, "unknown")).encode()
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                config = postprocess_overrides(self.config, json.loads(request.parameters() or "{}"))
-            except ValueError as exc:
-                responses.append(error_response(pb_utils, str(exc)))
-                continue
-            t = {n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in ("boxes", "scores", "labels", "valid", "RECORD")}
-            dets = [
-                postprocess(t["boxes"][i], t["scores"][i], t["labels"][i], LetterboxRecord.from_array(t["RECORD"][i]),
-                            config, valid_count=int(t["valid"][i].reshape(-1)[0]))
-                for i in range(len(t["boxes"]))
-            ]
-            out = detection_tensors(dets, self.class_names)
-            out["MODEL_VERSION"] = np.full((len(dets), 1), self.version, dtype=object)
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in out.items()]))
-        return responses
+        return respond(pb_utils, requests, self._one, step=Step.POSTPROCESS)
+
+    def _one(self, request):
+        config = postprocess_overrides(self.config, request_parameters(request))
+        t = {n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in (*RAW_OUTPUTS, RECORD.name)}
+        boxes, scores, labels, valid = (t[n] for n in RAW_OUTPUTS)
+        dets = [postprocess(boxes[i], scores[i], labels[i], LetterboxRecord.from_array(t[RECORD.name][i]), config,
+                            valid_count=int(valid[i].reshape(-1)[0]))
+                for i in range(len(boxes))]
+        out = detection_tensors(dets, self.class_names)
+        out[MODEL_VERSION.name] = np.full((len(dets), 1), self.version, dtype=object)
+        return out

@@ -1,0 +1,299 @@
+"""The served contract, defined once: tensors, request parameters, models, artifacts.
+
+Everything that crosses a process boundary is named here and nowhere else: the
+``cxr_detector`` ensemble's inputs and outputs, the tensors between its three steps,
+the exported graph's input and outputs, the per-request parameters, the keys of the
+``parameters`` that ``cxr export`` stamps into every ``config.pbtxt``, and the
+artifact kinds (export kind <-> file <-> precision <-> benchmark backend <-> Triton
+platform).  The config renderer (:mod:`cxr.export.triton_config`), the three Triton
+adapters (``model_repository/*/1/model.py``), the client's request builder, the
+server launcher and the benchmarks all import it, and the committed configs are
+tested equal to the rendered ones, so a name changed here changes everywhere or
+fails a test.
+
+Torch-free and Triton-free (stdlib only): PACS hosts import it with the client.
+
+Closed vocabularies are :class:`ClosedVocabulary` enums: members are their string values,
+constructors take a member or a string (``Precision("int8") is Precision.INT8``),
+and an unknown value raises ``ValueError`` that lists the valid ones, as highdicom
+does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import Enum
+
+
+class ClosedVocabulary(str, Enum):
+    """A closed set of string values; ``Kind(value)`` accepts a member or its string."""
+
+    def __str__(self) -> str:  # "fp32", not "Precision.FP32", in messages and f-strings
+        return self.value
+
+    __format__ = str.__format__
+
+    @classmethod
+    def _missing_(cls, value: object):
+        if isinstance(value, str):
+            for member in cls:
+                if member.value == value.strip().lower():
+                    return member
+        choices = ", ".join(m.value for m in cls)
+        raise ValueError(f"unknown {cls._label()} {value!r}; choose one of: {choices}")
+
+    @classmethod
+    def _label(cls) -> str:
+        return cls.__doc__.split(":")[0].strip().lower() if cls.__doc__ else cls.__name__
+
+    @classmethod
+    def values(cls) -> tuple[str, ...]:
+        """Every value, in definition order (argparse ``choices``)."""
+        return tuple(m.value for m in cls)
+
+
+# ------------------------------------------------------------------------ tensors
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One tensor of a Triton model: name, config data type and dims without the batch.
+
+    dtype is the model-config spelling (``TYPE_FP32``); :attr:`wire_dtype` is the
+    inference protocol's (``FP32``, ``BYTES``).  ``-1`` is a variable dimension.
+    ``reshape`` is Triton's config reshape (the tensor as the model sees it).
+    """
+
+    name: str
+    dtype: str
+    dims: tuple[int, ...]
+    optional: bool = False
+    reshape: tuple[int, ...] | None = None
+
+    @property
+    def wire_dtype(self) -> str:
+        kind = self.dtype.removeprefix("TYPE_")
+        return "BYTES" if kind == "STRING" else kind
+
+    @property
+    def numpy_dtype(self) -> str:
+        """numpy dtype name; ``object`` for BYTES (arrays of ``bytes``)."""
+        return _NUMPY[self.dtype]
+
+    def with_dims(self, *dims: int) -> Tensor:
+        return replace(self, dims=tuple(int(d) for d in dims))
+
+
+_NUMPY = {"TYPE_FP32": "float32", "TYPE_FP16": "float16", "TYPE_INT64": "int64", "TYPE_UINT16": "uint16",
+          "TYPE_UINT8": "uint8", "TYPE_STRING": "object"}
+
+ENSEMBLE = "cxr_detector"  # the only model clients call
+MAX_BATCH = 8  # every model's max_batch_size: dynamic batches of up to 8 studies
+
+# The ensemble: exactly one of the two inputs per request.
+IMAGE_BYTES = Tensor("IMAGE_BYTES", "TYPE_STRING", (1,), optional=True)  # one encoded PNG/JPEG/DICOM
+PIXELS = Tensor("PIXELS", "TYPE_UINT16", (-1, -1), optional=True)  # decoded grayscale [H, W]
+ENSEMBLE_INPUTS = (IMAGE_BYTES, PIXELS)
+
+BOXES = Tensor("BOXES", "TYPE_FP32", (-1, 4))  # xyxy, ORIGINAL image pixels
+BOXES_MM = Tensor("BOXES_MM", "TYPE_FP32", (-1, 4))  # mm from the top-left corner, NaN without spacing
+SCORES = Tensor("SCORES", "TYPE_FP32", (-1,))  # descending; -1 pads shorter lists
+LABELS = Tensor("LABELS", "TYPE_STRING", (-1,))  # finding names
+MODEL_VERSION = Tensor("MODEL_VERSION", "TYPE_STRING", (1,))
+ENSEMBLE_OUTPUTS = (BOXES, BOXES_MM, SCORES, LABELS, MODEL_VERSION)
+REQUIRED_OUTPUTS = (BOXES, SCORES, LABELS)  # a client cannot build a result without these
+
+# The letterbox record (cxr.boxes.LetterboxRecord.to_array) between preprocess and postprocess.
+RECORD_LENGTH = 8
+RECORD = Tensor("RECORD", "TYPE_FP32", (RECORD_LENGTH,))
+
+
+def preprocess_outputs(size: int, channels: int) -> tuple[Tensor, Tensor]:
+    """``IMAGES [C, S, S]`` (the detector's input) and ``RECORD [8]``."""
+    return Tensor("IMAGES", "TYPE_FP32", (channels, size, size)), RECORD
+
+
+# The exported graph (ONNX/TensorRT) and the detector step: input and raw outputs.
+DETECTOR_INPUT = "images"
+RAW_OUTPUTS = ("boxes", "scores", "labels", "valid")  # the graph's output order
+
+
+def detector_input(size: int, channels: int) -> Tensor:
+    return Tensor(DETECTOR_INPUT, "TYPE_FP32", (channels, size, size))
+
+
+def detector_outputs(candidates: int, *, for_postprocess: bool = False) -> tuple[Tensor, ...]:
+    """The graph's ``boxes [K, 4]``, ``scores [K]``, ``labels [K]`` and ``valid``.
+
+    The graph returns ``valid`` as ``[B]``; Triton needs at least one dimension after
+    the batch, so the detector's config declares ``[1]`` reshaped to ``[]``, and the
+    postprocess step receives it as ``[1]`` (``for_postprocess``).
+    """
+    valid = Tensor("valid", "TYPE_INT64", (1,), reshape=None if for_postprocess else ())
+    return (Tensor("boxes", "TYPE_FP32", (candidates, 4)), Tensor("scores", "TYPE_FP32", (candidates,)),
+            Tensor("labels", "TYPE_INT64", (candidates,)), valid)
+
+
+class Step(ClosedVocabulary):
+    """ensemble step: the three models behind ``cxr_detector``, in order."""
+
+    PREPROCESS = "preprocess"  # Python: decode + letterbox + normalise
+    DETECTOR = "detector"  # Python + ONNX Runtime (CPU) or onnxruntime_onnx / tensorrt_plan (NGC)
+    POSTPROCESS = "postprocess"  # Python: per-class NMS, thresholds, boxes back to original pixels
+
+
+# --------------------------------------------------------------- request parameters
+
+
+@dataclass(frozen=True)
+class RequestParameter:
+    """A per-request parameter: its wire name, Python type and what it means."""
+
+    name: str
+    kind: type
+    doc: str
+
+
+SCORE_THRESHOLD = RequestParameter("score_threshold", float, "drop detections scoring below this, in [0, 1]")
+IOU_THRESHOLD = RequestParameter("iou_threshold", float, "per-class NMS IoU threshold, in (0, 1]")
+TOP_K = RequestParameter("top_k", int, "at most this many detections per image")
+BITS_STORED = RequestParameter("bits_stored", int, "significant bits of uint16 PIXELS (default 16)")
+SPACING_ROW_MM = RequestParameter("spacing_row_mm", float, "PIXELS row spacing in mm (boxes in mm need both)")
+SPACING_COL_MM = RequestParameter("spacing_col_mm", float, "PIXELS column spacing in mm")
+# The postprocess overrides and the cxr.postprocess.PostprocessConfig field each one sets.
+POSTPROCESS_OVERRIDES = {SCORE_THRESHOLD: "score_threshold", IOU_THRESHOLD: "iou_threshold", TOP_K: "max_detections"}
+
+
+# Keys of the ``parameters`` that ``cxr export`` stamps into the model configs.
+class ConfigKey(ClosedVocabulary):
+    """model config parameter: what the Triton adapters read from ``config.pbtxt``."""
+
+    MODEL_VERSION = "model_version"
+    CLASS_NAMES = "class_names"
+    PREPROCESS = "preprocess"  # cxr.preprocess.PreprocessConfig as JSON
+    POSTPROCESS = "postprocess"  # cxr.postprocess.PostprocessConfig as JSON
+    MODEL_FILE = "model_file"  # CPU detector: the FP32 ONNX file
+    INT8_MODEL_FILE = "int8_model_file"  # CPU detector: the INT8 ONNX file
+    PRECISION = "precision"  # CPU detector: which of the two runs (CXR_DETECTOR_PRECISION wins)
+    INTRA_OP_THREADS = "intra_op_threads"
+    CPU_MEM_ARENA = "cpu_mem_arena"
+
+
+PRECISION_ENV = "CXR_DETECTOR_PRECISION"  # set by `cxr serve --precision` for the CPU detector
+
+
+# ------------------------------------------------------------------------ artifacts
+
+
+class Precision(ClosedVocabulary):
+    """precision: the numeric format an artifact or backend computes in."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+
+@dataclass(frozen=True)
+class _ArtifactRow:
+    file: str  # in detector/<version>/
+    precision: Precision
+    backend: str  # its name in `cxr bench --backends`
+    platform: str  # the Triton platform that serves it natively (NGC server)
+
+
+class Artifact(ClosedVocabulary):
+    """export kind: what ``cxr export KIND`` builds and places in ``detector/1/``."""
+
+    ONNX = "onnx"
+    ONNX_INT8 = "onnx-int8"
+    TRT = "trt"
+
+    @property
+    def _row(self) -> _ArtifactRow:
+        return _ARTIFACTS[self]
+
+    @property
+    def file(self) -> str:
+        return self._row.file
+
+    @property
+    def path(self) -> str:
+        """Relative to the model repository."""
+        return f"{Step.DETECTOR}/1/{self.file}"
+
+    @property
+    def precision(self) -> Precision:
+        return self._row.precision
+
+    @property
+    def backend(self) -> str:
+        return self._row.backend
+
+    @property
+    def platform(self) -> str:
+        return self._row.platform
+
+    @classmethod
+    def for_cpu(cls, precision: Precision | str) -> Artifact:
+        """The ONNX file the embedded CPU server's detector runs at ``precision``."""
+        precision = Precision(precision)
+        for kind in (cls.ONNX, cls.ONNX_INT8):
+            if kind.precision is precision:
+                return kind
+        raise ValueError(f"the CPU detector runs fp32 or int8 ONNX, not {precision}")
+
+
+_ARTIFACTS = {
+    Artifact.ONNX: _ArtifactRow("model.onnx", Precision.FP32, "onnx", "onnxruntime_onnx"),
+    Artifact.ONNX_INT8: _ArtifactRow("model.int8.onnx", Precision.INT8, "onnx-int8", "onnxruntime_onnx"),
+    Artifact.TRT: _ArtifactRow("model.plan", Precision.FP16, "tensorrt", "tensorrt_plan"),
+}
+CPU_PRECISIONS = (Precision.FP32, Precision.INT8)
+
+
+class ServeTarget(ClosedVocabulary):
+    """target: which detector config ``cxr serve --target`` selects."""
+
+    CPU = "cpu"  # embedded server: Python backend + ONNX Runtime (fp32 or int8 ONNX)
+    GPU_ONNX = "gpu-onnx"  # NGC server: onnxruntime_onnx on the GPU
+    GPU_TRT = "gpu-trt"  # NGC server: tensorrt_plan (FP16 engine)
+
+    @property
+    def artifact(self) -> Artifact | None:
+        """The artifact a GPU target serves natively (the CPU one picks by precision)."""
+        return {ServeTarget.GPU_ONNX: Artifact.ONNX, ServeTarget.GPU_TRT: Artifact.TRT}.get(self)
+
+    @property
+    def config_name(self) -> str | None:
+        """``tritonserver --model-config-name`` (``detector/configs/<name>.pbtxt``); None = config.pbtxt."""
+        return None if self is ServeTarget.CPU else self.value
+
+    @property
+    def triton_backend(self) -> str:
+        """The backend folder tritonserver needs for this target's detector."""
+        return {ServeTarget.CPU: "python", ServeTarget.GPU_ONNX: "onnxruntime", ServeTarget.GPU_TRT: "tensorrt"}[self]
+
+
+class BenchBackend(ClosedVocabulary):
+    """benchmark backend: what ``cxr bench --backends`` compares, in report order."""
+
+    PYTORCH = "pytorch"  # the eager serving graph: the parity reference
+    ONNX = "onnx"
+    ONNX_INT8 = "onnx-int8"
+    TENSORRT = "tensorrt"
+    TRITON = "triton"  # the served ensemble, encoded bytes over gRPC
+    TRITON_SHM = "triton-shm"  # the served ensemble, raw pixels through system shared memory
+
+    @property
+    def artifact(self) -> Artifact | None:
+        return next((a for a in Artifact if a.backend == self.value), None)
+
+    @property
+    def in_process(self) -> bool:
+        return self not in (BenchBackend.TRITON, BenchBackend.TRITON_SHM)
+
+    def precision(self, served: Precision | str = Precision.FP32) -> Precision:
+        """What it computes in; the served ones run the server's CPU precision ``served``."""
+        if self.artifact is not None:
+            return self.artifact.precision
+        return Precision.FP32 if self is BenchBackend.PYTORCH else Precision(served)

@@ -1,0 +1,85 @@
+"""cxr.contract: the one definition of the served contract, and the closed vocabularies."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from cxr import contract
+from cxr.boxes import LetterboxRecord
+from cxr.contract import Artifact, BenchBackend, Precision, ServeTarget, Step
+
+ROOT = Path(__file__).resolve().parents[2]
+# The files issue 12 found restating the contract; they must now import it.
+GRAPH_READERS = ["export/triton_config.py", "model_repository/preprocess/1/model.py",
+                 "model_repository/detector/1/model.py", "model_repository/postprocess/1/model.py",
+                 "export/onnx_export.py", "export/tensorrt.py"]
+READERS = [*GRAPH_READERS, "cxr/triton_models.py", "client/requests.py", "cxr/triton_server.py",
+           "benchmarks/perf_data.py", "export/repository.py", "export/commands.py", "benchmarks/backends.py"]
+
+
+def _string_literals(path: Path) -> set[str]:
+    """String constants of a module's code (docstrings excluded)."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+            and id(n) not in docstrings}
+
+
+def test_record_length_is_the_letterbox_record_layout():
+    record = LetterboxRecord.fit(300, 200, 64, (0.1, 0.2))
+    assert len(record.to_array()) == contract.RECORD_LENGTH == len(LetterboxRecord.ARRAY_FIELDS)
+    assert contract.RECORD.dims == (contract.RECORD_LENGTH,)
+
+
+def test_no_file_restates_a_tensor_name_or_artifact_file():
+    names = {t.name for t in (*contract.ENSEMBLE_INPUTS, *contract.ENSEMBLE_OUTPUTS, contract.RECORD)}
+    names |= {contract.ENSEMBLE, "IMAGES", *(a.file for a in Artifact), *(a.path for a in Artifact)}
+    graph_names = {contract.DETECTOR_INPUT, *contract.RAW_OUTPUTS}  # common words: only where the graph is wired
+    found = {f: sorted(_string_literals(ROOT / f) & (names | (graph_names if f in GRAPH_READERS else set())))
+             for f in READERS}
+    assert not {f: hits for f, hits in found.items() if hits}, "use the names in cxr.contract"
+
+
+def test_wire_and_numpy_types():
+    assert contract.IMAGE_BYTES.wire_dtype == "BYTES" and contract.IMAGE_BYTES.numpy_dtype == "object"
+    assert contract.PIXELS.wire_dtype == "UINT16" and contract.BOXES.numpy_dtype == "float32"
+    assert [t.name for t in contract.detector_outputs(300)] == list(contract.RAW_OUTPUTS)
+    assert contract.detector_outputs(300)[-1].reshape == () and contract.detector_outputs(300, for_postprocess=True)[-1].reshape is None
+
+
+@pytest.mark.parametrize("kind,value", [(Precision, "int8"), (ServeTarget, "gpu-trt"), (Artifact, "onnx-int8"),
+                                        (BenchBackend, "triton-shm"), (Step, "detector")])
+def test_vocabularies_take_a_member_or_its_string(kind, value):
+    member = kind(value)
+    assert kind(member) is member and kind(value.upper()) is member and kind(f" {value} ") is member
+    assert member == value and str(member) == value and f"{member}" == value and {value: 1}[member] == 1
+
+
+def test_an_unknown_value_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown precision 'fp64'; choose one of: fp32, fp16, int8"):
+        Precision("fp64")
+    with pytest.raises(ValueError, match=r"unknown target 'tpu'; choose one of: cpu, gpu-onnx, gpu-trt"):
+        ServeTarget("tpu")
+
+
+def test_the_artifact_table_is_consistent():
+    assert len({a.file for a in Artifact}) == len(Artifact)
+    assert {a.backend for a in Artifact} <= set(BenchBackend.values())
+    assert BenchBackend.TENSORRT.artifact is Artifact.TRT and BenchBackend.PYTORCH.artifact is None
+    assert [Artifact.for_cpu(p) for p in contract.CPU_PRECISIONS] == [Artifact.ONNX, Artifact.ONNX_INT8]
+    with pytest.raises(ValueError, match="fp32 or int8"):
+        Artifact.for_cpu(Precision.FP16)
+    assert BenchBackend.TRITON.precision(served="int8") is Precision.INT8
+    for target in ServeTarget:
+        config = ROOT / "model_repository" / "detector" / ("config.pbtxt" if target.config_name is None
+                                                             else f"configs/{target.config_name}.pbtxt")
+        text = config.read_text()
+        if target.artifact is not None:
+            assert f'platform: "{target.artifact.platform}"' in text and target.artifact.file in text
+        else:
+            assert 'backend: "python"' in text
