@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr.benchmarks.load import Call, run_load
 from cxr.benchmarks.procmem import MB, RssSampler, listener_pid, rss_summary
 from cxr.benchmarks.stats import percentile_ms
 
@@ -78,18 +78,9 @@ class SoakConfig:
 # ------------------------------------------------------------------------- the maths
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """One recorded request: start and end in seconds since the recorded phase began."""
-
-    start: float
-    end: float
-    ok: bool
-    status: str = "OK"  # gRPC status name of a failure ("UNAVAILABLE", ...), or the exception type
-
-    @property
-    def latency_s(self) -> float:
-        return self.end - self.start
+# One recorded request (start, end since the recorded phase began, ok, status): the
+# load driver's record, under the name the soak's maths and reports use.
+Outcome = Call
 
 
 def split_windows(outcomes: Sequence[Outcome], n: int) -> list[list[Outcome]]:
@@ -142,44 +133,14 @@ def p99_stability(windows: Sequence[Sequence[Outcome]], *, warmup_windows: int =
 def drive(predict: Callable[[bytes], object], studies: Sequence[bytes], *, requests: int, concurrency: int,
           seconds: float | None = None, clock: Callable[[], float] = time.perf_counter,
           on_done: Callable[[Outcome], None] | None = None) -> tuple[list[Outcome], dict[str, str]]:
-    """Send ``requests`` studies (cycled) with ``concurrency`` closed-loop threads.
+    """Send ``requests`` studies (cycled), one per call, with ``concurrency`` closed-loop workers.
 
     Returns the outcomes (times relative to the first start) and the first message per
     failure status.  A call that raises is a failed :class:`Outcome`, never re-raised.
     """
-    lock = threading.Lock()
-    outcomes: list[Outcome] = []
-    messages: dict[str, str] = {}
-    issued = [0]
-    t0 = clock()
-
-    def worker() -> None:
-        while True:
-            with lock:
-                i = issued[0]
-                if i >= requests or (seconds is not None and clock() - t0 >= seconds):
-                    return
-                issued[0] += 1
-            start = clock()
-            try:
-                predict(studies[i % len(studies)])
-                ok, status = True, "OK"
-            except Exception as exc:  # noqa: BLE001 - every failure is a result of the soak
-                ok, status = False, getattr(exc, "status", None) or type(exc).__name__
-                with lock:
-                    messages.setdefault(status, str(exc)[:300])
-            o = Outcome(start - t0, clock() - t0, ok, status)
-            with lock:
-                outcomes.append(o)
-                if on_done is not None:
-                    on_done(o)
-
-    threads = [threading.Thread(target=worker, name=f"soak-{k}", daemon=True) for k in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return outcomes, messages
+    run = run_load(lambda batch: predict(batch[0]), studies, requests=requests, concurrency=concurrency,
+                   seconds=seconds, clock=clock, on_done=on_done, name="soak")
+    return run.calls, run.messages
 
 
 def load_studies(data: Path | None, n: int) -> tuple[list[bytes], str]:
