@@ -181,13 +181,10 @@ def _server(cfg: BenchConfig, needed: bool):
     if cfg.url is not None or not needed:
         yield cfg.url
         return
-    from cxr.triton_server import TritonServer, free_port
+    from cxr.triton_server import TritonServer
 
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    server = TritonServer(model_repository=cfg.repository, grpc_port=free_port(), http_port=free_port(),
-                          metrics_port=free_port(), log_file=cfg.out / "tritonserver.log")
-    log.info("starting the embedded tritonserver on %s (log %s)", server.url, server.log_file)
-    with server:  # stops it on every exit path, exceptions and Ctrl-C included
+    # The with stops it on every exit path, exceptions and Ctrl-C included.
+    with TritonServer.on_free_ports(cfg.repository, log_file=cfg.out / "tritonserver.log") as server:
         yield server.url
 
 

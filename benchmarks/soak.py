@@ -22,7 +22,6 @@ take hand-made numbers in tests; :func:`drive` takes any ``predict`` callable.
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 import time
@@ -36,8 +35,6 @@ import numpy as np
 from cxr.benchmarks.load import Call, run_load
 from cxr.benchmarks.procmem import MB, RssSampler, listener_pid, rss_summary
 from cxr.benchmarks.stats import percentile_ms
-
-log = logging.getLogger("cxr.benchmarks.soak")
 
 STUDY_SUFFIXES = (".png", ".dcm", ".jpg", ".jpeg")
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0")
@@ -225,12 +222,10 @@ def run_soak(cfg: SoakConfig) -> dict:
     with contextlib.ExitStack() as stack:
         url, embedded = cfg.url, None
         if url is None:
-            from cxr.triton_server import TritonServer, free_port
+            from cxr.triton_server import TritonServer
 
-            server = TritonServer(model_repository=cfg.repository, grpc_port=free_port(), http_port=free_port(),
-                                  metrics_port=free_port(), log_file=cfg.out / "tritonserver.log")
-            log.info("starting the embedded tritonserver on %s (log %s)", server.url, server.log_file)
-            stack.enter_context(server)  # stopped on every exit path
+            server = stack.enter_context(  # stopped on every exit path
+                TritonServer.on_free_ports(cfg.repository, log_file=cfg.out / "tritonserver.log"))
             url, embedded = server.url, server.process.pid
         pid, pid_source = _measured_pid(cfg, url, embedded)
         client = stack.enter_context(DetectorClient(url=url, timeout_s=cfg.timeout, retries=0))  # count, never hide
