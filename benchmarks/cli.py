@@ -1,20 +1,24 @@
-"""``cxr bench [latency|parity] --checkpoint CKPT --repository DIR [--url HOST:PORT] [--quick] --out DIR``.
+"""``cxr bench``: the benchmark report, and the bounded soak.
 
-``cxr bench soak --requests N --concurrency C [--model-repository DIR | --url HOST:PORT] --out DIR``
-is the bounded soak (:mod:`cxr.benchmarks.soak`): no checkpoint, one ensemble, many requests.
+::
 
-Without a mode (or with ``all``) both run and are joined in one report:
-``OUT/report.json``, ``report.md``, ``report.png``, plus ``perf_analyzer_data.json``
-(and ``perf_analyzer_pixels.json``) to reproduce the served numbers with NVIDIA's
-perf_analyzer.  Unless ``--url`` names a running server, the embedded tritonserver
-is started on free loopback ports for the run and always stopped afterwards.
+    cxr bench [all|latency|parity] --checkpoint CKPT --out DIR [--repository DIR] [--url HOST:PORT] [--quick] ...
+    cxr bench soak --out DIR [--model-repository DIR | --url HOST:PORT] [--requests N] [--concurrency C] ...
+
+``all`` (also what ``cxr bench`` runs without a subcommand) runs the latency sweep and
+parity and joins them in one report: ``OUT/report.json``, ``report.md``, ``report.png``,
+plus ``perf_analyzer_data.json`` (and ``perf_analyzer_pixels.json``) to reproduce the
+served numbers with NVIDIA's perf_analyzer.  ``soak`` (:mod:`cxr.benchmarks.soak`)
+needs no checkpoint: one ensemble, many requests; it has options of its own.  Unless
+``--url`` names a running server, the embedded tritonserver is started on free
+loopback ports for the run and always stopped afterwards.
 
 Wiring (in ``cxr/cli.py``)::
 
     from cxr.benchmarks.cli import add_bench_parser
-    add_bench_parser(sub)          # sub = the top-level subparsers; sets func=cmd_bench
+    add_bench_parser(sub)          # sub = the top-level subparsers; sets func=cmd_bench / cmd_soak
 
-Also runnable on its own: ``python -m cxr.benchmarks.cli --quick --checkpoint ... --out ...``.
+Also runnable on its own: ``python -m cxr.benchmarks.cli [SUBCOMMAND] --checkpoint ... --out ...``.
 """
 
 from __future__ import annotations
@@ -24,8 +28,11 @@ import contextlib
 import json
 import logging
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+from cxr.contract import CPU_PRECISIONS, BenchBackend, Precision
+from cxr.errors import InvalidOptionError, UsageError
 
 log = logging.getLogger("cxr.benchmarks")
 
@@ -37,8 +44,8 @@ class BenchConfig:
     """One ``cxr bench`` run, filled from the command line by :func:`config_from_args`."""
 
     checkpoint: Path
-    repository: Path
     out: Path
+    repository: Path = Path("model_repository")
     mode: str = "all"
     url: str | None = None  # None: start the embedded server for the run
     data: Path | None = None  # None: synthesise unseen studies
@@ -49,7 +56,7 @@ class BenchConfig:
     batches: tuple[int, ...] = (1, 4)
     requests: int | None = None  # per point; default from the sweep
     seconds: float | None = None
-    served_precision: str = "fp32"  # which ONNX the server at --url runs (the embedded one: fp32)
+    served_precision: Precision | str = Precision.FP32  # which ONNX the server at --url runs (the embedded one: fp32)
     progress: bool = True
     strict: bool = False  # exit 1 when a backend fails parity
     server_timeout: float = 180.0
@@ -57,14 +64,13 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"unknown bench mode {self.mode!r}; choose one of: {', '.join(MODES)}")
-        from cxr.benchmarks.backends import BACKENDS
-
-        unknown = [b for b in self.backends if b not in BACKENDS]
+            raise InvalidOptionError(f"unknown bench mode {self.mode!r}; choose one of: {', '.join(MODES)}")
+        unknown = [b for b in self.backends if b not in BenchBackend.values()]
         if unknown:  # before minutes of loading and server start-up
-            raise ValueError(f"unknown backend(s) {', '.join(unknown)}; choose from: {', '.join(BACKENDS)}")
-        if self.served_precision not in ("fp32", "int8"):
-            raise ValueError(f"--served-precision must be fp32 or int8, got {self.served_precision!r}")
+            raise InvalidOptionError(f"unknown backend(s) {', '.join(unknown)}; choose from: {', '.join(BenchBackend.values())}")
+        if str(self.served_precision) not in CPU_PRECISIONS:
+            raise InvalidOptionError(f"--served-precision must be fp32 or int8, got {self.served_precision!r}")
+        object.__setattr__(self, "served_precision", Precision(self.served_precision))
 
     @property
     def n_images(self) -> int:
@@ -94,85 +100,136 @@ def _ints(text: str) -> tuple[int, ...]:
     return values
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``cxr bench [all|latency|parity]`` (defaults: :class:`BenchConfig`'s)."""
     from cxr.benchmarks.backends import BACKENDS
 
-    p.add_argument("mode", nargs="?", default="all", choices=(*MODES, "soak"),
-                   help="latency, parity, or all (default: both, joined in one report); soak: the bounded soak "
-                   "of the served ensemble (options below)")
-    p.add_argument("--checkpoint", type=Path, default=None,
-                   help="the trained checkpoint (PyTorch reference); required except for soak")
-    p.add_argument("--repository", "--model-repository", type=Path, default=Path("model_repository"),
+    p.add_argument("--checkpoint", type=Path, metavar="CKPT", help="the trained checkpoint (PyTorch reference; required)")
+    p.add_argument("--repository", "--model-repository", type=Path, metavar="DIR",
                    help="model repository with the exported artifacts (default model_repository)")
-    p.add_argument("--out", type=Path, required=True,
-                   help="folder for report.json/.md/.png and perf_analyzer data (soak: soak.json, soak.png)")
-    p.add_argument("--url", default=None, help="gRPC HOST:PORT of a running server (default: start the embedded one)")
-    p.add_argument("--data", type=Path, default=None, help="NIH-layout dataset: its test split is used (default: synthesise); soak: a folder of PNG/DICOM studies")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="folder for report.json/.md/.png and perf_analyzer data (required)")
+    p.add_argument("--url", metavar="HOST:PORT", help="gRPC address of a running server (default: start the embedded one)")
+    p.add_argument("--data", type=Path, metavar="DIR",
+                   help="NIH-layout dataset: its test split is used (default: synthesise)")
     p.add_argument("--quick", action="store_true", help="short run: 8 images, concurrency 1,2,4, 16 requests per point")
-    p.add_argument("--images", type=int, default=None, help="held-out studies to use (default 8 quick, 32 full; soak: studies cycled, default 32)")
-    p.add_argument("--backends", default=None, help=f"comma-separated subset of {','.join(BACKENDS)}")
-    p.add_argument("--concurrency", type=_ints, default=None, help="concurrency sweep, e.g. 1,2,4,8 (soak: one value, default 8)")
-    p.add_argument("--batches", type=_ints, default=(1, 4), help="in-process batch sizes (default 1,4)")
-    p.add_argument("--requests", type=int, default=None, help="completed requests per point (soak: recorded requests, default 2000)")
-    p.add_argument("--seconds", type=float, default=None, help="time limit per point in seconds (soak: optional cap on the recorded phase)")
-    p.add_argument("--served-precision", choices=("fp32", "int8"), default="fp32",
+    p.add_argument("--images", type=int, metavar="N", help="held-out studies to use (default 8 quick, 32 full)")
+    p.add_argument("--backends", type=_names, metavar="LIST", help=f"comma-separated subset of {','.join(BACKENDS)}")
+    p.add_argument("--concurrency", type=_ints, metavar="LIST",
+                   help="concurrency sweep, e.g. 1,2,4,8 (default 1,2,4 quick, 1,2,4,8 full)")
+    p.add_argument("--batches", type=_ints, metavar="LIST", help="in-process batch sizes (default 1,4)")
+    p.add_argument("--requests", type=int, metavar="N", help="requests per point (default 16 quick, 64 full)")
+    p.add_argument("--seconds", type=float, metavar="S", help="time limit per point (default 4 quick, 20 full)")
+    p.add_argument("--served-precision", choices=[str(x) for x in CPU_PRECISIONS],
                    help="ONNX precision the server at --url runs, for its parity tolerance (default fp32)")
-    p.add_argument("--strict", action="store_true", help="exit 1 when a backend fails parity (the report is written anyway)")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 when a backend fails parity (the report is written anyway)")
     p.add_argument("--json", action="store_true", help="print report.json on stdout instead of the table")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (also off when stderr is not a terminal)")
-    add_soak_arguments(p.add_argument_group(
-        "soak", "cxr bench soak: --requests N recorded requests (default 2000) at --concurrency C (one value, default 8) "
-        "against --url, or against the embedded server started on --model-repository; --data: a folder of "
-        "PNG/DICOM studies to cycle (default: synthesise); --images: how many of them (default 32); --seconds: "
-        "optional cap on the recorded phase; --quick: 200 requests at concurrency 4. Server RSS is summed over the "
-        "tritonserver process tree: the embedded one, --server-pid, or the local process listening on --url's port. "
-        "Exit status 1 when any request failed or a gate is exceeded."))
 
 
-def add_soak_arguments(g) -> None:
-    """The soak-only options (``--requests``/``--concurrency``/``--url``/``--data``/``--out`` are shared)."""
-    g.add_argument("--warmup", type=int, default=None, help="soak: unrecorded requests before the RSS baseline (default 16)")
-    g.add_argument("--windows", type=int, default=10, help="soak: windows by completion order (default 10)")
-    g.add_argument("--server-pid", type=int, default=None,
-                   help="soak: pid of the tritonserver behind --url whose process tree's RSS to sample")
-    g.add_argument("--rss-interval", type=float, default=0.5, help="soak: seconds between RSS samples (default 0.5)")
-    g.add_argument("--timeout", type=float, default=60.0, help="soak: seconds per request, no retries (default 60)")
-    g.add_argument("--max-p99-ratio", type=float, default=None,
-                   help="soak gate: exit 1 when p99 of the last third of the windows over the first third "
-                   "(after a warm-up window) exceeds this (default off; 2 is a lenient gate on a shared CPU)")
-    g.add_argument("--max-rss-drift-mb", type=float, default=None,
-                   help="soak gate: exit 1 when server RSS grew by more than this many MB (default off)")
+def add_soak_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``cxr bench soak`` (defaults: :class:`~cxr.benchmarks.soak.SoakConfig`'s)."""
+    p.add_argument("--model-repository", "--repository", dest="repository", type=Path, metavar="DIR",
+                   help="start the embedded server on this repository for the run (default model_repository; "
+                   "ignored with --url)")
+    p.add_argument("--url", metavar="HOST:PORT", help="gRPC address of a running server to soak instead")
+    p.add_argument("--out", type=Path, metavar="DIR", required=True, help="folder for soak.json and soak.png")
+    p.add_argument("--requests", type=int, metavar="N", help="recorded requests (default 2000; 200 with --quick)")
+    p.add_argument("--concurrency", type=_ints, metavar="C",
+                   help="closed-loop workers, one value (default 8; 4 with --quick)")
+    p.add_argument("--warmup", type=int, metavar="N",
+                   help="unrecorded requests before the RSS baseline (default 16; 8 with --quick)")
+    p.add_argument("--seconds", type=float, metavar="S", help="optional cap on the recorded phase")
+    p.add_argument("--quick", action="store_true", help="200 requests at concurrency 4 (explicit options win)")
+    p.add_argument("--data", type=Path, metavar="DIR",
+                   help="folder of PNG/DICOM studies to cycle, e.g. an NIH-layout dataset (default: synthesise)")
+    p.add_argument("--images", type=int, metavar="N", help="distinct studies in the cycle (default 32)")
+    p.add_argument("--windows", type=int, metavar="N", help="windows by completion order (default 10)")
+    p.add_argument("--server-pid", type=int, metavar="PID",
+                   help="pid of the tritonserver behind --url whose process tree's RSS to sample "
+                   "(default: the local process listening on --url's port)")
+    p.add_argument("--rss-interval", type=float, metavar="S", help="seconds between RSS samples (default 0.5)")
+    p.add_argument("--timeout", type=float, metavar="S", help="seconds per request, no retries (default 60)")
+    p.add_argument("--max-p99-ratio", type=float, metavar="R",
+                   help="gate: exit 1 when p99 of the last third of the windows over the first third "
+                   "(after a warm-up window) exceeds R (default off; 2 is a lenient gate on a shared CPU)")
+    p.add_argument("--max-rss-drift-mb", type=float, metavar="MB",
+                   help="gate: exit 1 when server RSS grew by more than MB (default off)")
+    p.add_argument("--json", action="store_true", help="print soak.json (without the per-request samples) on stdout")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar (also off when stderr is not a terminal)")
+
+
+BENCH_DESCRIPTION = (
+    "Benchmark PyTorch eager, ONNX Runtime FP32/INT8, TensorRT FP16 (GPU) and the Triton ensemble (gRPC bytes and "
+    "shared-memory pixels): p50/p95/p99 latency and images/s over a concurrency sweep, end to end and model-only, "
+    "and parity against PyTorch on the same held-out images (match rate, score deltas, mAP@0.5, per-class AP, "
+    "FROC). Writes OUT/report.json, report.md, report.png and perf_analyzer input data. Starts its own embedded "
+    "server unless --url is given. Without a subcommand it runs `all`; `cxr bench soak --help` shows the soak's "
+    "options.")
+SUBCOMMANDS = {
+    "all": "latency sweep and parity, joined in one report (what `cxr bench` runs without a subcommand)",
+    "latency": "the latency/throughput sweep only",
+    "parity": "accuracy parity against PyTorch only",
+}
+SOAK_DESCRIPTION = (
+    "A bounded soak of the served cxr_detector ensemble: --requests recorded requests at --concurrency (one "
+    "value), against --url or the embedded server started on --model-repository, through one client with retries "
+    "off. Reports failures by gRPC status, p50/p99 per window, p99 stability (last third of the windows over the "
+    "first) and the server's RSS summed over its process tree (the embedded one, --server-pid, or the local "
+    "process listening on --url's port). Writes OUT/soak.json and soak.png. Exit status 1 when any request failed "
+    "or a gate is exceeded.")
+
+
+def build_bench_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Give ``p`` (made with ``argument_default=argparse.SUPPRESS``) the bench options and subcommands.
+
+    ``p`` itself takes the options of ``all``, so ``cxr bench --quick ...`` runs ``all``
+    (argparse has no default subcommand; an optional subparser plus the default's
+    options on the parent is its plain form).  Every parser leaves options that were
+    not given out of the namespace (SUPPRESS): a subcommand's defaults then cannot
+    reset what was given before its name (``cxr bench --quick latency``), and each
+    default lives once, in :class:`BenchConfig` or ``SoakConfig``.
+    """
+    add_bench_arguments(p)
+    sub = p.add_subparsers(dest="mode", metavar="{all,latency,parity,soak}", title="subcommands")
+    p.set_defaults(func=cmd_bench, mode="all")  # after add_subparsers: it sets that action's default
+    for mode, summary in SUBCOMMANDS.items():
+        q = sub.add_parser(mode, help=summary, description=f"{summary}. {BENCH_DESCRIPTION}",
+                           argument_default=argparse.SUPPRESS)
+        add_bench_arguments(q)
+    q = sub.add_parser("soak", help="bounded soak of the served ensemble: failures, p99 stability, server memory",
+                       description=SOAK_DESCRIPTION, argument_default=argparse.SUPPRESS)
+    add_soak_arguments(q)
+    q.set_defaults(func=cmd_soak)
+    return p
 
 
 def add_bench_parser(sub) -> argparse.ArgumentParser:
     """Add ``bench`` to the top-level subparsers ``sub``; returns the new parser."""
-    p = sub.add_parser(
-        "bench",
-        help="latency/throughput and accuracy parity of every backend, one report",
-        description="Benchmark PyTorch eager, ONNX Runtime FP32/INT8, TensorRT FP16 (GPU) and the Triton ensemble "
-        "(gRPC bytes and shared-memory pixels): p50/p95/p99 latency and images/s over a concurrency sweep, end to "
-        "end and model-only, and parity against PyTorch on the same held-out images (match rate, score deltas, "
-        "mAP@0.5, per-class AP, FROC). Writes OUT/report.json, report.md, report.png and perf_analyzer input data. "
-        "Starts its own embedded server unless --url is given. `cxr bench soak` instead drives the served ensemble "
-        "with many requests and reports failures, p50/p99 per window and the server's RSS drift (soak.json, soak.png).",
-    )
-    add_bench_arguments(p)
-    p.set_defaults(func=cmd_bench)
-    return p
+    p = sub.add_parser("bench", help="latency/throughput and accuracy parity of every backend, one report; soak",
+                       description=BENCH_DESCRIPTION, argument_default=argparse.SUPPRESS)
+    return build_bench_parser(p)
+
+
+def _given(args: argparse.Namespace, config: type) -> dict:
+    """The options given on the command line that are fields of the dataclass ``config``."""
+    names = {f.name for f in fields(config)}
+    return {k: v for k, v in vars(args).items() if k in names}
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    if args.checkpoint is None:
-        from cxr.errors import UsageError
-
+    given = _given(args, BenchConfig)
+    if "checkpoint" not in given:
         raise UsageError(f"cxr bench {args.mode} needs --checkpoint CKPT (only `cxr bench soak` runs without one)")
-    backends = tuple(b.strip() for b in args.backends.split(",") if b.strip()) if args.backends else ()
-    return BenchConfig(
-        checkpoint=args.checkpoint, repository=args.repository, out=args.out, mode=args.mode, url=args.url,
-        data=args.data, quick=args.quick, images=args.images, backends=backends, concurrency=args.concurrency or (),
-        batches=args.batches, requests=args.requests, seconds=args.seconds, served_precision=args.served_precision,
-        progress=not (args.quick or args.json or args.quiet), strict=args.strict,
-    )
+    if "out" not in given:
+        raise UsageError(f"cxr bench {args.mode} needs --out DIR, the folder for the report")
+    quiet = any(getattr(args, k, False) for k in ("quick", "json", "quiet"))
+    return BenchConfig(**given, progress=not quiet)
 
 
 @contextlib.contextmanager
@@ -181,13 +238,10 @@ def _server(cfg: BenchConfig, needed: bool):
     if cfg.url is not None or not needed:
         yield cfg.url
         return
-    from cxr.triton_server import TritonServer, free_port
+    from cxr.triton_server import TritonServer
 
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    server = TritonServer(model_repository=cfg.repository, grpc_port=free_port(), http_port=free_port(),
-                          metrics_port=free_port(), log_file=cfg.out / "tritonserver.log")
-    log.info("starting the embedded tritonserver on %s (log %s)", server.url, server.log_file)
-    with server:  # stops it on every exit path, exceptions and Ctrl-C included
+    # The with stops it on every exit path, exceptions and Ctrl-C included.
+    with TritonServer.on_free_ports(cfg.repository, log_file=cfg.out / "tritonserver.log") as server:
         yield server.url
 
 
@@ -252,11 +306,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """CLI entry: run, print the joined table (or the JSON), exit 0 when the report is written."""
     from cxr.benchmarks.report import joined_table
 
-    if args.mode == "soak":
-        return cmd_soak(args)
     cfg = config_from_args(args)
     report = run_bench(cfg)
-    if args.json:
+    if getattr(args, "json", False):
         json.dump(report, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     else:
@@ -275,20 +327,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# Options of `cxr bench all|latency|parity` that soak lacks; given before `soak` they would
+# otherwise be dropped without a word.
+BENCH_ONLY = ("checkpoint", "backends", "batches", "served_precision", "strict")
+
+
 def soak_config(args: argparse.Namespace):
     """The :class:`~cxr.benchmarks.soak.SoakConfig` of ``cxr bench soak``."""
     from cxr.benchmarks.soak import SoakConfig
 
-    if args.concurrency is not None and len(args.concurrency) != 1:
-        raise ValueError(f"soak runs at one --concurrency, got {','.join(map(str, args.concurrency))}")
-    quick = {"requests": 200, "concurrency": 4, "warmup": 8} if args.quick else {}
-    given = {"requests": args.requests, "concurrency": args.concurrency[0] if args.concurrency else None,
-             "warmup": args.warmup, "images": args.images, "seconds": args.seconds}
-    return SoakConfig(out=args.out, url=args.url, repository=None if args.url else args.repository, data=args.data,
-                      windows=args.windows, server_pid=args.server_pid, rss_interval=args.rss_interval,
-                      timeout=args.timeout, max_p99_ratio=args.max_p99_ratio, max_rss_drift_mb=args.max_rss_drift_mb,
-                      progress=not (args.json or args.quiet),
-                      **{**quick, **{k: v for k, v in given.items() if v is not None}})
+    misplaced = [f"--{k.replace('_', '-')}" for k in BENCH_ONLY if hasattr(args, k)]
+    if misplaced:
+        raise UsageError(f"cxr bench soak does not take {', '.join(misplaced)} (options of cxr bench "
+                         "all|latency|parity); see cxr bench soak --help")
+    given = _given(args, SoakConfig)
+    if "concurrency" in given:
+        if len(given["concurrency"]) != 1:
+            raise UsageError(f"soak runs at one --concurrency, got {','.join(map(str, given['concurrency']))}; give one "
+                             "value, e.g. --concurrency 8 (a concurrency sweep is `cxr bench latency --concurrency 1,2,4`)")
+        given["concurrency"] = given["concurrency"][0]
+    if "url" in given:
+        given.pop("repository", None)
+    else:
+        given.setdefault("repository", Path("model_repository"))
+    quick = {"requests": 200, "concurrency": 4, "warmup": 8} if getattr(args, "quick", False) else {}
+    quiet = getattr(args, "json", False) or getattr(args, "quiet", False)
+    return SoakConfig(**{**quick, **given}, progress=not quiet)
 
 
 def cmd_soak(args: argparse.Namespace) -> int:
@@ -300,7 +364,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
     reasons = gate_failures(report, cfg)
     report["passed"], report["failures"] = not reasons, reasons
     report["written"] = {k: str(v) for k, v in write_soak(report, cfg.out).items()}
-    if args.json:
+    if getattr(args, "json", False):
         json.dump({k: v for k, v in report.items() if k not in ("samples", "rss_samples")}, sys.stdout, indent=2,
                   default=str)
         sys.stdout.write("\n")
@@ -313,13 +377,15 @@ def cmd_soak(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cxr.benchmarks.cli", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log each point")
-    add_bench_arguments(parser)
+    parser = argparse.ArgumentParser(prog="python -m cxr.benchmarks.cli", description=BENCH_DESCRIPTION,
+                                     argument_default=argparse.SUPPRESS)
+    parser.add_argument("-v", "--verbose", action="store_true", default=False,
+                        help="log each point (before a subcommand)")
+    build_bench_parser(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return cmd_bench(args)
+    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,8 @@ take hand-made numbers in tests; :func:`drive` takes any ``predict`` callable.
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -34,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr.benchmarks.load import Call, run_load
 from cxr.benchmarks.procmem import MB, RssSampler, listener_pid, rss_summary
 from cxr.benchmarks.stats import percentile_ms
-
-log = logging.getLogger("cxr.benchmarks.soak")
+from cxr.errors import InvalidOptionError, MissingFileError
 
 STUDY_SUFFIXES = (".png", ".dcm", ".jpg", ".jpeg")
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0")
@@ -67,29 +65,20 @@ class SoakConfig:
 
     def __post_init__(self) -> None:
         if self.requests < 1 or self.concurrency < 1 or self.warmup < 0 or self.windows < 1 or self.images < 1:
-            raise ValueError("soak needs --requests, --concurrency, --windows, --images >= 1 and --warmup >= 0; "
+            raise InvalidOptionError("soak needs --requests, --concurrency, --windows, --images >= 1 and --warmup >= 0; "
                              f"got {self.requests}, {self.concurrency}, {self.windows}, {self.images}, {self.warmup}")
         if self.rss_interval <= 0 or self.timeout <= 0 or (self.seconds is not None and self.seconds <= 0):
-            raise ValueError("--rss-interval, --timeout and --seconds must be positive")
+            raise InvalidOptionError("--rss-interval, --timeout and --seconds must be positive")
         if self.url is None and self.repository is None:
-            raise ValueError("soak needs --model-repository DIR (start the embedded server) or --url HOST:PORT")
+            raise InvalidOptionError("soak needs --model-repository DIR (start the embedded server) or --url HOST:PORT")
 
 
 # ------------------------------------------------------------------------- the maths
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """One recorded request: start and end in seconds since the recorded phase began."""
-
-    start: float
-    end: float
-    ok: bool
-    status: str = "OK"  # gRPC status name of a failure ("UNAVAILABLE", ...), or the exception type
-
-    @property
-    def latency_s(self) -> float:
-        return self.end - self.start
+# One recorded request (start, end since the recorded phase began, ok, status): the
+# load driver's record, under the name the soak's maths and reports use.
+Outcome = Call
 
 
 def split_windows(outcomes: Sequence[Outcome], n: int) -> list[list[Outcome]]:
@@ -142,44 +131,14 @@ def p99_stability(windows: Sequence[Sequence[Outcome]], *, warmup_windows: int =
 def drive(predict: Callable[[bytes], object], studies: Sequence[bytes], *, requests: int, concurrency: int,
           seconds: float | None = None, clock: Callable[[], float] = time.perf_counter,
           on_done: Callable[[Outcome], None] | None = None) -> tuple[list[Outcome], dict[str, str]]:
-    """Send ``requests`` studies (cycled) with ``concurrency`` closed-loop threads.
+    """Send ``requests`` studies (cycled), one per call, with ``concurrency`` closed-loop workers.
 
     Returns the outcomes (times relative to the first start) and the first message per
     failure status.  A call that raises is a failed :class:`Outcome`, never re-raised.
     """
-    lock = threading.Lock()
-    outcomes: list[Outcome] = []
-    messages: dict[str, str] = {}
-    issued = [0]
-    t0 = clock()
-
-    def worker() -> None:
-        while True:
-            with lock:
-                i = issued[0]
-                if i >= requests or (seconds is not None and clock() - t0 >= seconds):
-                    return
-                issued[0] += 1
-            start = clock()
-            try:
-                predict(studies[i % len(studies)])
-                ok, status = True, "OK"
-            except Exception as exc:  # noqa: BLE001 - every failure is a result of the soak
-                ok, status = False, getattr(exc, "status", None) or type(exc).__name__
-                with lock:
-                    messages.setdefault(status, str(exc)[:300])
-            o = Outcome(start - t0, clock() - t0, ok, status)
-            with lock:
-                outcomes.append(o)
-                if on_done is not None:
-                    on_done(o)
-
-    threads = [threading.Thread(target=worker, name=f"soak-{k}", daemon=True) for k in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return outcomes, messages
+    run = run_load(lambda batch: predict(batch[0]), studies, requests=requests, concurrency=concurrency,
+                   seconds=seconds, clock=clock, on_done=on_done, name="soak")
+    return run.calls, run.messages
 
 
 def load_studies(data: Path | None, n: int) -> tuple[list[bytes], str]:
@@ -195,7 +154,7 @@ def load_studies(data: Path | None, n: int) -> tuple[list[bytes], str]:
         return studies, f"{len(studies)} synthetic studies (512 px PNG + DICOM, seed {UNSEEN_SEED}; no --data given)"
     data = Path(data)
     if not data.is_dir():
-        raise FileNotFoundError(f"--data {data}: not a folder")
+        raise MissingFileError(f"--data {data}: not a folder")
     # NIH layout (cxr synth): the films, not preview.png
     roots = [d for d in (data / "images", data / "dicom") if d.is_dir()] or [data]
     by_kind: dict[str, list[Path]] = {}
@@ -206,7 +165,7 @@ def load_studies(data: Path | None, n: int) -> tuple[list[bytes], str]:
     lists = list(by_kind.values())
     paths = [lst[i] for i in range(max(map(len, lists), default=0)) for lst in lists if i < len(lst)][:n]
     if not paths:
-        raise FileNotFoundError(f"--data {data}: no {'/'.join(STUDY_SUFFIXES)} files")
+        raise MissingFileError(f"--data {data}: no {'/'.join(STUDY_SUFFIXES)} files")
     kinds = Counter(p.suffix.lower().lstrip(".") for p in paths)
     return [p.read_bytes() for p in paths], f"{len(paths)} studies of {data} ({', '.join(f'{v} {k}' for k, v in kinds.items())})"
 
@@ -264,12 +223,10 @@ def run_soak(cfg: SoakConfig) -> dict:
     with contextlib.ExitStack() as stack:
         url, embedded = cfg.url, None
         if url is None:
-            from cxr.triton_server import TritonServer, free_port
+            from cxr.triton_server import TritonServer
 
-            server = TritonServer(model_repository=cfg.repository, grpc_port=free_port(), http_port=free_port(),
-                                  metrics_port=free_port(), log_file=cfg.out / "tritonserver.log")
-            log.info("starting the embedded tritonserver on %s (log %s)", server.url, server.log_file)
-            stack.enter_context(server)  # stopped on every exit path
+            server = stack.enter_context(  # stopped on every exit path
+                TritonServer.on_free_ports(cfg.repository, log_file=cfg.out / "tritonserver.log"))
             url, embedded = server.url, server.process.pid
         pid, pid_source = _measured_pid(cfg, url, embedded)
         client = stack.enter_context(DetectorClient(url=url, timeout_s=cfg.timeout, retries=0))  # count, never hide

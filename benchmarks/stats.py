@@ -1,10 +1,10 @@
-"""Load generation and the statistics of a benchmark point (pure; no model, no server).
+"""The statistics of a benchmark point, and running one (pure; no model, no server).
 
 A *point* is one (backend, concurrency, batch size) setting.  :func:`run_point`
-starts ``concurrency`` worker threads that each call ``fn(batch)`` back to back
-(closed loop, like perf_analyzer's concurrency mode) until the point has
-``requests`` completed calls or ``seconds`` have passed, after ``warmup`` calls
-that are not recorded.  Every call becomes a :class:`Sample` (start, end, images);
+drives it with the closed-loop load driver (:func:`cxr.benchmarks.load.run_load`):
+``concurrency`` workers call ``fn(batch)`` back to back until the point has sent
+``requests`` calls or ``seconds`` have passed, after ``warmup`` unrecorded calls per
+worker.  Every successful call becomes a :class:`Sample` (start, end, images);
 :func:`summarize` turns the samples into the point's figures:
 
 - latency p50/p95/p99/mean in ms *per request* (a request carries ``batch`` images,
@@ -19,20 +19,20 @@ The clock is injectable so tests can drive the accounting with a fake clock.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-Clock = Callable[[], float]
+from cxr.benchmarks.load import Clock, run_load
+
 PERCENTILES = (50, 95, 99)
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One completed request: wall-clock start/end in seconds and images it carried."""
+    """One successful request: start/end in seconds (any common origin) and the images it carried."""
 
     start: float
     end: float
@@ -90,7 +90,7 @@ def summarize(samples: Sequence[Sample], *, backend: str, concurrency: int, batc
 class LoadConfig:
     """How long each point runs.  Defaults are the full run; ``--quick`` shortens them."""
 
-    requests: int = 64  # completed calls per point: enough for a stable p95, p99 is indicative
+    requests: int = 64  # calls per point: enough for a stable p95, p99 is indicative
     seconds: float = 20.0  # ... or this much wall time, whichever comes first
     warmup: int = 3  # calls per worker before recording (ORT/torch allocate on first runs)
 
@@ -112,68 +112,20 @@ def run_point(
     load: LoadConfig = LoadConfig(),
     clock: Clock = time.perf_counter,
 ) -> tuple[PointStats, list[Sample]]:
-    """Drive ``fn`` with ``concurrency`` closed-loop workers; return stats and raw samples.
+    """One point of :func:`cxr.benchmarks.load.run_load`: stats and the successful calls' samples.
 
     ``fn`` receives a list of ``batch`` items (cycled from ``items``).  A call that
     raises counts as an error, not as a sample: a failing backend must not look fast.
     The first error's message is kept in ``stats.extra["first_error"]``.
     """
-    if concurrency < 1 or batch < 1:
-        raise ValueError(f"concurrency and batch must be >= 1, got {concurrency} and {batch}")
-    if not items:
-        raise ValueError("no input items to benchmark with")
-    lock = threading.Lock()
-    samples: list[Sample] = []
-    errors: list[str] = []
-    counter = [0]  # next item index, shared so workers send different images
-    t_begin: list[float] = []
-
-    def next_batch() -> list:
-        with lock:
-            i = counter[0]
-            counter[0] += batch
-        return [items[(i + k) % len(items)] for k in range(batch)]
-
-    barrier = threading.Barrier(concurrency)
-
-    def worker() -> None:
-        for _ in range(load.warmup):
-            try:
-                fn(next_batch())
-            except Exception:  # noqa: BLE001 - counted below when it happens while recording
-                pass
-        barrier.wait()  # all workers start recording together: no warm-up inside the window
-        with lock:
-            if not t_begin:
-                t_begin.append(clock())
-        while True:
-            with lock:
-                done = len(samples) + len(errors) >= load.requests or clock() - t_begin[0] >= load.seconds
-            if done:
-                return
-            chunk = next_batch()
-            start = clock()
-            try:
-                fn(chunk)
-            except Exception as exc:  # noqa: BLE001 - any backend failure is recorded, not raised
-                with lock:
-                    errors.append(f"{type(exc).__name__}: {exc}")
-                continue
-            end = clock()
-            with lock:
-                samples.append(Sample(start, end, len(chunk)))
-
-    threads = [threading.Thread(target=worker, name=f"bench-{backend}-{i}", daemon=True) for i in range(concurrency)]
-    if concurrency == 1:
-        worker()  # same thread: fake clocks and thread-unsafe test doubles keep working
-    else:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    stats = summarize(samples, backend=backend, concurrency=concurrency, batch=batch, errors=len(errors))
-    if errors:
-        stats.extra["first_error"] = errors[0][:300]
+    run = run_load(fn, items, requests=load.requests, concurrency=concurrency, batch=batch, warmup=load.warmup,
+                   seconds=load.seconds, clock=clock, name=f"bench-{backend}")
+    samples = [Sample(c.start, c.end, c.images) for c in run.calls if c.ok]
+    stats = summarize(samples, backend=backend, concurrency=concurrency, batch=batch,
+                      errors=len(run.calls) - len(samples))
+    if run.failures:
+        first = next(iter(run.failures.values()))
+        stats.extra["first_error"] = f"{type(first).__name__}: {first}"[:300]
     return stats, samples
 
 

@@ -190,10 +190,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     server = contextlib.nullcontext()
     url = args.url
     if args.serve is not None:  # one-shot: an embedded server on free loopback ports for this run
-        from cxr.triton_server import TritonServer, free_port
+        from cxr.triton_server import TritonServer
 
-        server = TritonServer(model_repository=args.serve, grpc_port=free_port(), http_port=free_port(),
-                              metrics_port=free_port(), log_file=Path(args.serve) / "tritonserver.log")
+        server = TritonServer.on_free_ports(args.serve, log_file=Path(args.serve) / "tritonserver.log")
         url = server.url
     with server, DetectorClient(url=url, timeout_s=args.timeout, score_threshold=args.score_threshold, **tls) as client:
         outcomes = run_predict(args.paths, client, png=args.png, sr=args.sr, gsps=args.gsps,

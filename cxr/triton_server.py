@@ -114,10 +114,20 @@ def _check_pem(path: Path | str, what: str, flag: str) -> Path:
     return p
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports: bound together, so the kernel cannot hand one out twice."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def stable_port(low: int = 10000) -> int:
@@ -179,6 +189,22 @@ class TritonServer:
             raise InvalidOptionError(str(exc)) from exc
         if self.target is ServeTarget.CPU and self.precision not in (Precision.FP32, Precision.INT8):
             raise InvalidOptionError(f"the cpu target runs fp32 or int8 ONNX, not {self.precision}")
+
+    @classmethod
+    def on_free_ports(cls, model_repository: Path | str, *, log_file: Path | str, **kwargs) -> TritonServer:
+        """A server for one run (not started yet): free loopback ports, its log in ``log_file``.
+
+        What ``cxr predict --serve``, ``cxr bench`` and ``cxr bench soak`` start when no
+        ``--url`` is given; the log's folder is created.  ``kwargs`` are other fields
+        (``target``, ``precision``, ``models``, ``env`` ...); ports and host are not theirs.
+        """
+        log_file = Path(log_file)
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        grpc_port, http_port, metrics_port = free_ports(3)
+        server = cls(model_repository=Path(model_repository), grpc_port=grpc_port, http_port=http_port,
+                     metrics_port=metrics_port, log_file=log_file, **kwargs)
+        log.info("embedded tritonserver for this run on %s (log %s)", server.url, log_file)
+        return server
 
     @property
     def tls(self) -> TlsMode:

@@ -59,10 +59,9 @@ def repository(checkpoint, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def server(repository):
     pytest.importorskip("pytriton")
-    from cxr.triton_server import TritonServer, free_port
+    from cxr.triton_server import TritonServer
 
-    srv = TritonServer(model_repository=repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
-                       log_file=repository / "tritonserver.log")
+    srv = TritonServer.on_free_ports(repository, log_file=repository / "tritonserver.log")
     with srv:
         yield srv
     assert srv.process.poll() is not None, "tritonserver still running after teardown"

@@ -57,3 +57,15 @@ def test_predict_unreachable_server_is_one_line(tmp_path, synth_data, capsys):
     rc = main(["predict", str(good), "--url", f"127.0.0.1:{free_port()}", "--timeout", "2"])
     captured = capsys.readouterr()
     assert rc == 1 and "UNAVAILABLE" in captured.out
+
+
+def test_predict_serve_starts_and_stops_its_own_server(repository, synth_data, tmp_path, capsys):
+    repo = tmp_path / "model_repository"
+    shutil.copytree(repository, repo, ignore=shutil.ignore_patterns("tritonserver.log"))
+    good = sorted((synth_data / "images").glob("*.png"))[0]
+    rc = main(["predict", str(good), "--serve", str(repo), "--json", "--min-score", "0"])
+    assert rc == 0
+    [out] = json.loads(capsys.readouterr().out)
+    assert "result" in out
+    log = (repo / "tritonserver.log").read_text()
+    assert "Started GRPCInferenceService" in log  # the run's own server, logging into the repository

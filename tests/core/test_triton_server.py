@@ -154,3 +154,15 @@ def test_cli_serve_refuses_bad_tls_before_starting(tmp_path, capsys):
             logging.getLogger(name).setLevel(level)
     assert rc == 2
     assert "--tls-cert: server certificate file not found" in capsys.readouterr().err
+
+
+def test_on_free_ports_is_an_unstarted_loopback_server_on_three_distinct_ports(tmp_path):
+    log_file = tmp_path / "run" / "tritonserver.log"
+    srv = TritonServer.on_free_ports(tmp_path, log_file=log_file, precision="int8", models=("preprocess",))
+    assert srv.process is None  # the caller's `with` starts and stops it
+    assert len({srv.grpc_port, srv.http_port, srv.metrics_port}) == 3
+    assert srv.url == f"127.0.0.1:{srv.grpc_port}" and srv.tls == "off"
+    assert srv.log_file == log_file and log_file.parent.is_dir()  # start() appends to it
+    assert (srv.model_repository, srv.precision, srv.models) == (tmp_path, "int8", ("preprocess",))
+    f = flags(srv.command(INSTALL))
+    assert (f["grpc-port"], f["http-port"], f["metrics-port"]) == tuple(map(str, (srv.grpc_port, srv.http_port, srv.metrics_port)))
