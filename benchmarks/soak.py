@@ -36,10 +36,10 @@ import numpy as np
 
 from cxr.benchmarks.procmem import MB, RssSampler, listener_pid, rss_summary
 from cxr.benchmarks.stats import percentile_ms
+from cxr.image_header import STUDY_SUFFIXES
 
 log = logging.getLogger("cxr.benchmarks.soak")
 
-STUDY_SUFFIXES = (".png", ".dcm", ".jpg", ".jpeg")
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0")
 
 
