@@ -20,13 +20,16 @@ import io
 import math
 import warnings
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from cxr.dicom_guards import FrameSpec, check_before_decode, check_deflate_bomb
 from cxr.errors import InvalidImageError
 from cxr.image_header import MAX_PIXELS, check_size, invalid_image
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ class DicomPixels(NamedTuple):
     info: DicomInfo
 
 
-def read_dicom(data: bytes, *, header_only: bool = False):
+def read_dicom(data: bytes, *, header_only: bool = False) -> Dataset:
     """``pydicom.Dataset`` of Part 10 bytes; ``header_only`` stops before the pixel data."""
     import pydicom
 
@@ -72,7 +75,7 @@ def read_dicom(data: bytes, *, header_only: bool = False):
         return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=header_only)
 
 
-def probe_dicom(source) -> tuple[int, int, DicomInfo]:
+def probe_dicom(source: bytes | Dataset) -> tuple[int, int, DicomInfo]:
     """(rows, columns, identifiers) of Part 10 bytes (parsed up to the pixel data) or a ``pydicom.Dataset``."""
     ds = read_dicom(source, header_only=True) if isinstance(source, (bytes, bytearray, memoryview)) else source
     with invalid_image(lambda exc: f"corrupt DICOM header ({type(exc).__name__}: {exc})"):
@@ -82,7 +85,7 @@ def probe_dicom(source) -> tuple[int, int, DicomInfo]:
         return int(rows), int(cols), dicom_info(ds)
 
 
-def decode_dataset(ds, *, max_pixels: int = MAX_PIXELS) -> DicomPixels:
+def decode_dataset(ds: Dataset, *, max_pixels: int = MAX_PIXELS) -> DicomPixels:
     """The grayscale radiograph in a ``pydicom.Dataset``, or InvalidImageError."""
     with invalid_image(lambda exc: f"corrupt DICOM ({type(exc).__name__}: {exc})"):
         header = check_header(ds, max_pixels)
@@ -92,7 +95,7 @@ def decode_dataset(ds, *, max_pixels: int = MAX_PIXELS) -> DicomPixels:
         return DicomPixels(pixels, header.bits_stored, _spacing(ds), info)
 
 
-def check_header(ds, max_pixels: int = MAX_PIXELS) -> GrayscaleHeader:
+def check_header(ds: Dataset, max_pixels: int = MAX_PIXELS) -> GrayscaleHeader:
     """Refuse a dataset that is not one grayscale frame of a supported bit depth and size."""
     tsuid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if "PixelData" not in ds:

@@ -19,10 +19,13 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from cxr.errors import InvalidImageError
 from cxr.image_header import MAX_PIXELS, check_size, invalid_image, jpeg_frame_size
+
+if TYPE_CHECKING:
+    from pydicom.uid import UID
 
 DEFLATED_TS = "1.2.840.10008.1.2.1.99"
 RLE_LOSSLESS_TS = "1.2.840.10008.1.2.5"
@@ -40,13 +43,13 @@ RLE_SEGMENT_SLACK = 128
 class FrameSpec:
     """What a DICOM header promises about its one frame (already checked by :mod:`cxr.dicom`).
 
-    transfer_syntax: the file meta's TransferSyntaxUID (a ``pydicom.uid.UID``), or None.
+    transfer_syntax: the file meta's TransferSyntaxUID, or None when the dataset has none.
     """
 
     rows: int
     cols: int
     bits_allocated: int
-    transfer_syntax: object = None
+    transfer_syntax: UID | None = None
 
     @property
     def syntax_name(self) -> str:

@@ -40,6 +40,8 @@ def test_dicom_with_a_damaged_rows_element_is_a_client_error():
     data[at + 6 : at + 8] = b"\x01\x00"
     del data[at + 9]
     assert "DICOM" in _client_error(bytes(data)).message
+    dataset = pydicom.dcmread(io.BytesIO(bytes(data)))  # values still unread: the same failure, later
+    assert "DICOM" in _client_error(dataset).message
 
 
 def test_deflated_dicom_bomb_is_refused_before_inflating():

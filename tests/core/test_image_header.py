@@ -158,8 +158,14 @@ def test_invalid_image_converts_everything_but_memory_and_its_own_errors():
         assert info.value is passes
 
 
-def test_rle_is_the_one_syntax_with_its_own_guard_so_far():
-    assert set(FRAME_GUARDS) == {"1.2.840.10008.1.2.5"}
+@pytest.mark.parametrize("name", ["dicom_jpeg_lossless_sv1.dcm", "dicom_htj2k.dcm", "dicom_ok_jpegls.dcm"])
+def test_syntaxes_without_a_guard_of_their_own_get_the_codestream_check(name):
+    # also where no decoder is installed: the codestream is checked before any decoder is asked
+    ds = pydicom.dcmread(HOSTILE / name)
+    assert ds.file_meta.TransferSyntaxUID not in FRAME_GUARDS
+    ds.Rows = ds.Rows // 2
+    with pytest.raises(InvalidImageError, match=f"Rows/Columns say {ds.Columns}x{ds.Rows}"):
+        decode_image(ds)
 
 
 def test_the_bytes_travel_one_way():
