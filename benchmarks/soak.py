@@ -36,8 +36,8 @@ from cxr.benchmarks.load import Call, run_load
 from cxr.benchmarks.procmem import MB, RssSampler, listener_pid, rss_summary
 from cxr.benchmarks.stats import percentile_ms
 from cxr.errors import InvalidOptionError, MissingFileError
+from cxr.image_header import STUDY_SUFFIXES
 
-STUDY_SUFFIXES = (".png", ".dcm", ".jpg", ".jpeg")
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0")
 
 

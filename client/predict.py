@@ -19,10 +19,10 @@ from tqdm import tqdm
 from cxr.client.errors import DetectorError
 from cxr.client.results import StudyResult
 from cxr.errors import InvalidOptionError, MissingFileError
+from cxr.image_header import SNIFF_BYTES, STUDY_SUFFIXES, sniff_format
 
 log = logging.getLogger("cxr.client")
 
-SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
 COLOURS = ["#ff7f0e", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
 
@@ -31,7 +31,7 @@ def collect_inputs(paths: list[Path]) -> list[Path]:
     files: list[Path] = []
     for p in paths:
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIXES)
+            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in STUDY_SUFFIXES)
         elif p.is_file():
             files.append(p)
         else:
@@ -43,8 +43,7 @@ def collect_inputs(paths: list[Path]) -> list[Path]:
 
 def _is_dicom(path: Path) -> bool:
     with open(path, "rb") as f:
-        head = f.read(132)
-    return len(head) == 132 and head[128:] == b"DICM"
+        return sniff_format(f.read(SNIFF_BYTES)) == "DICOM"
 
 
 def annotated_png(path: Path, result: StudyResult, out: Path, *, min_score: float = 0.0) -> Path:

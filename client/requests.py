@@ -16,7 +16,8 @@ import hashlib
 import io
 import math
 import os
-import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -27,7 +28,9 @@ import pydicom
 from cxr import contract
 from cxr.client.errors import DetectorError, client_error
 from cxr.client.results import Detection, StudyResult
-from cxr.imaging import JPEG_MAGIC, MAX_PIXELS, MIN_SIDE, PNG_MAGIC
+from cxr.errors import InvalidImageError
+from cxr.image_header import check_size
+from cxr.imaging import probe
 from cxr.triton_models import MAX_REQUEST_BYTES
 
 # The served contract (cxr.contract).  These names are checked against the server's
@@ -122,13 +125,13 @@ def build_request(image: ImageInput, *, score_threshold: float | None = None, to
     )
 
 
-def _check_size(h: int, w: int, what: str) -> tuple[int, int]:
-    # Same limits as the server (cxr.imaging), so a doomed request is never sent.
-    if min(h, w) < MIN_SIDE:
-        raise client_error(f"{what} is {w}x{h}; a radiograph needs at least {MIN_SIDE} pixels per side")
-    if h * w > MAX_PIXELS:
-        raise client_error(f"{what} is {w}x{h} = {h * w / 1e6:.1f} Mpx, above the {MAX_PIXELS / 1e6:.0f} Mpx limit")
-    return int(h), int(w)
+@contextmanager
+def _checked_here() -> Iterator[None]:
+    # The core's checks and messages, so a request the server would refuse is never sent.
+    try:
+        yield
+    except InvalidImageError as exc:
+        raise client_error(str(exc)) from exc
 
 
 def _bytes_input(data: bytes) -> InputSpec:
@@ -136,66 +139,29 @@ def _bytes_input(data: bytes) -> InputSpec:
 
 
 def _from_bytes(data: bytes, params: dict) -> Request:
-    if not data:
-        raise client_error("empty input (0 bytes): expected a PNG, JPEG or DICOM file")
     if len(data) > MAX_REQUEST_BYTES:
         raise client_error(f"study is {len(data) / 1e6:.1f} MB, above the server's {MAX_REQUEST_BYTES / 1e6:.0f} MB limit")
-    sop = None
-    if data.startswith(PNG_MAGIC):
-        # IHDR is always the first chunk: width and height are bytes 16..24.
-        if len(data) < 24 or data[12:16] != b"IHDR":
-            raise client_error(f"PNG without an IHDR header ({len(data)} bytes)")
-        w, h = struct.unpack(">II", data[16:24])
-        fmt = "PNG"
-    elif data.startswith(JPEG_MAGIC):
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(io.BytesIO(data)) as im:  # reads the header only, no pixel decode
-                w, h = im.size
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise client_error(f"unreadable JPEG header ({len(data)} bytes): {exc}") from exc
-        fmt = "JPEG"
-    elif len(data) >= 132 and data[128:132] == b"DICM":
-        try:
-            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-        except Exception as exc:  # pydicom raises many types for a broken header
-            raise client_error(f"unreadable DICOM header ({len(data)} bytes): {exc}") from exc
-        h, w = _dicom_size(ds)
-        sop, fmt = _sop(ds), "DICOM"
-    else:
-        raise client_error(
-            f"unrecognised image format: expected PNG, JPEG or DICOM (Part 10), "
-            f"got {len(data)} bytes starting with {data[:8]!r}"
-        )
-    size = _check_size(h, w, fmt)
-    return Request((_bytes_input(data),), params, size, sop, f"{fmt} {size[1]}x{size[0]}")
-
-
-def _dicom_size(ds: pydicom.Dataset) -> tuple[int, int]:
-    rows, cols = ds.get("Rows"), ds.get("Columns")  # keyword lookup: values
-    if rows is None or cols is None:
-        modality = ds.get("Modality", "?")
-        raise client_error(f"DICOM (Modality {modality}) has no Rows/Columns: it is not an image")
-    return int(rows), int(cols)
-
-
-def _sop(ds: pydicom.Dataset) -> str | None:
-    uid = ds.get("SOPInstanceUID")  # keyword lookup: the value, not the element
-    return str(uid) if uid else None
+    with _checked_here():
+        header = probe(data)  # the header only: damaged pixel data is the server's to report
+        check_size(header.height, header.width, f"{header.format} image")
+    h, w, sop = header.height, header.width, header.dicom.sop_instance_uid if header.dicom else None
+    return Request((_bytes_input(data),), params, (h, w), sop, f"{header.format} {w}x{h}")
 
 
 def _from_dataset(ds: pydicom.Dataset, params: dict) -> Request:
     if "PixelData" not in ds:
         raise client_error("pydicom.Dataset has no PixelData: send an image, not a header")
-    h, w = _check_size(*_dicom_size(ds), "DICOM")
+    with _checked_here():
+        header = probe(ds)
+        check_size(header.height, header.width, "DICOM image")
+    h, w = header.height, header.width
     buf = io.BytesIO()
     try:
         # enforce_file_format writes the preamble + "DICM" the server recognises.
         pydicom.dcmwrite(buf, ds, enforce_file_format=True)
     except (ValueError, AttributeError, TypeError) as exc:
         raise client_error(f"cannot serialise the pydicom.Dataset as a DICOM file: {exc}") from exc
-    return Request((_bytes_input(buf.getvalue()),), params, (h, w), _sop(ds), f"DICOM {w}x{h}")
+    return Request((_bytes_input(buf.getvalue()),), params, (h, w), header.dicom.sop_instance_uid, f"DICOM {w}x{h}")
 
 
 def _from_pixels(pixels: Pixels, params: dict) -> Request:
@@ -207,7 +173,9 @@ def _from_pixels(pixels: Pixels, params: dict) -> Request:
             f"pixel dtype {arr.dtype} is not supported; send uint8 or uint16 "
             "(scale floats in [0, 1] with (x * 65535).round().astype(np.uint16))"
         )
-    h, w = _check_size(arr.shape[0], arr.shape[1], "pixel array")
+    h, w = arr.shape
+    with _checked_here():
+        check_size(h, w, "pixel array")
     params = dict(params)
     if arr.dtype == np.uint8:
         if pixels.bits_stored not in (None, 8):

@@ -3,19 +3,35 @@
 pydicom decodes whatever a file claims: a deflated dataset inflates without limit,
 an RLE segment expands up to 64x its encoded size, a codestream may declare a size
 other than Rows/Columns, and an offset table may hold frames NumberOfFrames does
-not admit.  :mod:`cxr.imaging` calls these checks first, so a decompression bomb is
-refused from its headers, before anything large is allocated.  All of them raise
-:class:`~cxr.errors.InvalidImageError`.
+not admit.  :mod:`cxr.dicom` calls :func:`check_before_decode` once its header
+checks have passed (and :func:`check_deflate_bomb` before reading the file at all),
+so a decompression bomb is refused from its headers, before anything large is
+allocated.  Everything here raises :class:`~cxr.errors.InvalidImageError`, and
+nothing here calls back into the decoders.
+
+Per transfer syntax: native pixel data must be exactly Rows x Columns x BitsAllocated;
+encapsulated pixel data must hold one frame, which then goes through its syntax's
+entry in :data:`FRAME_GUARDS` (a decoder added for a new syntax adds its check there).
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 from cxr.errors import InvalidImageError
+from cxr.image_header import MAX_PIXELS, check_size, invalid_image, jpeg_frame_size
+
+if TYPE_CHECKING:
+    from pydicom.uid import UID
 
 DEFLATED_TS = "1.2.840.10008.1.2.1.99"
 RLE_LOSSLESS_TS = "1.2.840.10008.1.2.5"
+# Cap on an inflated (Deflated Explicit VR Little Endian) DICOM: MAX_PIXELS at
+# 16 bits plus generous room for the header.  pydicom would inflate without limit.
+MAX_INFLATED_DICOM_BYTES = 2 * MAX_PIXELS + 16 * 1024 * 1024
 # PS3.5 G.2: each RLE segment decodes to exactly Rows x Columns bytes.  Some encoders
 # emit a padding byte or run past that, which pydicom trims (pydicom issue #1438:
 # 786433 vs 786432 bytes); one PackBits run of slack keeps such files readable and the
@@ -23,17 +39,31 @@ RLE_LOSSLESS_TS = "1.2.840.10008.1.2.5"
 RLE_SEGMENT_SLACK = 128
 
 
-def has_decoder(uid) -> bool:
-    """Whether pydicom has a working decoder for ``uid`` (a failure then means corrupt data)."""
-    try:
-        from pydicom.pixels import get_decoder
+@dataclass(frozen=True)
+class FrameSpec:
+    """What a DICOM header promises about its one frame (already checked by :mod:`cxr.dicom`).
 
-        return bool(get_decoder(uid).is_available)
-    except Exception:  # unknown/unsupported syntax
-        return False
+    transfer_syntax: the file meta's TransferSyntaxUID, or None when the dataset has none.
+    """
+
+    rows: int
+    cols: int
+    bits_allocated: int
+    transfer_syntax: UID | None = None
+
+    @property
+    def syntax_name(self) -> str:
+        ts = self.transfer_syntax
+        return f"{ts.name} ({ts})" if ts is not None else "unknown"
+
+    @property
+    def encapsulated(self) -> bool:
+        """Compressed pixel data in fragments (Deflated compresses the dataset, not the pixels)."""
+        ts = self.transfer_syntax
+        return ts is not None and ts.is_compressed and ts != DEFLATED_TS
 
 
-def check_deflate_bomb(data: bytes, max_inflated: int) -> None:
+def check_deflate_bomb(data: bytes, max_inflated: int = MAX_INFLATED_DICOM_BYTES) -> None:
     """Refuse a Deflated-transfer-syntax DICOM whose dataset inflates beyond ``max_inflated`` bytes.
 
     The File Meta group (always uncompressed) starts at byte 132 with its group
@@ -62,29 +92,26 @@ def check_deflate_bomb(data: bytes, max_inflated: int) -> None:
         )
 
 
-_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}  # F7: JPEG-LS
+# ------------------------------------------------------------------ the one entry point
 
 
-def codestream_size(frame: bytes) -> tuple[int, int] | None:
-    """(rows, columns) declared by a JPEG / JPEG-LS / JPEG 2000 frame header, or None."""
-    if frame[:2] == b"\xff\xd8":  # JPEG family: walk the marker segments to the SOF
-        pos = 2
-        while pos + 9 <= len(frame):
-            if frame[pos] != 0xFF:
-                return None
-            marker = frame[pos + 1]
-            if marker == 0xFF:  # fill byte
-                pos += 1
-                continue
-            if marker in _JPEG_SOF:
-                return int.from_bytes(frame[pos + 5 : pos + 7], "big"), int.from_bytes(frame[pos + 7 : pos + 9], "big")
-            pos += 2 + int.from_bytes(frame[pos + 2 : pos + 4], "big")
-        return None
-    at = frame.find(b"\xff\x4f\xff\x51", 0, 4096)  # J2K: SOC then SIZ (a JP2 wrapper puts boxes before)
-    if at < 0 or len(frame) < at + 28:
-        return None
-    x, y, x0, y0 = (int.from_bytes(frame[at + 8 + 4 * i : at + 12 + 4 * i], "big") for i in range(4))
-    return y - y0, x - x0
+def check_before_decode(ds, frame: FrameSpec, max_pixels: int = MAX_PIXELS) -> None:
+    """Refuse pixel data of ``ds`` that would make pydicom allocate more than ``frame`` promises."""
+    if not frame.encapsulated:
+        check_native_length(len(ds.PixelData), frame)
+        return
+    guard = FRAME_GUARDS.get(frame.transfer_syntax, CODESTREAM_GUARD)
+    guard.check(single_frame(ds, frame.syntax_name, guard.what), frame, max_pixels)
+
+
+def check_native_length(have: int, frame: FrameSpec) -> None:
+    rows, cols, allocated = frame.rows, frame.cols, frame.bits_allocated
+    need = rows * cols * allocated // 8
+    if have not in (need, need + 1):  # one pad byte makes an odd length even
+        raise InvalidImageError(
+            f"truncated or corrupt DICOM pixel data: {have} bytes, but Columns x Rows x BitsAllocated = "
+            f"{cols}x{rows}x{allocated} bits need {need} (cut short, or wrong Rows/Columns)"
+        )
 
 
 def single_frame(ds, ts_name: str, what: str) -> tuple[bytes, ...]:
@@ -100,17 +127,12 @@ def single_frame(ds, ts_name: str, what: str) -> tuple[bytes, ...]:
     extended = None
     if "ExtendedOffsetTable" in ds:
         extended = (ds.ExtendedOffsetTable, ds.get("ExtendedOffsetTableLengths") or b"")
-    try:
+    # malformed items, offsets past the end, ...
+    with invalid_image(lambda exc: f"truncated or corrupt DICOM pixel data ({ts_name}): cannot split the "
+                                   f"encapsulated fragments into frames: {exc}"):
         frames = generate_fragmented_frames(ds.PixelData, number_of_frames=1, extended_offsets=extended)
         first = next(frames, None)
         extra = next(frames, None)
-    except MemoryError:  # the host is short of memory: not the study's fault
-        raise
-    except Exception as exc:  # malformed items, offsets past the end, ...
-        raise InvalidImageError(
-            f"truncated or corrupt DICOM pixel data ({ts_name}): cannot split the encapsulated fragments into "
-            f"frames: {exc}"
-        ) from exc
     if first is None:
         raise InvalidImageError(
             f"truncated or corrupt DICOM pixel data ({ts_name}): the encapsulated data holds no frame"
@@ -121,6 +143,52 @@ def single_frame(ds, ts_name: str, what: str) -> tuple[bytes, ...]:
             "although NumberOfFrames is 1"
         )
     return first
+
+
+# ------------------------------------------------------------------ per transfer syntax
+
+
+class FrameGuard(NamedTuple):
+    """What to check in the one encapsulated frame of a transfer syntax, before decoding it."""
+
+    what: str  # names the pixel data in messages
+    check: Callable[[tuple[bytes, ...], FrameSpec, int], None]  # (fragments, frame, max_pixels)
+
+
+def codestream_size(frame: bytes) -> tuple[int, int] | None:
+    """(rows, columns) declared by a JPEG / JPEG-LS / JPEG 2000 (HTJ2K) frame header, or None."""
+    if frame[:2] == b"\xff\xd8":  # JPEG family
+        return jpeg_frame_size(frame)
+    at = frame.find(b"\xff\x4f\xff\x51", 0, 4096)  # J2K: SOC then SIZ (a JP2 wrapper puts boxes before)
+    if at < 0 or len(frame) < at + 28:
+        return None
+    x, y, x0, y0 = (int.from_bytes(frame[at + 8 + 4 * i : at + 12 + 4 * i], "big") for i in range(4))
+    return y - y0, x - x0
+
+
+def check_codestream(fragments: tuple[bytes, ...], frame: FrameSpec, max_pixels: int) -> None:
+    """The decoders allocate what the codestream header says, not what Rows/Columns say."""
+    declared = codestream_size(fragments[0])
+    if declared is None:
+        return  # no header this walk knows: the decoder reports what is wrong
+    check_size(declared[0], declared[1], f"compressed DICOM frame ({frame.syntax_name})", max_pixels)
+    if declared != (frame.rows, frame.cols):
+        raise InvalidImageError(
+            f"compressed DICOM frame is {declared[1]}x{declared[0]} but Rows/Columns say {frame.cols}x{frame.rows}"
+        )
+
+
+def check_rle(fragments: tuple[bytes, ...], frame: FrameSpec, max_pixels: int) -> None:
+    """pydicom's RLE decoder expands each segment fully before checking its length."""
+    check_rle_frame(b"".join(fragments), frame.rows, frame.cols, frame.bits_allocated)
+
+
+# The codestream-header check suits every syntax whose frame starts with a JPEG, JPEG-LS
+# or JPEG 2000 header (the JPEG family, JPEG-LS, JPEG 2000, HTJ2K); others get an entry.
+CODESTREAM_GUARD = FrameGuard("compressed pixel data", check_codestream)
+FRAME_GUARDS: dict[str, FrameGuard] = {
+    RLE_LOSSLESS_TS: FrameGuard("RLE pixel data", check_rle),
+}
 
 
 # PackBits run header n -> bytes the run occupies and bytes it decodes to: n < 128 is a
@@ -196,14 +264,3 @@ def check_rle_frame(frame: bytes, rows: int, cols: int, allocated: int) -> None:
                 "(truncated or corrupt RLE pixel data)"
             )
 
-
-def first_frame(pixel_data: bytes) -> bytes | None:
-    """The start of the first encapsulated frame (the item after the Basic Offset Table)."""
-    from pydicom.encaps import generate_fragments
-
-    try:
-        fragments = generate_fragments(pixel_data)
-        next(fragments)  # Basic Offset Table item (possibly empty)
-        return next(fragments)
-    except Exception:  # malformed encapsulation: the decoder reports it
-        return None

@@ -5,10 +5,12 @@ in ``[0, 1]`` with the display convention of a film: 0 is black (air), 1 is whit
 (bone).  The same function runs at training time and inside the Triton preprocess
 model, so the two cannot drift apart.
 
-DICOM follows the standard's pixel pipeline (PS3.4 Grayscale Transformations):
-stored values -> Modality LUT (RescaleSlope/Intercept or Modality LUT Sequence) ->
-VOI LUT (VOI LUT Sequence preferred, else Window Center/Width, else the full range
-that BitsStored allows) -> MONOCHROME1 inversion.
+The bytes travel one way: :func:`decode_image` recognises the format by its magic
+bytes (:mod:`cxr.image_header`) and hands a DICOM to :mod:`cxr.dicom` (header
+checks, then the pre-decode guards of :mod:`cxr.dicom_guards`, then the PS3.4
+grayscale pipeline); PNG and JPEG are decoded here, raw arrays too.
+:func:`probe` reads what a study's header declares without decoding it (the client
+checks a request with it before sending).
 
 Anything that is not a readable grayscale radiograph raises
 :class:`~cxr.errors.InvalidImageError` with a message naming what was received;
@@ -41,57 +43,43 @@ Input policy (tests/data/hostile/MANIFEST.json lists one file per rule):
 from __future__ import annotations
 
 import io
-import math
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from cxr.dicom_guards import (
-    DEFLATED_TS,
-    RLE_LOSSLESS_TS,
-    check_deflate_bomb,
-    check_rle_frame,
-    codestream_size,
-    first_frame,
-    has_decoder,
-    single_frame,
+from cxr.dicom import DicomInfo, decode_dataset, probe_dicom, read_dicom
+from cxr.dicom_guards import MAX_INFLATED_DICOM_BYTES
+from cxr.errors import InvalidImageError, MissingFileError
+from cxr.image_header import (
+    JPEG_MAGIC,
+    MAX_PIXELS,
+    MIN_SIDE,
+    PNG_MAGIC,
+    STUDY_SUFFIXES,
+    check_size,
+    describe,
+    image_format,
+    invalid_image,
+    jpeg_size,
+    png_size,
 )
-from cxr.errors import InvalidImageError
 
-# Largest flat-panel detectors are ~4300 x 4300 (18.5 Mpx); 2x that is still a
-# radiograph, anything above is a decompression bomb or not an X-ray.
-MAX_PIXELS = 40_000_000
-# A chest film smaller than this on either side carries no diagnostic content; it
-# is also what stops 1x1 "images" from reaching the model.
-MIN_SIDE = 8
-# Cap on an inflated (Deflated Explicit VR Little Endian) DICOM: MAX_PIXELS at
-# 16 bits plus generous room for the header.  pydicom would inflate without limit.
-MAX_INFLATED_DICOM_BYTES = 2 * MAX_PIXELS + 16 * 1024 * 1024
+if TYPE_CHECKING:
+    from pydicom import Dataset
+
+__all__ = [
+    "JPEG_MAGIC", "MAX_INFLATED_DICOM_BYTES", "MAX_PIXELS", "MIN_SIDE", "PNG_MAGIC", "STUDY_SUFFIXES",
+    "DecodedImage", "DicomInfo", "ImageHeader", "decode_dicom_bytes", "decode_dicom_dataset", "decode_image",
+    "decode_pixels", "probe", "read_source",
+]
+
 # Grayscale stored as RGB (common for NIH PNGs and JPEG exports) has equal channels;
 # JPEG chroma subsampling leaves a few grey levels of difference.
 _MAX_CHANNEL_SPREAD = 12
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-JPEG_MAGIC = b"\xff\xd8\xff"
-
-
-@dataclass(frozen=True)
-class DicomInfo:
-    """Non-PHI identifiers of a DICOM source, kept for results and SR references."""
-
-    sop_instance_uid: str | None = None
-    sop_class_uid: str | None = None
-    study_instance_uid: str | None = None
-    series_instance_uid: str | None = None
-    modality: str | None = None
-    photometric_interpretation: str | None = None
-    view_position: str | None = None
-    body_part: str | None = None
-    transfer_syntax: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,18 +105,41 @@ class DecodedImage:
         return int(self.pixels.shape[1])
 
 
-def _describe(data: bytes) -> str:
-    return f"{len(data)} bytes starting with {data[:8]!r}"
+class ImageHeader(NamedTuple):
+    """What a study's header declares: format ("PNG", "JPEG", "DICOM") and size in pixels.
+
+    dicom: the non-PHI identifiers of a DICOM (its SOPInstanceUID for results), read
+    from the same header parse; None for PNG and JPEG.
+    """
+
+    format: str
+    height: int
+    width: int
+    dicom: DicomInfo | None = None
 
 
-def _check_size(h: int, w: int, what: str, max_pixels: int) -> None:
-    if h * w > max_pixels:
-        raise InvalidImageError(
-            f"{what} is {w}x{h} = {h * w / 1e6:.1f} Mpx, above the {max_pixels / 1e6:.0f} Mpx limit "
-            "(no radiograph is that large; refusing to decode a possible decompression bomb)"
-        )
-    if min(h, w) < MIN_SIDE:
-        raise InvalidImageError(f"{what} is {w}x{h}; a radiograph needs at least {MIN_SIDE} pixels per side")
+_SIZE_FROM_HEADER = {"PNG": png_size, "JPEG": jpeg_size}
+
+
+def probe(source: bytes | Dataset) -> ImageHeader:
+    """The format and declared size of an encoded study or a ``pydicom.Dataset``, from its header alone.
+
+    Never decodes pixels (DICOM bytes are parsed up to the pixel data, a deflated
+    file inflated only under the cap); garbage raises InvalidImageError.  The size is
+    not checked against the limits here: callers pass it to
+    :func:`~cxr.image_header.check_size`.
+    """
+    if _is_dataset(source):
+        return ImageHeader("DICOM", *probe_dicom(source))
+    data = bytes(source)
+    fmt = image_format(data)
+    if fmt == "DICOM":
+        return ImageHeader(fmt, *probe_dicom(data))
+    return ImageHeader(fmt, *_SIZE_FROM_HEADER[fmt](data))
+
+
+def _is_dataset(source: Any) -> bool:
+    return type(source).__name__ in ("Dataset", "FileDataset")  # without importing pydicom
 
 
 def read_source(source: bytes | bytearray | memoryview | str | os.PathLike) -> bytes:
@@ -137,7 +148,7 @@ def read_source(source: bytes | bytearray | memoryview | str | os.PathLike) -> b
         return bytes(source)
     path = Path(source)
     if not path.is_file():
-        raise FileNotFoundError(f"no such image file: {path}")
+        raise MissingFileError(f"no such image file: {path}")
     return path.read_bytes()
 
 
@@ -149,58 +160,43 @@ def decode_image(source: Any, *, max_pixels: int = MAX_PIXELS) -> DecodedImage:
     """
     if isinstance(source, np.ndarray):
         return decode_pixels(source, max_pixels=max_pixels)
-    if type(source).__name__ in ("Dataset", "FileDataset"):
+    if _is_dataset(source):
         return decode_dicom_dataset(source, max_pixels=max_pixels)
     data = read_source(source)
-    if len(data) == 0:
-        raise InvalidImageError("empty input (0 bytes): expected a PNG, JPEG or DICOM file")
-    if data.startswith(PNG_MAGIC):
-        return _decode_pil(data, "PNG", max_pixels)
-    if data.startswith(JPEG_MAGIC):
-        return _decode_pil(data, "JPEG", max_pixels)
-    if len(data) >= 132 and data[128:132] == b"DICM":
+    if image_format(data) == "DICOM":
         return decode_dicom_bytes(data, max_pixels=max_pixels)
-    raise InvalidImageError(f"unrecognised image format: expected PNG, JPEG or DICOM (Part 10), got {_describe(data)}")
+    return _decode_pil(data, probe(data), max_pixels)
 
 
 # --------------------------------------------------------------------------- PNG/JPEG
 
 
-def _decode_pil(data: bytes, fmt: str, max_pixels: int) -> DecodedImage:
+def _decode_pil(data: bytes, header: ImageHeader, max_pixels: int) -> DecodedImage:
     from PIL import Image
 
-    if fmt == "PNG" and len(data) >= 24 and data[12:16] == b"IHDR":
-        # Check the declared size before PIL allocates anything (decompression bombs).
-        _check_size(int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big"), "PNG image", max_pixels)
-    try:
+    fmt, h, w = header.format, header.height, header.width
+    check_size(h, w, f"{fmt} image", max_pixels)  # before Pillow allocates anything (decompression bombs)
+    with invalid_image(lambda exc: f"corrupt {fmt}: cannot read the header ({exc}); got {describe(data)}"):
         with warnings.catch_warnings():
-            # Pillow warns from 89 Mpx on; our own, lower limit is checked right below.
+            # Pillow warns from 89 Mpx on; our own, lower limit was checked above.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=[fmt])
-    except Image.DecompressionBombError as exc:
+            try:
+                img = Image.open(io.BytesIO(data), formats=[fmt])
+            except Image.DecompressionBombError as exc:
+                raise InvalidImageError(
+                    f"{fmt} image above the pixel limit, refusing to decode a possible decompression bomb: {exc}"
+                ) from exc
+    if img.size != (w, h):
+        # Pillow's marker parser is not the standard's (it reads JPGn segments as bare
+        # markers), so a crafted file can show it another frame size than the one checked.
         raise InvalidImageError(
-            f"{fmt} image above the pixel limit, refusing to decode a possible decompression bomb: {exc}"
-        ) from exc
-    except MemoryError:  # the host is short of memory: not the study's fault
-        raise
-    except Exception as exc:
-        raise InvalidImageError(f"corrupt {fmt}: cannot read the header ({exc}); got {_describe(data)}") from exc
-    w, h = img.size
-    _check_size(h, w, f"{fmt} image", max_pixels)
-    try:
+            f"corrupt {fmt}: its frame header declares {w}x{h} but Pillow reads {img.width}x{img.height} from it; "
+            "refusing a file whose size is ambiguous (re-save it with a standard encoder)"
+        )
+    with invalid_image(lambda exc: f"truncated or corrupt {fmt} ({w}x{h}, {len(data)} bytes): {exc}"):
         img.load()
-    except MemoryError:  # the host is short of memory: not the study's fault
-        raise
-    except Exception as exc:  # PIL raises OSError, SyntaxError, zlib.error, ... for damaged data
-        raise InvalidImageError(f"truncated or corrupt {fmt} ({w}x{h}, {len(data)} bytes): {exc}") from exc
-    try:
+    with invalid_image(lambda exc: f"{fmt} with pixel mode {img.mode!r} cannot be read: {exc}"):
         return _pil_pixels(img, fmt)
-    except InvalidImageError:
-        raise
-    except MemoryError:  # the host is short of memory: not the study's fault
-        raise
-    except Exception as exc:  # a mode Pillow cannot convert; not a bug in the caller's data handling
-        raise InvalidImageError(f"{fmt} with pixel mode {img.mode!r} cannot be read: {exc}") from exc
 
 
 def _pil_pixels(img, fmt: str) -> DecodedImage:
@@ -254,17 +250,13 @@ def decode_pixels(
 
     uint16 values are scaled by ``bits_stored`` (default 16).
     """
-    try:
+    with invalid_image(lambda exc: f"pixels are not an array: {exc}"):  # ragged nested lists and the like
         arr = np.asarray(array)
-    except MemoryError:  # the host is short of memory: not the study's fault
-        raise
-    except Exception as exc:  # ragged nested lists and the like
-        raise InvalidImageError(f"pixels are not an array: {exc}") from exc
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim != 2:
         raise InvalidImageError(f"pixel array must be 2-D [H, W] grayscale, got shape {tuple(arr.shape)}")
-    _check_size(arr.shape[0], arr.shape[1], "pixel array", max_pixels)
+    check_size(arr.shape[0], arr.shape[1], "pixel array", max_pixels)
     if arr.dtype == np.uint8:
         return DecodedImage(arr.astype(np.float32) / 255.0, "array", 8, spacing_mm)
     if arr.dtype == np.uint16:
@@ -290,187 +282,11 @@ def decode_pixels(
 
 
 def decode_dicom_bytes(data: bytes, *, max_pixels: int = MAX_PIXELS) -> DecodedImage:
-    import pydicom
-
-    check_deflate_bomb(data, MAX_INFLATED_DICOM_BYTES)
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data))
-    except MemoryError:  # the host is short of memory: not the study's fault
-        raise
-    except Exception as exc:
-        raise InvalidImageError(f"corrupt or truncated DICOM ({len(data)} bytes): {exc}") from exc
-    return decode_dicom_dataset(ds, max_pixels=max_pixels)
-
-
-def _first(value) -> float:
-    try:
-        return float(value[0])
-    except TypeError:
-        return float(value)
-
-
-def _spacing(ds) -> tuple[float, float] | None:
-    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = ds.get(keyword)
-        if value is not None and len(value) == 2:
-            row, col = float(value[0]), float(value[1])
-            if row > 0 and col > 0:
-                return row, col
-    return None
-
-
-def _window(x: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
-    """DICOM VOI window (PS3.3 C.11.2.1.2) mapped to [0, 1]."""
-    if function == "SIGMOID":
-        return 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
-    if function == "LINEAR_EXACT":
-        return np.clip((x - center) / width + 0.5, 0.0, 1.0)
-    # LINEAR: the standard's definition with its half-pixel offsets; width 1 is a threshold
-    if width <= 1.0:
-        return (x > center - 0.5).astype(np.float64)
-    return np.clip((x - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
+    """Decode DICOM Part 10 bytes (see :mod:`cxr.dicom` for the pipeline)."""
+    return decode_dicom_dataset(read_dicom(data), max_pixels=max_pixels)
 
 
 def decode_dicom_dataset(ds, *, max_pixels: int = MAX_PIXELS) -> DecodedImage:
-    """Apply the DICOM grayscale pipeline to a ``pydicom.Dataset``.
-
-    pydicom converts element values lazily, so damaged elements raise (ValueError,
-    struct.error, KeyError, ...) wherever they are first read; all of those become
-    :class:`InvalidImageError` naming the exception.
-    """
-    try:
-        return _decode_dicom_dataset(ds, max_pixels)
-    except InvalidImageError:
-        raise
-    except MemoryError:  # the host is short of memory: not the study's fault
-        raise
-    except Exception as exc:
-        raise InvalidImageError(f"corrupt DICOM ({type(exc).__name__}: {exc})") from exc
-
-
-def _decode_dicom_dataset(ds, max_pixels: int) -> DecodedImage:
-    from pydicom.pixels import apply_modality_lut, apply_voi
-
-    tsuid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    ts_name = f"{tsuid.name} ({tsuid})" if tsuid is not None else "unknown"
-    if "PixelData" not in ds:
-        sop = ds.get("SOPClassUID")
-        raise InvalidImageError(
-            f"DICOM without pixel data (SOP Class {getattr(sop, 'name', sop) or 'unknown'}) is not an image"
-        )
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise InvalidImageError(
-            f"DICOM with PhotometricInterpretation {photometric or '(missing)'} is not a radiograph; "
-            "expected MONOCHROME1 or MONOCHROME2"
-        )
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames != 1:
-        raise InvalidImageError(f"multi-frame DICOM ({frames} frames) is not a single radiograph")
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    if samples != 1:
-        raise InvalidImageError(f"DICOM {photometric} with SamplesPerPixel {samples}; a grayscale image has 1")
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    _check_size(rows, cols, "DICOM image", max_pixels)
-    allocated = int(ds.get("BitsAllocated", 0) or 0)
-    if allocated not in (8, 16):
-        raise InvalidImageError(f"DICOM BitsAllocated {allocated} is not supported; grayscale radiographs use 8 or 16")
-    bits = int(ds.get("BitsStored", allocated) or 0)
-    if not 1 <= bits <= allocated:
-        raise InvalidImageError(f"DICOM BitsStored {bits} is impossible with BitsAllocated {allocated}")
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
-
-    compressed = tsuid is not None and tsuid.is_compressed and tsuid != DEFLATED_TS
-    if compressed and tsuid == RLE_LOSSLESS_TS:
-        # pydicom's RLE decoder expands each segment fully before checking its length.
-        frame = b"".join(single_frame(ds, ts_name, "RLE pixel data"))
-        check_rle_frame(frame, rows, cols, allocated)
-        del frame  # pydicom extracts its own copy
-    elif compressed:
-        single_frame(ds, ts_name, "compressed pixel data")
-        # The decoders allocate what the codestream says, not what Rows/Columns say.
-        frame = first_frame(ds.PixelData)
-        declared = None if frame is None else codestream_size(frame)
-        if declared is not None:
-            _check_size(declared[0], declared[1], f"compressed DICOM frame ({ts_name})", max_pixels)
-            if declared != (rows, cols):
-                raise InvalidImageError(
-                    f"compressed DICOM frame is {declared[1]}x{declared[0]} but Rows/Columns say {cols}x{rows}"
-                )
-    else:
-        need, have = rows * cols * allocated // 8, len(ds.PixelData)
-        if have not in (need, need + 1):  # one pad byte makes an odd length even
-            raise InvalidImageError(
-                f"truncated or corrupt DICOM pixel data: {have} bytes, but Columns x Rows x BitsAllocated = "
-                f"{cols}x{rows}x{allocated} bits need {need} (cut short, or wrong Rows/Columns)"
-            )
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pydicom warns, then guesses, on inconsistent headers
-            stored = ds.pixel_array
-    except MemoryError:  # the host is short of memory: not the study's fault
-        raise
-    except Exception as exc:
-        text = str(exc)
-        if compressed and not has_decoder(tsuid):
-            raise InvalidImageError(
-                f"DICOM transfer syntax {ts_name} cannot be decoded here: no decoder installed "
-                "(install pylibjpeg with its plugins, or send uncompressed DICOM)"
-            ) from exc
-        raise InvalidImageError(f"truncated or corrupt DICOM pixel data ({cols}x{rows}, {ts_name}): {text}") from exc
-    if stored.shape != (rows, cols):
-        raise InvalidImageError(
-            f"DICOM pixel data decoded to shape {stored.shape}; Rows/Columns say one {rows}x{cols} grayscale frame"
-        )
-
-    with np.errstate(invalid="ignore", over="ignore"):
-        values = apply_modality_lut(stored, ds).astype(np.float64)
-    if not np.isfinite(values).all():
-        raise InvalidImageError(
-            f"DICOM Modality LUT gives NaN/Inf (RescaleSlope={ds.get('RescaleSlope')}, "
-            f"RescaleIntercept={ds.get('RescaleIntercept')}); the header values are not usable"
-        )
-    if "VOILUTSequence" in ds:
-        # LUT entries are indexed by integer input values; pydicom mis-indexes floats
-        out = apply_voi(np.rint(values).astype(np.int64), ds).astype(np.float64)
-        lut_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-        out /= float(2**lut_bits - 1)
-    elif "WindowCenter" in ds and "WindowWidth" in ds:
-        function = str(ds.get("VOILUTFunction", "LINEAR")).strip().upper() or "LINEAR"
-        center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
-        if not (math.isfinite(center) and math.isfinite(width) and width > 0):
-            raise InvalidImageError(
-                f"DICOM window WindowCenter={center} WindowWidth={width} is invalid (width must be a positive number)"
-            )
-        out = _window(values, center, width, function)
-    else:
-        lo_stored, hi_stored = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-        ends = apply_modality_lut(np.array([lo_stored, hi_stored], dtype=stored.dtype), ds).astype(np.float64)
-        lo, hi = float(ends.min()), float(ends.max())
-        out = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
-    if not np.isfinite(out).all():
-        raise InvalidImageError(
-            "DICOM grayscale pipeline gives NaN/Inf (Modality LUT, VOI LUT or window values); "
-            "the header values are not usable"
-        )
-    out = np.clip(out, 0.0, 1.0)
-    if photometric == "MONOCHROME1":  # MONOCHROME1: low values are white; flip to film convention
-        out = 1.0 - out
-
-    info = DicomInfo(
-        sop_instance_uid=_str_or_none(ds.get("SOPInstanceUID")),
-        sop_class_uid=_str_or_none(ds.get("SOPClassUID")),
-        study_instance_uid=_str_or_none(ds.get("StudyInstanceUID")),
-        series_instance_uid=_str_or_none(ds.get("SeriesInstanceUID")),
-        modality=_str_or_none(ds.get("Modality")),
-        photometric_interpretation=photometric,
-        view_position=_str_or_none(ds.get("ViewPosition")),
-        body_part=_str_or_none(ds.get("BodyPartExamined")),
-        transfer_syntax=None if tsuid is None else str(tsuid),
-    )
-    return DecodedImage(out.astype(np.float32), "dicom", bits, _spacing(ds), info)
-
-
-def _str_or_none(value) -> str | None:
-    return None if value is None or str(value) == "" else str(value)
+    """Apply the DICOM grayscale pipeline to a ``pydicom.Dataset``."""
+    out = decode_dataset(ds, max_pixels=max_pixels)
+    return DecodedImage(out.pixels.astype(np.float32), "dicom", out.bits_stored, out.spacing_mm, out.info)

@@ -26,6 +26,7 @@ from typing import Literal
 import numpy as np
 
 from cxr.errors import InvalidFileError, InvalidOptionError, MissingFileError
+from cxr.image_header import STUDY_SUFFIXES as IMAGE_SUFFIXES
 from cxr.labels import NIH_NO_FINDING, LabelSet, get_labelset
 from cxr.training.nih_csv import read_data_entry_columns, read_nih_bbox_list, read_nih_data_entry
 from cxr.training.studies import SPLITS, Study, assign_patients, gc_paused
@@ -36,7 +37,6 @@ __all__ = ["NIH_RELEASED_SIZE", "NIHDataset", "read_data_entry_columns", "read_n
 log = logging.getLogger(__name__)
 
 NIH_RELEASED_SIZE = 1024  # NIH resized every PNG to 1024 x 1024 before release
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 
 
 def _read_list(path: Path) -> set[str]:
