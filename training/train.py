@@ -272,7 +272,8 @@ def _train(cfg: TrainConfig, device: torch.device) -> Path:
         if out_of_time:  # every rank says where it stopped: the same place, or DDP would hang
             log.info("time budget of %g min used up: stopping after iteration %d/%d of epoch %d (rank %d of %d)",
                      cfg.max_minutes, len(rows), len(train_loader), epoch, rank, world)
-        epoch_row = {"epoch": epoch, "iterations": len(rows), "loss": float(np.mean([r["loss"] for r in rows])), "lr": rows[-1]["lr"],
+        epoch_row = {"epoch": epoch, "iterations": len(rows), "loss": float(np.mean([r["loss"] for r in rows])),
+                     "lr": rows[-1]["lr"],
                      "images_per_s": float(np.median([r["images_per_s"] for r in rows])),
                      **{k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k.startswith("loss_")}}
         last = epoch == cfg.epochs - 1 or out_of_time

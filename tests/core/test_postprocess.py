@@ -263,5 +263,6 @@ def test_valid_count_hides_padding_rows_and_full_count_equals_none():
 def test_score_threshold_is_inclusive_and_background_is_dropped():
     record = LetterboxRecord.fit(256, 256, 256)
     boxes = np.array([[10, 10, 50, 50], [100, 100, 150, 150]], np.float32)
-    dets = postprocess(boxes, np.array([0.25, 0.9], np.float32), np.array([1, 0]), record, PostprocessConfig(score_threshold=0.25))
+    scores, labels = np.array([0.25, 0.9], np.float32), np.array([1, 0])
+    dets = postprocess(boxes, scores, labels, record, PostprocessConfig(score_threshold=0.25))
     np.testing.assert_array_equal(dets.scores, np.array([0.25], np.float32))

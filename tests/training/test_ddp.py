@@ -78,7 +78,9 @@ def test_ranks_stop_after_the_same_iteration_when_the_budget_ends_mid_epoch(ddp_
     proc = _torchrun(_train_args(ddp_data, run, "--epochs", "3", "--max-minutes", "1"), env=_env(skew), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-4000:]
 
-    stops = {rank: where for where, rank in re.findall(r"stopping after (iteration \d+/\d+ of epoch \d+) \(rank (\d) of 2\)", proc.stdout)}
+    lines = re.findall(r"stopping after (iteration \d+/\d+ of epoch \d+) \(rank (\d) of 2\)", proc.stdout)
+    stops = {rank: where for where, rank in lines}
+    assert len(lines) == 2, lines
     assert set(stops) == {"0", "1"}, proc.stdout[-4000:]
     assert stops["0"] == stops["1"] == "iteration 1/2 of epoch 0", stops  # mid-epoch: 5 studies per rank, batch 2
 
