@@ -161,8 +161,8 @@ def model_flops(ckpt) -> float | None:
 
     from cxr.export.graph import ServingGraph
 
-    graph = ServingGraph(ckpt.build_model(), ckpt.preprocess.size).eval()
-    x = torch.zeros(1, ckpt.preprocess.channels, ckpt.preprocess.size, ckpt.preprocess.size)
+    graph = ServingGraph.from_checkpoint(ckpt)
+    x = torch.zeros(1, ckpt.preprocess.channels, graph.size, graph.size)
     counter = FlopCounterMode(display=False)
     try:
         with torch.no_grad(), counter:

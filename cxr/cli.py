@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=None, help="input side S (multiple of 32)")
     p.add_argument("--arch", default=None, help="architecture (see cxr.training.model.ARCHITECTURES)")
     p.add_argument("--labels", default=None, help="label vocabulary: nih-bbox (default) or vindr")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop at the first epoch end after this many minutes")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop after the iteration that uses up this many minutes (all ranks alike)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 ...")
     p.set_defaults(func=cmd_train)

@@ -66,15 +66,20 @@ class DetectionArrays:
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy NMS (same rule as torchvision.ops.nms: drop IoU > threshold).
+    """Greedy NMS, the rule of ``torchvision.ops.nms``: drop boxes whose IoU with a kept
+    box is > ``iou_threshold``.
 
-    Returns indices of kept boxes, in descending score order (ties keep input order).
+    Returns indices of kept boxes in descending score order; equal scores keep the
+    lower index first (torchvision's CPU kernel sorts stably, giving the same order).
     """
     boxes = as_boxes(boxes)
     order = np.argsort(-np.asarray(scores, dtype=np.float32), kind="stable")
     if order.size == 0:
         return order.astype(np.int64)
-    iou = box_iou(boxes[order], boxes[order])
+    # The IoU is computed in float32, as in torchvision's kernel, and compared with the
+    # threshold in float64, as there: in float32, 0.3 rounds up and an IoU of 3/10
+    # would survive it (numpy < 2 compares an array with a scalar in the array's dtype).
+    iou = box_iou(boxes[order], boxes[order]).astype(np.float64)
     suppressed = np.zeros(order.size, dtype=bool)
     keep = []
     for i in range(order.size):
@@ -86,13 +91,14 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
 
 
 def batched_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """NMS within each class; indices of kept boxes sorted by descending score."""
+    """NMS within each class (``torchvision.ops.batched_nms``); indices of kept boxes in
+    descending score order, equal scores by lower index first whatever their class."""
     labels = np.asarray(labels)
     keep = [np.flatnonzero(labels == c)[nms(boxes[labels == c], scores[labels == c], iou_threshold)] for c in np.unique(labels)]
     if not keep:
         return np.zeros((0,), np.int64)
-    kept = np.concatenate(keep)
-    return kept[np.argsort(-np.asarray(scores)[kept], kind="stable")]
+    kept = np.sort(np.concatenate(keep))  # index order first, so the stable sort below breaks ties by index
+    return kept[np.argsort(-np.asarray(scores, dtype=np.float32)[kept], kind="stable")]
 
 
 def postprocess(
@@ -109,10 +115,16 @@ def postprocess(
     boxes: ``[K, 4]`` xyxy in the letterbox (``S x S``) frame; scores ``[K]``; labels
     ``[K]`` (1-based class ids).  Only the first ``valid_count`` rows are candidates
     (the rest is padding); ``None`` means all.  Boxes come back in ORIGINAL pixels.
+
+    Rows with a non-finite box or score, a score below ``score_threshold`` (the
+    threshold itself passes) or label 0 (background) are dropped; then boxes are
+    mapped to the film and clipped, empty ones dropped, NMS run per class and the
+    ``max_detections`` best kept.  Equal scores keep candidate order.
     """
     k = len(scores) if valid_count is None else int(valid_count)
     if not 0 <= k <= len(scores):
-        raise ValueError(f"valid_count {valid_count} outside 0..{len(scores)}")
+        raise ValueError(f"valid_count {valid_count} outside 0..{len(scores)}: it counts the leading candidate rows "
+                         f"of the {len(scores)} given, pass the detector's 'valid' output for this image")
     boxes = as_boxes(boxes)[:k]
     scores = np.asarray(scores, dtype=np.float32).reshape(-1)[:k]
     labels = np.asarray(labels).reshape(-1)[:k].astype(np.int64)
@@ -120,14 +132,17 @@ def postprocess(
     finite = np.isfinite(scores) & np.isfinite(boxes).all(axis=1)
     mask = finite & (scores >= config.score_threshold) & (labels > 0)
     boxes, scores, labels = boxes[mask], scores[mask], labels[mask]
-    if scores.size == 0:
-        return _with_mm(DetectionArrays.empty(), record)
 
-    keep = batched_nms(boxes, scores, labels, config.iou_threshold)[: config.max_detections]
-    orig = record.from_letterbox(boxes[keep])
-    ok = valid_boxes(orig)  # a box entirely in the padding collapses to zero size
-    dets = DetectionArrays(orig[ok], scores[keep][ok], labels[keep][ok])
-    return _with_mm(dets, record)
+    # torchvision's order (RoIHeads.postprocess_detections): clip to the image, drop
+    # empty boxes, then NMS, then top-k.  Here "the image" is the film inside the
+    # letterbox: a candidate in the padding collapses to zero size and must neither
+    # suppress a real box nor take one of the top-k places, and boxes reaching into
+    # the padding are compared by the part of them that lies on the film.
+    orig = record.from_letterbox(boxes)
+    ok = valid_boxes(orig)
+    orig, scores, labels = orig[ok], scores[ok], labels[ok]
+    keep = batched_nms(orig, scores, labels, config.iou_threshold)[: config.max_detections]
+    return _with_mm(DetectionArrays(orig[keep], scores[keep], labels[keep]), record)
 
 
 def _with_mm(dets: DetectionArrays, record: LetterboxRecord) -> DetectionArrays:

@@ -112,6 +112,12 @@ class ServingGraph(nn.Module):
             self.pool_output = pooler.output_size
             self.sampling_ratio = pooler.sampling_ratio
 
+    @classmethod
+    def from_checkpoint(cls, ckpt) -> ServingGraph:
+        """The eval-mode graph of a :class:`cxr.training.checkpoint.Checkpoint` at its input size S
+        (one S: ``load_checkpoint`` refuses a checkpoint whose model and preprocessing disagree)."""
+        return cls(ckpt.build_model(), ckpt.preprocess.size).eval()
+
     # ---------------------------------------------------------------------- RPN
     def proposals(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """RPN -> proposals ``[B, N, 4]`` and validity ``[B, N]`` (N = post_nms_top_n)."""

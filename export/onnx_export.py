@@ -35,9 +35,8 @@ def export_onnx(ckpt, path: str | Path, *, opset: int = OPSET, simplify: bool = 
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    graph = ServingGraph(ckpt.build_model(), ckpt.preprocess.size).eval()
-    s, c = ckpt.preprocess.size, ckpt.preprocess.channels
-    dummy = torch.zeros(export_batch, c, s, s)
+    graph = ServingGraph.from_checkpoint(ckpt)
+    dummy = torch.zeros(export_batch, ckpt.preprocess.channels, graph.size, graph.size)
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python ints in the graph are expected here

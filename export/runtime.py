@@ -71,7 +71,7 @@ class TorchDetector:
         from cxr.export.graph import ServingGraph
 
         self._torch = torch
-        self.graph = ServingGraph(ckpt.build_model(), ckpt.preprocess.size).eval()
+        self.graph = ServingGraph.from_checkpoint(ckpt)
 
     def __call__(self, batch: np.ndarray) -> RawOutput:
         with self._torch.no_grad():

@@ -78,9 +78,29 @@ def data_fingerprint(studies: Iterable) -> str:
     return h.hexdigest()
 
 
+def check_input_size(source: str | Path, model: ModelConfig, preprocess: PreprocessConfig, meta: dict) -> int:
+    """The one input size S of a checkpoint, or ``ValueError`` naming the sizes that disagree.
+
+    The model's anchors and ROI scales, the preprocessing letterbox and the exported
+    graph are all built for S; a checkpoint whose blocks say different things would
+    export and serve a model fed images of a size it was not built for.
+    """
+    sizes = {"model": model.size, "preprocess": preprocess.size}
+    train_size = (meta.get("train_config") or {}).get("size")
+    if train_size is not None:  # absent in checkpoints not written by `cxr train`
+        sizes["train_config"] = int(train_size)
+    if len(set(sizes.values())) > 1:
+        found = ", ".join(f"{block} size {size}" for block, size in sizes.items())
+        raise ValueError(  # lead: InvalidOptionError
+            f"{source}: the input size disagrees inside the checkpoint ({found}); one model has one size S. "
+            f"Retrain with `cxr train --size S`, or correct the metadata's 'size' fields to the size the model was trained at")
+    return model.size
+
+
 def save_checkpoint(path: str | Path, model: torch.nn.Module, ckpt: Checkpoint) -> Path:
     """Write ``model``'s weights with ``ckpt``'s metadata atomically (tmp + rename)."""
     path = Path(path)
+    check_input_size(path, ckpt.model_config, ckpt.preprocess, ckpt.meta)  # fail here, not when it is loaded
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(ckpt.meta)
     meta.update(
@@ -115,10 +135,12 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         got = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise ValueError(f"{path} is not a cxr checkpoint (format {got!r}, expected {FORMAT!r})")
     meta = obj["meta"]
+    model_config, preprocess = ModelConfig.from_dict(meta["model"]), PreprocessConfig.from_dict(meta["preprocess"])
+    check_input_size(path, model_config, preprocess, meta)
     return Checkpoint(
         state=obj["model"],
-        model_config=ModelConfig.from_dict(meta["model"]),
-        preprocess=PreprocessConfig.from_dict(meta["preprocess"]),
+        model_config=model_config,
+        preprocess=preprocess,
         class_names=tuple(meta["class_names"]),
         labelset_name=meta.get("labelset", "custom"),
         model_version=str(meta.get("model_version", "0")),

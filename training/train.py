@@ -1,7 +1,7 @@
 """``cxr train``: Faster R-CNN on NIH-layout data, from one config dataclass.
 
 Multi-GPU / multi-node runs use ``torchrun`` (PyTorch DDP): launch
-``torchrun --nproc-per-node 8 -m cxr.training.train --data ... --out ...``;
+``torchrun --nproc-per-node 8 -m cxr.cli train --data ... --out ...``;
 rank 0 evaluates and writes checkpoints.
 """
 
@@ -52,7 +52,7 @@ class TrainConfig:
     weights: Path | None = None  # local ImageNet backbone or detector checkpoint
     resume: Path | None = None
     val_every: int = 1
-    max_minutes: float | None = None  # stop at the first epoch boundary after this
+    max_minutes: float | None = None  # stop after the iteration that uses it up (all ranks agree); that epoch is validated
     rpn_pre_nms_top_n_train: int = 2000
     rpn_post_nms_top_n_train: int = 2000
     rpn_pre_nms_top_n_test: int = 1000
@@ -113,15 +113,50 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size); initialises the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return (torch.distributed.get_rank() if world > 1 else 0), world
+def _join_process_group(device: torch.device) -> bool:
+    """Under torchrun (``WORLD_SIZE`` > 1) join the process group; True if this call created it.
+
+    The backend follows the training device: NCCL reduces CUDA tensors only, so
+    ``--device cpu`` on a GPU host needs gloo.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
+        return False
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return True
+
+
+class TimeBudget:
+    """``--max-minutes`` as one decision for all ranks.
+
+    Each rank reads its own clock, and ranks disagree about the time (their clocks
+    start at different moments, one is slowed by data loading or a busy host).  A rank
+    that stopped alone would leave the others waiting in DDP's next all-reduce, and a
+    learning rate that followed each rank's own clock would step the replicas apart.
+    So :meth:`expired` takes the largest elapsed time over the ranks (one all-reduce
+    of one number per iteration, nothing next to DDP's gradients) and every rank
+    stops after the same iteration; :attr:`fraction` is that agreed value.
+    """
+
+    def __init__(self, minutes: float | None, *, device: torch.device = torch.device("cpu"), clock=time.monotonic) -> None:
+        self.seconds = 60.0 * minutes if minutes else None
+        self.device = device  # NCCL reduces device tensors only
+        self.clock = clock
+        self.start = clock()
+        self.fraction = 0.0  # agreed elapsed share of the budget, as of the last expired()
+
+    def expired(self) -> bool:
+        """Whether any rank is past the budget.  A collective under DDP: every rank calls
+        it at the same points (after each iteration and at each epoch end)."""
+        if self.seconds is None:
+            return False
+        if self.fraction <= 1.0:  # once agreed, expiry stays agreed: no more collectives
+            elapsed = torch.tensor([(self.clock() - self.start) / self.seconds], dtype=torch.float64, device=self.device)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(elapsed, op=torch.distributed.ReduceOp.MAX)
+            self.fraction = float(elapsed.item())
+        return self.fraction > 1.0
 
 
 def _lr_lambda(cfg: TrainConfig, total_iters: int, elapsed_fraction=lambda: 0.0):
@@ -140,7 +175,24 @@ def _lr_lambda(cfg: TrainConfig, total_iters: int, elapsed_fraction=lambda: 0.0)
 
 
 def train(cfg: TrainConfig) -> Path:
-    """Train, keep the best checkpoint on validation mAP@0.5; returns its path."""
+    """Train, keep the best checkpoint on validation mAP@0.5; returns its path.
+
+    Under torchrun every rank trains and returns the same path; rank 0 validates and
+    writes the checkpoints, and no rank returns before they are written.
+    """
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    owns_group = _join_process_group(device)
+    try:
+        best = _train(cfg, device)
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()  # rank 0 may still be writing the checkpoint the others return
+        return best
+    finally:
+        if owns_group:
+            torch.distributed.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, device: torch.device) -> Path:
     from torch.utils.data import DataLoader, DistributedSampler
 
     from cxr.training.checkpoint import Checkpoint, data_fingerprint, load_checkpoint, save_checkpoint
@@ -150,9 +202,9 @@ def train(cfg: TrainConfig) -> Path:
     from cxr.training.metrics import choose_thresholds, evaluate_detections
     from cxr.training.model import ModelConfig, build_model, load_pretrained
 
-    rank, world = _distributed()
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
     seed_everything(cfg.seed + rank)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     labelset = get_labelset(cfg.labelset)
     ds = NIHDataset.from_dir(cfg.data, labelset=labelset.name, seed=cfg.seed, require_images=True)
     train_studies, val_studies = ds.detection_studies("train"), ds.detection_studies("val")
@@ -188,10 +240,8 @@ def train(cfg: TrainConfig) -> Path:
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_iters = cfg.epochs * max(1, len(train_loader))
     t_start = time.monotonic()
-    budget_s = 60 * cfg.max_minutes if cfg.max_minutes else None
-    elapsed = (lambda: (time.monotonic() - t_start) / budget_s) if budget_s else (lambda: 0.0)
-    out_of_time = lambda: budget_s is not None and time.monotonic() - t_start > budget_s  # noqa: E731
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total_iters, elapsed))
+    budget = TimeBudget(cfg.max_minutes, device=device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total_iters, lambda: budget.fraction))
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
@@ -217,11 +267,16 @@ def train(cfg: TrainConfig) -> Path:
         if sampler is not None:
             sampler.set_epoch(epoch)
         rows = train_one_epoch(ddp_model, optimizer, train_loader, device, epoch, scheduler=scheduler, scaler=scaler,
-                               clip_grad_norm=cfg.clip_grad_norm, progress=cfg.progress and rank == 0, should_stop=out_of_time)
-        epoch_row = {"epoch": epoch, "loss": float(np.mean([r["loss"] for r in rows])), "lr": rows[-1]["lr"],
+                               clip_grad_norm=cfg.clip_grad_norm, progress=cfg.progress and rank == 0, should_stop=budget.expired)
+        out_of_time = budget.expired()
+        if out_of_time:  # every rank says where it stopped: the same place, or DDP would hang
+            log.info("time budget of %g min used up: stopping after iteration %d/%d of epoch %d (rank %d of %d)",
+                     cfg.max_minutes, len(rows), len(train_loader), epoch, rank, world)
+        epoch_row = {"epoch": epoch, "iterations": len(rows), "loss": float(np.mean([r["loss"] for r in rows])),
+                     "lr": rows[-1]["lr"],
                      "images_per_s": float(np.median([r["images_per_s"] for r in rows])),
                      **{k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k.startswith("loss_")}}
-        last = epoch == cfg.epochs - 1 or out_of_time()
+        last = epoch == cfg.epochs - 1 or out_of_time
         if rank == 0 and (last or (epoch + 1) % cfg.val_every == 0):
             preds = predict(model, val_loader, device, progress=cfg.progress, desc="validate")
             m = evaluate_detections(preds, gts, labelset.names, bootstrap=0)
