@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from cxr import __version__
+from cxr.errors import InvalidFileError, MissingFileError
 from cxr.labels import LabelSet
 from cxr.postprocess import PostprocessConfig
 from cxr.preprocess import PreprocessConfig
@@ -91,7 +92,7 @@ def check_input_size(source: str | Path, model: ModelConfig, preprocess: Preproc
         sizes["train_config"] = int(train_size)
     if len(set(sizes.values())) > 1:
         found = ", ".join(f"{block} size {size}" for block, size in sizes.items())
-        raise ValueError(  # lead: InvalidOptionError
+        raise InvalidFileError(
             f"{source}: the input size disagrees inside the checkpoint ({found}); one model has one size S. "
             f"Retrain with `cxr train --size S`, or correct the metadata's 'size' fields to the size the model was trained at")
     return model.size
@@ -126,14 +127,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"{path} is not a readable checkpoint: {exc}") from exc
+        raise InvalidFileError(f"{path} is not a readable checkpoint: {exc}") from exc
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         got = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
-        raise ValueError(f"{path} is not a cxr checkpoint (format {got!r}, expected {FORMAT!r})")
+        raise InvalidFileError(f"{path} is not a cxr checkpoint (format {got!r}, expected {FORMAT!r})")
     meta = obj["meta"]
     model_config, preprocess = ModelConfig.from_dict(meta["model"]), PreprocessConfig.from_dict(meta["preprocess"])
     check_input_size(path, model_config, preprocess, meta)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxr.errors import InvalidFileError, InvalidOptionError
 from cxr.labels import get_labelset
 from cxr.preprocess import PreprocessConfig
 
@@ -93,17 +94,17 @@ PRESETS: dict[str, dict] = {
 def make_config(preset: str = "r50-fpn", **overrides) -> TrainConfig:
     """A :class:`TrainConfig` from a preset name plus explicit overrides (``None`` = keep)."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+        raise InvalidOptionError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
     unknown = set(values) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
-        raise ValueError(f"unknown training options: {sorted(unknown)}")
+        raise InvalidOptionError(f"unknown training options: {sorted(unknown)}")
     values.setdefault("out", Path("runs") / preset)
     cfg = TrainConfig(**values)
     if cfg.optimizer not in ("sgd", "adamw"):
-        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adamw")
+        raise InvalidOptionError(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adamw")
     if cfg.schedule not in ("cosine", "step"):
-        raise ValueError(f"unknown schedule {cfg.schedule!r}; choose cosine or step")
+        raise InvalidOptionError(f"unknown schedule {cfg.schedule!r}; choose cosine or step")
     return cfg
 
 
@@ -209,9 +210,9 @@ def _train(cfg: TrainConfig, device: torch.device) -> Path:
     ds = NIHDataset.from_dir(cfg.data, labelset=labelset.name, seed=cfg.seed, require_images=True)
     train_studies, val_studies = ds.detection_studies("train"), ds.detection_studies("val")
     if not train_studies:
-        raise ValueError(f"{cfg.data}: no training studies with boxes or 'No Finding' (see `cxr data info {cfg.data}`)")
+        raise InvalidFileError(f"{cfg.data}: no training studies with boxes or 'No Finding' (see `cxr data info {cfg.data}`)")
     if not val_studies:
-        raise ValueError(f"{cfg.data}: the validation split is empty; add images or patients")
+        raise InvalidFileError(f"{cfg.data}: the validation split is empty; add images or patients")
 
     pre = PreprocessConfig(size=cfg.size)
     mcfg = ModelConfig(
