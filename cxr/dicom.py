@@ -4,7 +4,8 @@ The bytes travel one way.  :mod:`cxr.imaging` recognises a DICOM file and hands 
 here; :func:`read_dicom` refuses a deflate bomb and parses the dataset;
 :func:`check_header` holds the header to what a grayscale radiograph is;
 :func:`cxr.dicom_guards.check_before_decode` holds the pixel data to the header;
-pydicom decodes the one frame; :func:`grayscale` applies PS3.4's Grayscale
+the syntax's own pydicom plugin decodes the one frame (:mod:`cxr.transfer_syntaxes`:
+every syntax a PACS sends for chest films, bit-exact for the lossless ones); :func:`grayscale` applies PS3.4's Grayscale
 Transformations: stored values -> Modality LUT (RescaleSlope/Intercept or Modality
 LUT Sequence) -> VOI LUT (VOI LUT Sequence preferred, else Window Center/Width, else
 the full range that BitsStored allows) -> MONOCHROME1 inversion.
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import io
 import math
-import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -27,6 +27,7 @@ import numpy as np
 from cxr.dicom_guards import FrameSpec, check_before_decode, check_deflate_bomb
 from cxr.errors import InvalidImageError
 from cxr.image_header import MAX_PIXELS, check_size, invalid_image
+from cxr.transfer_syntaxes import cannot_decode, decode_stored
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -90,7 +91,7 @@ def decode_dataset(ds: Dataset, *, max_pixels: int = MAX_PIXELS) -> DicomPixels:
     with invalid_image(lambda exc: f"corrupt DICOM ({type(exc).__name__}: {exc})"):
         header = check_header(ds, max_pixels)
         check_before_decode(ds, header.frame, max_pixels)
-        pixels = grayscale(_decode_frame(ds, header.frame), ds, header)
+        pixels = grayscale(_decode_frame(ds, header.frame, header.bits_stored), ds, header)
         info = dicom_info(ds)
         return DicomPixels(pixels, header.bits_stored, _spacing(ds), info)
 
@@ -124,33 +125,15 @@ def check_header(ds: Dataset, max_pixels: int = MAX_PIXELS) -> GrayscaleHeader:
     if not 1 <= bits <= allocated:
         raise InvalidImageError(f"DICOM BitsStored {bits} is impossible with BitsAllocated {allocated}")
     signed = int(ds.get("PixelRepresentation", 0)) == 1
+    if tsuid is not None:  # a syntax nothing here decodes is named as such, before any guard calls it corrupt
+        reason = cannot_decode(tsuid, bits)
+        if reason is not None:
+            raise InvalidImageError(reason)
     return GrayscaleHeader(photometric, bits, signed, FrameSpec(rows, cols, allocated, tsuid))
 
 
-def has_decoder(uid) -> bool:
-    """Whether pydicom has a working decoder for ``uid`` (a failure then means corrupt data)."""
-    try:
-        from pydicom.pixels import get_decoder
-
-        return bool(get_decoder(uid).is_available)
-    except Exception:  # unknown/unsupported syntax
-        return False
-
-
-def _decode_failure(frame: FrameSpec, exc: Exception) -> str:
-    # A syntax nothing here can decode is named as such, never called corrupt.
-    if frame.encapsulated and not has_decoder(frame.transfer_syntax):
-        return (
-            f"DICOM transfer syntax {frame.syntax_name} cannot be decoded here: no decoder installed "
-            "(install pylibjpeg with its plugins, or send uncompressed DICOM)"
-        )
-    return f"truncated or corrupt DICOM pixel data ({frame.cols}x{frame.rows}, {frame.syntax_name}): {exc}"
-
-
-def _decode_frame(ds, frame: FrameSpec) -> np.ndarray:
-    with invalid_image(lambda exc: _decode_failure(frame, exc)), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pydicom warns, then guesses, on inconsistent headers
-        stored = ds.pixel_array
+def _decode_frame(ds, frame: FrameSpec, bits_stored: int) -> np.ndarray:
+    stored = decode_stored(ds, frame.transfer_syntax, bits_stored)  # the syntax's own plugin (cxr.transfer_syntaxes)
     if stored.shape != (frame.rows, frame.cols):
         raise InvalidImageError(
             f"DICOM pixel data decoded to shape {stored.shape}; Rows/Columns say one {frame.rows}x{frame.cols} "
