@@ -3,10 +3,18 @@
 A modality or PACS pushes chest radiographs to this Storage SCP (C-STORE); each
 accepted image is written to a spool on disk, acknowledged, run through the
 detector, and its results — a TID 1500 Structured Report and, with ``gsps=True``, a
-presentation state — are C-STOREd to the destination AE (usually the same PACS)::
+presentation state — are C-STOREd to the destination AE (usually the same PACS), or
+stored with DICOMweb STOW-RS (``forward_dicomweb``)::
 
     modality ──C-STORE──► PacsBridge SCP ──► spool/pending ──► worker ──► DetectorClient
-                                                                   └──C-STORE SR/GSPS──► destination
+                                                                   └──C-STORE or STOW-RS SR/GSPS──► destination
+
+Association: for each chest storage class (CR, DX for presentation and for
+processing, Secondary Capture) every transfer syntax this install decodes
+(:func:`cxr.transfer_syntaxes.decodable`), so a PACS sends what it stores without
+transcoding; every other storage class is accepted only to answer its C-STORE with
+0x0122 "SOP class not supported" and a comment saying what the bridge takes, so a
+misrouted MR is a clear failure at the sender, and nothing is spooled.
 
 Guarantees: an image is on disk (fsync'ed) before the sender is told "success";
 nothing is dropped when the detector or the destination is down (retries with
@@ -28,15 +36,16 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from pynetdicom import AE, evt
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom import sop_class
 
+from cxr.client.destinations import RESULT_SYNTAXES, CStoreDestination, StowDestination
 from cxr.client.pacs_queue import (COMPREHENSIVE_3D_SR, GSPS, QueueState, Spool, WorkQueue, Worker, is_valid_uid,
                                    study_id)
-from cxr.client.tls import add_tls_arguments, tls_options
-from cxr.errors import InvalidOptionError, UsageError
+from cxr.errors import InvalidOptionError
+from cxr.transfer_syntaxes import decodable
 
-__all__ = ["COMPREHENSIVE_3D_SR", "GSPS", "PacsBridge", "PacsConfig", "add_pacs_parser", "cmd_pacs", "parse_forward",
+__all__ = ["COMPREHENSIVE_3D_SR", "GSPS", "STORAGE_CLASSES", "PacsBridge", "PacsConfig", "accepted_syntaxes",
            "skip_reason"]
 
 log = logging.getLogger("cxr.pacs")
@@ -45,8 +54,14 @@ log = logging.getLogger("cxr.pacs")
 # association level (some gateways wrap films in it); the Modality filter decides.
 STORAGE_CLASSES = (sop_class.ComputedRadiographyImageStorage, sop_class.DigitalXRayImageStorageForPresentation,
                    sop_class.DigitalXRayImageStorageForProcessing, sop_class.SecondaryCaptureImageStorage)
-# C-STORE statuses we answer with (PS3.4 B.2.3).
-SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
+# C-STORE statuses we answer with (PS3.4 B.2.3; 0x0122 is PS3.7 C.4.2's "SOP class not supported").
+SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND, SOP_CLASS_NOT_SUPPORTED = 0x0000, 0xA700, 0xC000, 0x0122
+
+
+def accepted_syntaxes() -> tuple[str, ...]:
+    """Transfer syntaxes offered for the chest storage classes: those decodable here at 8 and 16 bits."""
+    at16 = set(decodable(16))
+    return tuple(uid for uid in decodable(8) if uid in at16)
 
 
 def _check_ae(value: object, what: str) -> str:
@@ -68,7 +83,9 @@ class PacsConfig:
     host: str = "127.0.0.1"  # loopback unless told: DICOM upper layer has no authentication
     allowed_aes: tuple[str, ...] = ()  # calling AE titles let in; empty refuses everyone...
     allow_any: bool = False  # ...unless this says so explicitly
-    forward: tuple[str, int, str] = ("127.0.0.1", 11113, "PACS")  # destination host, port, AE title
+    forward: tuple[str, int, str] = ("127.0.0.1", 11113, "PACS")  # destination host, port, AE title (C-STORE)
+    forward_dicomweb: str | None = None  # a DICOMweb root for STOW-RS instead of C-STORE to `forward`
+    dicomweb_headers: dict[str, str] = field(default_factory=dict, repr=False)  # Authorization: never printed
     spool: Path = field(default_factory=lambda: Path("pacs-spool"))  # holds PHI until delivered
     modalities: tuple[str, ...] = ("CR", "DX")  # what the detector was trained on
     body_parts: tuple[str, ...] = ("CHEST", "")  # "" = attribute absent or empty (often unset)
@@ -97,6 +114,11 @@ class PacsConfig:
         if not host or not (isinstance(port, int) and 1 <= port <= 65535):
             raise InvalidOptionError(f"forward must be (host, port 1..65535, AE title), got {self.forward!r}")
         self.forward = (str(host), port, _check_ae(ae, "forward AE"))
+        if self.forward_dicomweb is not None:
+            url = str(self.forward_dicomweb)
+            if not url.startswith(("http://", "https://")) or "@" in url.split("/")[2]:
+                raise InvalidOptionError(f"--forward-dicomweb must be an http(s) URL without credentials (put them in "
+                                         f"--dicomweb-auth FILE), got {url.split('@')[-1]!r}")
         self.spool = Path(self.spool)
         self.modalities = tuple(m.strip().upper() for m in self.modalities)
         self.body_parts = tuple(b.strip().upper() for b in self.body_parts)
@@ -144,25 +166,34 @@ class PacsBridge:
         self.spool = Spool(config.spool)
         self._queue = WorkQueue(config.queue_size)
         self._stopped = False
-        self._stats = dict.fromkeys(("received", "skipped", "duplicates", "refused", "delivered", "failed", "retries"), 0)
+        self._stats = dict.fromkeys(("received", "skipped", "unsupported", "duplicates", "refused", "delivered", "failed",
+                                     "retries"), 0)
         self._stats_lock = threading.Lock()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._server: Any = None
         self._scp = AE(ae_title=config.ae_title)
-        for uid in STORAGE_CLASSES:
-            self._scp.add_supported_context(uid)  # pynetdicom's default transfer syntaxes
+        self.syntaxes = accepted_syntaxes()
+        for uid in STORAGE_CLASSES:  # whatever the PACS stored, if it decodes here: no transcoding needed
+            self._scp.add_supported_context(uid, list(self.syntaxes))
+        for context in AllStoragePresentationContexts:  # accepted only to refuse them clearly at C-STORE
+            if context.abstract_syntax not in STORAGE_CLASSES:
+                self._scp.add_supported_context(context.abstract_syntax, list(self.syntaxes))
         self._scp.add_supported_context(sop_class.Verification)  # C-ECHO: how PACS admins test a node
         # pynetdicom reads an empty list as "anyone": reached only through allow_any, which wins.
         self._scp.require_calling_aet = [] if config.allow_any else list(config.allowed_aes)
         self._scp.require_called_aet = True  # a misrouted sender is told so, not silently served
         self._scu = AE(ae_title=config.ae_title)
-        self._scu.add_requested_context(COMPREHENSIVE_3D_SR)
-        if config.gsps:
-            self._scu.add_requested_context(GSPS)
+        for uid in (COMPREHENSIVE_3D_SR, GSPS) if config.gsps else (COMPREHENSIVE_3D_SR,):
+            self._scu.add_requested_context(uid, list(RESULT_SYNTAXES))
         for ae in (self._scp, self._scu):
             ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = config.timeout_s
         self._scu.connection_timeout = min(config.timeout_s, 10.0)
+        if config.forward_dicomweb is not None:
+            self.destination: Any = StowDestination(config.forward_dicomweb, headers=config.dicomweb_headers,
+                                                    timeout_s=config.timeout_s)
+        else:
+            self.destination = CStoreDestination(self._scu, config.forward)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -175,7 +206,8 @@ class PacsBridge:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters since start: received, skipped, duplicates, refused, delivered, failed, retries."""
+        """Counters since start: received, skipped, unsupported (SOP class), duplicates, refused, delivered,
+        failed, retries."""
         with self._stats_lock:
             return dict(self._stats)
 
@@ -189,15 +221,15 @@ class PacsBridge:
             self._queue.put(uid)
         if recovered:
             log.info("re-queued %d studies left in the spool %s", len(recovered), self.spool.root)
-        worker = Worker(self.config, self.client, self.spool, self._queue, self._scu, self._count, self._stop)
+        worker = Worker(self.config, self.client, self.spool, self._queue, self.destination, self._count, self._stop)
         self._worker = threading.Thread(target=worker.run, name="cxr-pacs-worker", daemon=True)
         self._worker.start()
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_REJECTED, self._on_rejected)]
         self._server = self._scp.start_server((self.config.host, self.config.port), block=False,
                                               evt_handlers=handlers)
         host, port = self.address
-        log.info("listening as %s on %s:%d, forwarding to %s@%s:%d", self.config.ae_title, host, port,
-                 self.config.forward[2], self.config.forward[0], self.config.forward[1])
+        log.info("listening as %s on %s:%d (%d transfer syntaxes), results to %s", self.config.ae_title, host, port,
+                 len(self.syntaxes), self.destination)
         return self
 
     def stop(self, timeout: float | None = None) -> None:
@@ -235,8 +267,18 @@ class PacsBridge:
         log.warning("association from AE %r at %s refused (calling AE not allowed or wrong called AE)",
                     req.ae_title, req.address)
 
-    def _on_store(self, event: Any) -> int:
+    def _on_store(self, event: Any) -> int | pydicom.Dataset:
         """EVT_C_STORE: filter, spool durably, queue.  Returns the C-STORE status."""
+        sop = event.context.abstract_syntax
+        if sop not in STORAGE_CLASSES:  # decided from the context: the data is never decoded
+            self._count("unsupported")
+            name = pydicom.uid.UID(sop).name
+            log.warning("%s from AE %r refused: not a chest radiograph storage class", name,
+                        event.assoc.requestor.ae_title)
+            status = pydicom.Dataset()
+            status.Status = SOP_CLASS_NOT_SUPPORTED
+            status.ErrorComment = (f"cxr pacs reads CR, DX and Secondary Capture chest films; not {name}")[:64]
+            return status
         try:
             ds = event.dataset
         except Exception:  # noqa: BLE001 - any decoding failure is the sender's data, not our bug
@@ -277,94 +319,3 @@ class PacsBridge:
         log.info("study %s received: %s %s from AE %r, spooled (%d pending)", sid, ds.get("Modality", "?"),
                  ds.get("ViewPosition", "") or "-", event.assoc.requestor.ae_title, len(self._queue))
         return SUCCESS
-
-# -------------------------------------------------------------------- command line
-
-
-def parse_forward(text: str) -> tuple[str, int, str]:
-    """``HOST:PORT:AE`` as (host, port, AE title); ArgumentTypeError names the problem."""
-    parts = text.rsplit(":", 2)  # rsplit: a bracket-free IPv6 host still has its colons
-    if len(parts) != 3 or not all(p.strip() for p in parts):
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT:AE, e.g. 10.0.0.5:104:PACS, got {text!r}")
-    host, port, ae = (p.strip() for p in parts)
-    host = host.strip("[]")
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"PORT in HOST:PORT:AE must be 1..65535, got {port!r} in {text!r}")
-    try:
-        ae = _check_ae(ae, "AE")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{exc} (in {text!r})") from exc
-    return host, int(port), ae
-
-
-def add_pacs_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``cxr pacs`` on the CLI's subparsers; sets ``func=cmd_pacs``."""
-    d = PacsConfig(allow_any=True)  # defaults shown in --help come from the one config
-    p = sub.add_parser(
-        "pacs",
-        help="DICOM bridge: receive chest films from PACS, send back SR/GSPS results",
-        description="Run a DICOM Storage SCP that receives CR/DX chest radiographs (C-STORE), spools them to disk, "
-        "runs them through the detector and C-STOREs a TID 1500 Structured Report (and with --gsps a presentation "
-        "state) to the --forward destination. Runs until Ctrl-C/SIGTERM; studies left in the spool are delivered "
-        "at the next start. Only calling AE titles given with --allow-ae are accepted (or any with --allow-any).",
-    )
-    p.add_argument("--port", type=int, default=d.port, help=f"port to listen on (default {d.port})")
-    p.add_argument("--ae-title", default=d.ae_title, help=f"our AE title (default {d.ae_title})")
-    p.add_argument("--host", default=d.host, help=f"address to bind (default {d.host})")
-    p.add_argument("--url", default=d.detector_url, help=f"detector gRPC address host:port (default {d.detector_url})")
-    p.add_argument("--forward", type=parse_forward, required=True, metavar="HOST:PORT:AE",
-                   help="where results are C-STOREd, e.g. 10.0.0.5:104:PACS")
-    p.add_argument("--allow-ae", action="append", default=[], metavar="AE", help="a calling AE title to accept (repeatable)")
-    p.add_argument("--allow-any", action="store_true", help="accept any calling AE title (trusted networks only)")
-    p.add_argument("--spool", type=Path, default=d.spool, help=f"spool folder; holds patient data (default {d.spool})")
-    p.add_argument("--gsps", action="store_true", help="also send a Grayscale Softcopy Presentation State")
-    p.add_argument("--modality", action="append", default=None, metavar="M",
-                   help=f"modality to read (repeatable; default {' '.join(d.modalities)})")
-    p.add_argument("--queue-size", type=int, default=d.queue_size, help=f"studies pending at most (default {d.queue_size})")
-    p.add_argument("--retry-backoff", type=float, default=d.retry_backoff_s, help="first retry wait in s (doubles)")
-    p.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds per detector call / network operation")
-    add_tls_arguments(p)  # one definition for `cxr predict` and `cxr pacs`
-    p.set_defaults(func=cmd_pacs)
-    return p
-
-
-def cmd_pacs(args: argparse.Namespace) -> int:
-    """Run the bridge until SIGINT/SIGTERM; prints where it listens and, at the end, its counters."""
-    import signal
-
-    from cxr.client.sdk import DetectorClient
-
-    config = PacsConfig(port=args.port, ae_title=args.ae_title, host=args.host, allowed_aes=tuple(args.allow_ae),
-                        allow_any=args.allow_any, forward=args.forward, spool=args.spool, gsps=args.gsps,
-                        modalities=tuple(args.modality or PacsConfig.modalities), queue_size=args.queue_size,
-                        retry_backoff_s=args.retry_backoff, detector_url=args.url, timeout_s=args.timeout,
-                        detector_tls=tls_options(args))
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    with DetectorClient(url=args.url, timeout_s=args.timeout, **config.detector_tls) as client:
-        bridge = PacsBridge(config, client)
-        try:
-            bridge.start()
-        except OSError as exc:  # port in use, address not local, no permission for a port < 1024
-            bridge.stop()
-            raise UsageError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from exc
-        try:
-            _serve_until(stop, bridge, config, args.url)
-        finally:
-            bridge.stop()
-    print("stopped: " + ", ".join(f"{k} {v}" for k, v in bridge.stats.items()))
-    return 0
-
-
-def _serve_until(stop: threading.Event, bridge: PacsBridge, config: PacsConfig, url: str) -> None:
-    """Print where the bridge listens, then wait for SIGINT/SIGTERM."""
-    host, port = bridge.address
-    who = "any calling AE" if config.allow_any else "calling AEs " + ", ".join(config.allowed_aes)
-    print(f"cxr pacs: {config.ae_title} listening on {host}:{port} ({who})")
-    print(f"  detector  {url}")
-    print(f"  results   {config.forward[2]}@{config.forward[0]}:{config.forward[1]} (SR{' + GSPS' if config.gsps else ''})")
-    print(f"  spool     {config.spool.resolve()}")
-    print("Ctrl-C to stop.", flush=True)
-    while not stop.wait(1.0):  # a timed wait keeps the main thread responsive to signals
-        pass

@@ -7,6 +7,8 @@ Layout under the spool root (created ``0o700``: the images carry patient data)::
 
     tmp/<uid>.<rand>.part   an image being written (never trusted: removed at start-up)
     pending/<uid>.dcm       received, acknowledged, not yet delivered
+    results/<uid>/*.dcm     its SR (and GSPS), built once: a retry or a restart re-sends these
+                            very instances (same SOPInstanceUIDs), so a PACS stores them once
     done/<uid>              marker: results delivered (idempotency record)
     failed/<uid>.dcm        permanently failed image, with failed/<uid>.reason.txt
 
@@ -25,9 +27,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import heapq
+import io
+import json
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -37,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from cxr.client.destinations import DeliveryError
 from cxr.client.dicom_out import presentation_state, structured_report
 from cxr.client.errors import DetectorError
 from cxr.contract import ClosedVocabulary
@@ -44,15 +50,12 @@ from cxr.contract import ClosedVocabulary
 if TYPE_CHECKING:  # pacs imports this module; the config type is for readers and checkers
     from cxr.client.pacs import PacsConfig
 
-__all__ = ["COMPREHENSIVE_3D_SR", "GSPS", "DeliveryError", "QueueState", "Spool", "WorkQueue", "Worker", "deliver", "is_valid_uid",
-           "study_id"]
+__all__ = ["COMPREHENSIVE_3D_SR", "GSPS", "QueueState", "Spool", "WorkQueue", "Worker", "is_valid_uid", "study_id"]
 
 log = logging.getLogger("cxr.pacs")
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 GSPS = "1.2.840.10008.5.1.4.1.1.11.1"
-# C-STORE statuses meaning "stored" (PS3.4 B.2.3): success, and warnings for coercion.
-_STORED = {0x0000, 0xB000, 0xB006, 0xB007}
 _POLL_S = 0.2  # how often an idle worker notices stop()
 # The SDK retries only UNAVAILABLE inside one call.  Across calls the bridge also waits
 # out an overloaded server: the study is fine, the moment was not.
@@ -116,8 +119,9 @@ class Spool:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
-        self.tmp, self.pending, self.done, self.failed = (self.root / d for d in ("tmp", "pending", "done", "failed"))
-        for d in (self.root, self.tmp, self.pending, self.done, self.failed):
+        self.tmp, self.pending, self.done, self.failed, self.results = (
+            self.root / d for d in ("tmp", "pending", "done", "failed", "results"))
+        for d in (self.root, self.tmp, self.pending, self.done, self.failed, self.results):
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def pending_path(self, uid: str) -> Path:
@@ -137,6 +141,27 @@ class Spool:
             raise
         return final
 
+    def write_results(self, uid: str, outputs: list[pydicom.Dataset], summary: dict) -> None:
+        """Keep the built results of ``uid`` until it is delivered (durably, atomically as a folder)."""
+        part = self.tmp / f"{uid}.{uuid.uuid4().hex[:8]}.results"
+        part.mkdir(mode=0o700)
+        for i, ds in enumerate(outputs):
+            buffer = io.BytesIO()
+            ds.save_as(buffer, enforce_file_format=True)
+            _write_durably(part / f"{i}.dcm", buffer.getvalue())
+        _write_durably(part / "summary.json", json.dumps(summary).encode())
+        _fsync_dir(part)
+        os.replace(part, self.results / uid)
+        _fsync_dir(self.results)
+
+    def read_results(self, uid: str) -> tuple[list[pydicom.Dataset], dict] | None:
+        """The results :meth:`write_results` kept for ``uid``, or None."""
+        folder = self.results / uid
+        if not folder.is_dir():
+            return None
+        files = sorted(folder.glob("*.dcm"), key=lambda f: int(f.stem))
+        return [pydicom.dcmread(f) for f in files], json.loads((folder / "summary.json").read_text())
+
     def is_done(self, uid: str) -> bool:
         return (self.done / uid).exists()
 
@@ -149,6 +174,7 @@ class Spool:
         _fsync_dir(self.done)
         with contextlib.suppress(FileNotFoundError):
             self.pending_path(uid).unlink()
+        shutil.rmtree(self.results / uid, ignore_errors=True)
 
     def move_failed(self, uid: str, reason: str) -> Path:
         """Move the image to failed/ next to a reason file; returns the image's new path."""
@@ -158,6 +184,7 @@ class Spool:
         with contextlib.suppress(FileNotFoundError):
             os.replace(self.pending_path(uid), target)
         _fsync_dir(self.failed)
+        shutil.rmtree(self.results / uid, ignore_errors=True)
         return target
 
     def recover(self) -> list[str]:
@@ -169,6 +196,8 @@ class Spool:
         for part in self.tmp.glob("*.part"):
             with contextlib.suppress(OSError):
                 part.unlink()
+        for part in self.tmp.glob("*.results"):  # results half written: they are built again
+            shutil.rmtree(part, ignore_errors=True)
         files = [p for p in self.pending.glob("*.dcm") if is_valid_uid(p.stem)]
         files.sort(key=lambda p: p.stat().st_mtime)
         return [p.stem for p in files]
@@ -259,52 +288,20 @@ class WorkQueue:
             return True
 
 
-class DeliveryError(Exception):
-    """The destination could not be reached or did not store a result (retryable)."""
-
-
-def deliver(scu: Any, forward: tuple[str, int, str], outputs: list[pydicom.Dataset]) -> None:
-    """C-STORE ``outputs`` to ``forward`` = (host, port, AE) on one association.
-
-    ``scu`` is a pynetdicom ``AE`` with requested contexts for every output's SOP
-    class.  Raises :class:`DeliveryError` unless every object was stored.
-    """
-    host, port, ae = forward
-    where = f"{ae}@{host}:{port}"
-    assoc = scu.associate(host, port, ae_title=ae)
-    if not assoc.is_established:
-        raise DeliveryError(f"destination {where} {'rejected the association' if assoc.is_rejected else 'unreachable'}")
-    try:
-        accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
-        for obj in outputs:
-            if obj.SOPClassUID not in accepted:  # e.g. a PACS without GSPS storage
-                raise DeliveryError(f"destination {where} does not accept SOP class {obj.SOPClassUID}")
-            status = assoc.send_c_store(obj)
-            code = getattr(status, "Status", None)  # an empty Dataset: the peer went silent
-            if code not in _STORED:
-                what = "no response" if code is None else f"status 0x{code:04X}"
-                raise DeliveryError(f"destination {where} did not store the result ({what})")
-    finally:
-        if assoc.is_established:
-            assoc.release()
-
-
 class Worker:
     """Takes studies from the queue: detector, SR/GSPS, delivery; retries or fails them.
 
-    Runs in one thread (``run``); ``_attempts`` and ``_built`` are touched by it alone.
+    Runs in one thread (``run``); ``_attempts`` is touched by it alone.  ``destination``
+    stores results (:mod:`cxr.client.destinations`: C-STORE or STOW-RS).
     ``count(key)`` bumps the bridge's counters.  A study in flight when ``stop`` is set
     finishes its step; one taken after it stays in the spool for the next start.
     """
 
-    def __init__(self, config: PacsConfig, client: Any, spool: Spool, queue: WorkQueue, scu: Any,
+    def __init__(self, config: PacsConfig, client: Any, spool: Spool, queue: WorkQueue, destination: Any,
                  count: Callable[[str], None], stop: threading.Event) -> None:
         self.config, self.client, self.spool, self.queue = config, client, spool, queue
-        self.scu, self.count, self.stop = scu, count, stop
+        self.destination, self.count, self.stop = destination, count, stop
         self._attempts: dict[str, int] = {}  # this pass's attempts per UID
-        # Results built but not yet delivered, per UID: a delivery retry re-sends the same
-        # SR (same SOPInstanceUID, so a destination that stored it once stores it once).
-        self._built: dict[str, tuple[list[pydicom.Dataset], int, float]] = {}
 
     def run(self) -> None:
         """The thread's body: take ready studies until ``stop`` is set."""
@@ -325,7 +322,6 @@ class Worker:
 
     def _forget(self, uid: str) -> None:
         self._attempts.pop(uid, None)
-        self._built.pop(uid, None)
 
     def _process(self, uid: str) -> None:
         sid, path = study_id(uid), self.spool.pending_path(uid)
@@ -340,7 +336,11 @@ class Worker:
             return self._fail(uid, f"spooled file unreadable: {type(exc).__name__}: {exc}",
                               f"spooled file unreadable ({type(exc).__name__})")
         attempt = self._attempts.get(uid, 0) + 1
-        if uid not in self._built:
+        # Results are built once and kept in the spool until delivered: a retry, or a restart
+        # after a crash, re-sends the same instances (same SOPInstanceUIDs), so a destination
+        # that stored them before stores them once.
+        built = self.spool.read_results(uid)
+        if built is None:
             try:
                 result = self.client.predict(ds, timeout_s=self.config.timeout_s)
             except DetectorError as err:
@@ -356,20 +356,22 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - highdicom validation: the same input fails again
                 return self._fail(uid, f"building SR/GSPS: {type(exc).__name__}: {exc}",
                                   f"building SR/GSPS failed ({type(exc).__name__})")
-            self._built[uid] = (outputs, len(result.detections), result.latency_ms)
-        outputs, findings, detector_ms = self._built[uid]
+            built = outputs, {"findings": len(result.detections), "detector_ms": result.latency_ms}
+            self.spool.write_results(uid, *built)
+        outputs, summary = built
         try:
-            deliver(self.scu, self.config.forward, outputs)
+            self.destination.deliver(outputs)
         except DeliveryError as exc:
+            if exc.permanent:
+                return self._fail(uid, str(exc), str(exc))
             return self._retry(uid, attempt, str(exc))
         self.spool.mark_done(uid)
         self._forget(uid)
         self.queue.finish(uid)
         self.count("delivered")
-        host, port, ae = self.config.forward
-        log.info("study %s delivered: %d findings, %s to %s@%s:%d, %.0f ms since received (detector %.0f ms)",
-                 sid, findings, "SR+GSPS" if self.config.gsps else "SR", ae, host, port,
-                 max(0.0, time.time() - received_at) * 1000.0, detector_ms)
+        log.info("study %s delivered: %d findings, %s to %s, %.0f ms since received (detector %.0f ms)",
+                 sid, summary["findings"], "SR+GSPS" if self.config.gsps else "SR", self.destination,
+                 max(0.0, time.time() - received_at) * 1000.0, summary["detector_ms"])
 
     def _retry(self, uid: str, attempt: int, why: str) -> None:
         self.count("retries")

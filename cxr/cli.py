@@ -382,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_parser(sub)
     try:
-        from cxr.client.pacs import add_pacs_parser  # needs the client extra (pynetdicom, highdicom)
+        from cxr.client.pacs_cli import add_pacs_parser  # needs the client extra (pynetdicom, highdicom)
     except ImportError:
         pass
     else:

@@ -32,9 +32,8 @@ from cxr.client.pacs import (  # noqa: E402
     GSPS,
     PacsBridge,
     PacsConfig,
-    add_pacs_parser,
-    parse_forward,
 )
+from cxr.client.pacs_cli import add_pacs_parser, parse_forward  # noqa: E402
 from cxr.client.pacs_queue import study_id  # noqa: E402
 from cxr.client.results import StudyResult  # noqa: E402
 from cxr.triton_server import TritonServer, free_port, stable_port  # noqa: E402
