@@ -8,13 +8,18 @@ CXR    := $(VENV)/bin/cxr
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo-out
 DEMO_IMAGES ?= 300
+# The real DICOM peers the tests talk to: Orthanc (a PACS, with DICOMweb), dcmtk, dicom3tools'
+# dciodvfy, and the encoders that make test films in every transfer syntax.
+APT_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools openjph-tools libgdcm-tools
+PEERS  := $(VENV)/.peers-installed
 
-.PHONY: help setup test demo clean
+.PHONY: help setup peers test demo clean
 
 help:
 	@echo "make demo    set up .venv and run the end-to-end demo on the embedded CPU default (writes $(DEMO)/)"
 	@echo "make test    set up .venv and run the test suite (what CI runs)"
 	@echo "make setup   only create .venv and install cxr-triton[all]"
+	@echo "make peers   only install the Debian packages the tests use as DICOM peers (root)"
 	@echo "make clean   remove .venv and demo output"
 
 setup: $(STAMP)
@@ -26,7 +31,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[all]'
 	touch $@
 
-test: setup
+# apt-get as root (CI, containers); elsewhere say what to install: the peer tests skip with
+# that command as their reason (and fail under CI=true).
+peers: $(PEERS)
+
+$(PEERS): | $(STAMP)
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(APT_PACKAGES); \
+	else \
+		echo "note: not root (or no apt-get): install the DICOM test peers with: sudo apt-get install -y $(APT_PACKAGES)"; \
+	fi
+	touch $@
+
+test: setup peers
 	$(PY) -m pytest -q
 
 demo: setup

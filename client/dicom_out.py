@@ -305,7 +305,7 @@ def presentation_state(
         text_objects=texts,
     )
     inverse = source.get("PhotometricInterpretation") == "MONOCHROME1"
-    return hd.pr.GrayscaleSoftcopyPresentationState(
+    gsps = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=[source],
         series_instance_uid=hd.UID(),
         series_number=series_number,
@@ -326,6 +326,13 @@ def presentation_state(
         ),
         series_description=f"AI overlay {result.model_name} {result.model_version}"[:64],
     )
+    # General Series: Laterality is type 2C, required unless BodyPartExamined names an unpaired
+    # part (PS3.3 C.7.3.1); highdicom writes neither.  A chest film's body part is CHEST
+    # (unpaired); a paired one keeps the source's Laterality.
+    gsps.BodyPartExamined = str(source.get("BodyPartExamined") or "").strip().upper() or "CHEST"
+    if gsps.BodyPartExamined != "CHEST" and str(source.get("Laterality") or "") in ("L", "R"):
+        gsps.Laterality = source.Laterality
+    return gsps
 
 
 def _checked_source(source: pydicom.Dataset, result: StudyResult) -> pydicom.Dataset:

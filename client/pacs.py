@@ -316,6 +316,7 @@ class PacsBridge:
             log.error("study %s refused: cannot write the spool (%s)", sid, exc.strerror or type(exc).__name__)
             return OUT_OF_RESOURCES
         self._queue.put(uid)
-        log.info("study %s received: %s %s from AE %r, spooled (%d pending)", sid, ds.get("Modality", "?"),
-                 ds.get("ViewPosition", "") or "-", event.assoc.requestor.ae_title, len(self._queue))
+        log.info("study %s received: %s %s in %s from AE %r, spooled (%d pending)", sid, ds.get("Modality", "?"),
+                 ds.get("ViewPosition", "") or "-", pydicom.uid.UID(event.context.transfer_syntax).name,
+                 event.assoc.requestor.ae_title, len(self._queue))
         return SUCCESS

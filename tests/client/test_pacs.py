@@ -1,11 +1,11 @@
-"""`cxr pacs` over loopback: pynetdicom senders, the bridge, a receiving destination SCP.
+"""`cxr pacs` over loopback: dcmtk's storescu sends, the bridge, dcmtk's storescp receives.
 
 The detector is the live session `server` where results matter, or a server of the
 module's own where a test kills and restarts it; where only the bridge's bookkeeping
 is under test (skips, permanent failures, a full queue) a stand-in client answers
-instantly.  Backoffs are a fraction of a second and every
-wait is bounded.  Debian's dcmtk `storescu` is not installed on these machines, so
-pynetdicom plays the sender.
+instantly.  Backoffs are a fraction of a second and every wait is bounded.  Real PACS
+routing (Orthanc), every transfer syntax and the faults with a real PACS are in
+test_pacs_peers.py.
 """
 
 from __future__ import annotations
