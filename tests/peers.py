@@ -382,3 +382,33 @@ def _htj2k(source: Path, syntax: str, out: Path, command: list[str]) -> Path:
     pgm.unlink()
     j2c.unlink()
     return out
+
+
+# Independent decoders: a lossy film decoded by cxr must equal what these give.
+REFERENCE_DECODERS = {
+    "1.2.840.10008.1.2.4.50": ["dcmdjpeg"], "1.2.840.10008.1.2.4.51": ["dcmdjpeg"],
+    "1.2.840.10008.1.2.4.81": ["dcmdjpls"], "1.2.840.10008.1.2.4.91": ["gdcmconv", "--raw"],
+    "1.2.840.10008.1.2.4.203": ["ojph_expand"],
+}
+
+
+def reference_decode(film: Path) -> "np.ndarray":
+    """The stored values of ``film`` as dcmtk, GDCM or OpenJPH decode them (not pydicom's plugins)."""
+    import numpy as np
+    from pydicom.encaps import generate_frames
+
+    ds = pydicom.dcmread(film)
+    command = REFERENCE_DECODERS[str(ds.file_meta.TransferSyntaxUID)]
+    need(command[0])
+    with tempfile.TemporaryDirectory(prefix="cxr-refdec-") as tmp:
+        if command[0] == "ojph_expand":
+            j2c, pgm = Path(tmp) / "f.j2c", Path(tmp) / "f.pgm"
+            j2c.write_bytes(next(generate_frames(ds.PixelData, number_of_frames=1)))
+            subprocess.run([*command, "-i", str(j2c), "-o", str(pgm)], check=True, capture_output=True, timeout=60)
+            header, body = pgm.read_bytes().split(b"\n", 3)[:3], pgm.read_bytes().split(b"\n", 3)[3]
+            width, height = map(int, header[1].split())
+            dtype = ">u2" if int(header[2]) > 255 else "u1"
+            return np.frombuffer(body, dtype=dtype).reshape(height, width).astype(np.int64)
+        out = Path(tmp) / "decoded.dcm"
+        subprocess.run([*command, str(film), str(out)], check=True, capture_output=True, timeout=60)
+        return pydicom.dcmread(out).pixel_array.astype(np.int64)

@@ -199,7 +199,9 @@ def test_bombs_are_refused_before_allocating(tmp_path):
     figures = {}
     for name in ("png_bomb_20000.png", "png_bomb_8000.png", "jpeg_header_20000.jpg", "jpeg_header_8000.jpg",
                  "dicom_rows_20000.dcm", "dicom_j2k_header_bomb.dcm", "dicom_deflate_bomb.dcm", "png_ztxt_bomb.png",
-                 "dicom_rle_bomb.dcm"):
+                 "dicom_rle_bomb.dcm", "dicom_htj2k_header_bomb.dcm", "dicom_jpeg_lossless_sv1_header_bomb.dcm",
+                 "dicom_jpeg_lossless_p14_header_bomb.dcm", "dicom_jpeg_extended_header_bomb.dcm",
+                 "dicom_jpegls_header_bomb.dcm"):
         outcome, figures[name] = _peak_growth_mb(HOSTILE / name)
         assert outcome == "rejected", name
         assert figures[name] < 50, f"{name}: peak RSS grew {figures[name]:.0f} MB"

@@ -34,6 +34,8 @@ FILM8 = (FILM16 >> 4).astype(np.uint8)
 # Transfer syntaxes (pydicom.uid has the same constants; spelled out to be readable).
 DEFLATED = "1.2.840.10008.1.2.1.99"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
+JPEG_LOSSLESS_P14 = "1.2.840.10008.1.2.4.57"
 JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
 JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
 J2K_LOSSLESS = "1.2.840.10008.1.2.4.90"
@@ -82,10 +84,11 @@ def png_zero_bomb(side: int) -> bytes:
     return png_gray8_header(side, side) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
 
 
-def patch_jpeg_size(data: bytes, height: int, width: int) -> bytes:
-    """Rewrite the SOF0 height/width of a baseline JPEG (a header that lies)."""
-    at = data.index(b"\xff\xc0")
-    return data[: at + 5] + struct.pack(">HH", height, width) + data[at + 9 :]
+def patch_sof(frame: bytes, marker: int, height: int, width: int, *, precision: int | None = None) -> bytes:
+    """Rewrite the size (and precision) in a JPEG-family frame's first SOF``marker`` segment."""
+    at = frame.index(bytes([0xFF, marker]))
+    bits = frame[at + 4 : at + 5] if precision is None else bytes([precision])
+    return frame[: at + 4] + bits + struct.pack(">HH", height, width) + frame[at + 9 :]
 
 
 def dicom(pixels: np.ndarray | None = FILM16, *, ts: str = ExplicitVRLittleEndian, pixel_data: bytes | None = None,
@@ -278,9 +281,9 @@ def build() -> None:
     add("jpeg_truncated.jpg", jpeg(Image.fromarray(noise))[:700], "noisy JPEG cut after 700 bytes",
         "truncated or corrupt JPEG")
     add("jpeg_soi_only.jpg", b"\xff\xd8\xff\xe0" + b"\x00" * 12, "JPEG start marker then zeros", "corrupt JPEG")
-    add("jpeg_header_20000.jpg", patch_jpeg_size(gray_jpg, 20000, 20000),
+    add("jpeg_header_20000.jpg", patch_sof(gray_jpg, 0xC0, 20000, 20000),
         "grayscale JPEG whose SOF claims 20000x20000 (Pillow's own bomb limit)", "decompression bomb")
-    add("jpeg_header_8000.jpg", patch_jpeg_size(gray_jpg, 8000, 8000),
+    add("jpeg_header_8000.jpg", patch_sof(gray_jpg, 0xC0, 8000, 8000),
         "grayscale JPEG whose SOF claims 8000x8000 (above ours, below Pillow's limit)", "decompression bomb")
     add("jpeg_rgb_colour.jpg", jpeg(Image.fromarray(rgb)), "true-colour JPEG", "colour JPEG")
     add("jpeg_ok_rgb_grey.jpg", jpeg(Image.fromarray(np.stack([FILM8] * 3, -1))), "grey image saved as YCbCr JPEG",
@@ -325,7 +328,7 @@ def build() -> None:
         reference="dicom_ok.dcm")
     j2k = j2k_lossless(FILM16)
     add("dicom_ok_j2k.dcm", dicom_bytes(dicom(ts=J2K_LOSSLESS, pixel_data=encapsulate([j2k]), uid_tail="5")),
-        "JPEG 2000 Lossless (OpenJPEG via Pillow)", "ok", reference="dicom_ok.dcm", decoder=J2K_LOSSLESS)
+        "JPEG 2000 Lossless (OpenJPEG via pylibjpeg)", "ok", reference="dicom_ok.dcm", decoder=J2K_LOSSLESS)
     add("dicom_ok_jpegls.dcm", dicom_bytes(_compressed(JPEG_LS_LOSSLESS)), "JPEG-LS Lossless (pyjpegls)", "ok",
         reference="dicom_ok.dcm", decoder=JPEG_LS_LOSSLESS)
     add("dicom_ok_jpeg_baseline.dcm",
@@ -342,6 +345,30 @@ def build() -> None:
         "cannot be decoded here", decoder=HTJ2K_LOSSLESS, reference="dicom_ok.dcm")
     siz = j2k.index(b"\xff\x51")
     j2k_bomb = j2k[: siz + 6] + struct.pack(">II", 20000, 20000) + j2k[siz + 14 :]
+    # Every compressed syntax the decoders now read: its codestream header is checked before any
+    # decoder runs, so a header that claims 20000x20000 over a 64x64 dataset is refused unexpanded.
+    add("dicom_htj2k_header_bomb.dcm",
+        dicom_bytes(dicom(ts=HTJ2K_LOSSLESS, pixel_data=encapsulate([j2k_bomb]), uid_tail="18")),
+        "HTJ2K frame whose SIZ claims 20000x20000 while Rows/Columns say 64x64", "decompression bomb")
+    add("dicom_htj2k_size_mismatch.dcm",
+        dicom_bytes(dicom(ts=HTJ2K_LOSSLESS, pixel_data=encapsulate([j2k]), Rows=32, Columns=128, uid_tail="19")),
+        "HTJ2K frame 64x64 while Rows/Columns say 128x32", "Rows/Columns say 128x32")
+    sv1 = jpeg_lossless_sv1(FILM8)
+    for ts, tail, name in ((JPEG_LOSSLESS_SV1, "20", "sv1"), (JPEG_LOSSLESS_P14, "21", "p14")):
+        add(f"dicom_jpeg_lossless_{name}_header_bomb.dcm",
+            dicom_bytes(dicom(FILM8, ts=ts, pixel_data=encapsulate([patch_sof(sv1, 0xC3, 20000, 20000)]),
+                              bits_allocated=8, bits_stored=8, uid_tail=tail)),
+            f"JPEG Lossless ({name.upper()}) frame whose SOF3 claims 20000x20000 over a 64x64 dataset",
+            "decompression bomb")
+    extended = patch_sof(gray_jpg.replace(b"\xff\xc0", b"\xff\xc1", 1), 0xC1, 20000, 20000, precision=12)
+    add("dicom_jpeg_extended_header_bomb.dcm",
+        dicom_bytes(dicom(ts=JPEG_EXTENDED, pixel_data=encapsulate([extended]), uid_tail="22")),
+        "12-bit JPEG Extended frame whose SOF1 claims 20000x20000 over a 64x64 dataset", "decompression bomb")
+    jls = _first_fragment(_compressed(JPEG_LS_LOSSLESS).PixelData)
+    add("dicom_jpegls_header_bomb.dcm",
+        dicom_bytes(dicom(ts=JPEG_LS_LOSSLESS, pixel_data=encapsulate([patch_sof(jls, 0xF7, 20000, 20000)]),
+                          uid_tail="23")),
+        "JPEG-LS frame whose SOF55 claims 20000x20000 over a 64x64 dataset", "decompression bomb")
     add("dicom_j2k_header_bomb.dcm",
         dicom_bytes(dicom(ts=J2K_LOSSLESS, pixel_data=encapsulate([j2k_bomb]), uid_tail="9")),
         "JPEG 2000 frame whose SIZ claims 20000x20000 while Rows/Columns say 64x64", "decompression bomb")
