@@ -62,19 +62,25 @@ class CStoreDestination:
         host, port, ae = self.forward
         return f"{ae}@{host}:{port}"
 
+    @staticmethod
+    def _refused(classes) -> str:
+        names = sorted({pydicom.uid.UID(getattr(c, "abstract_syntax", c)).name for c in classes})
+        return f"{', '.join(names)} ({', '.join(pydicom.uid.UID(ts).name for ts in RESULT_SYNTAXES)})"
+
     def deliver(self, outputs: Sequence[pydicom.Dataset]) -> None:
         host, port, ae = self.forward
         assoc = self.scu.associate(host, port, ae_title=ae)
         if not assoc.is_established:
+            if assoc.rejected_contexts and not assoc.accepted_contexts:  # pynetdicom then aborts: nothing to send on
+                raise DeliveryError(f"destination {self} accepts none of the transfer syntaxes offered for "
+                                    f"{self._refused(assoc.rejected_contexts)}", permanent=True)
             raise DeliveryError(f"destination {self} {'rejected the association' if assoc.is_rejected else 'unreachable'}")
         try:
             accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
             for obj in outputs:
                 if obj.SOPClassUID not in accepted:  # e.g. a PACS without GSPS storage, or an odd syntax list
-                    offered = ", ".join(pydicom.uid.UID(ts).name for ts in RESULT_SYNTAXES)
-                    raise DeliveryError(
-                        f"destination {self} accepts none of the transfer syntaxes offered for "
-                        f"{pydicom.uid.UID(obj.SOPClassUID).name} ({offered})", permanent=True)
+                    raise DeliveryError(f"destination {self} accepts none of the transfer syntaxes offered for "
+                                        f"{self._refused([obj.SOPClassUID])}", permanent=True)
                 status = assoc.send_c_store(obj)
                 code = getattr(status, "Status", None)  # an empty Dataset: the peer went silent
                 if code not in _STORED:

@@ -2,8 +2,10 @@
 
 Prints a table (or ``--json``), and writes annotated PNGs (``--png DIR``), DICOM
 Structured Reports (``--sr DIR``) and presentation states (``--gsps DIR``) — the
-two DICOM outputs only for DICOM inputs, which they must reference.  Uses only the
-client extra (no torch).
+two DICOM outputs only for DICOM inputs, which they must reference — and with
+``--stow URL`` stores the SR (and the GSPS with ``--gsps``) in a PACS with DICOMweb
+STOW-RS.  Folders are searched for files with an image suffix and for DICOM files by
+their content (PACS exports often have no suffix).  Uses only the client extra (no torch).
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ COLOURS = ["#ff7f0e", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 
 
 def collect_inputs(paths: list[Path]) -> list[Path]:
-    """Files given directly, plus images found recursively in given folders (sorted)."""
+    """Files given directly, plus images found recursively in given folders (sorted): PNG/JPEG/DICOM
+    by suffix, and DICOM Part 10 files by content whatever their name."""
     files: list[Path] = []
     for p in paths:
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in STUDY_SUFFIXES)
+            files += sorted(f for f in p.rglob("*")
+                            if f.is_file() and (f.suffix.lower() in STUDY_SUFFIXES or _is_dicom(f)))
         elif p.is_file():
             files.append(p)
         else:
@@ -42,8 +46,11 @@ def collect_inputs(paths: list[Path]) -> list[Path]:
 
 
 def _is_dicom(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return sniff_format(f.read(SNIFF_BYTES)) == "DICOM"
+    try:
+        with open(path, "rb") as f:
+            return sniff_format(f.read(SNIFF_BYTES)) == "DICOM"
+    except OSError:  # unreadable: not ours to judge here; given directly it fails with its own error
+        return False
 
 
 def annotated_png(path: Path, result: StudyResult, out: Path, *, min_score: float = 0.0) -> Path:
@@ -71,10 +78,13 @@ class Outcome:
     result: StudyResult | None = None
     error: DetectorError | None = None
     written: tuple[Path, ...] = ()
+    stored: tuple[str, ...] = ()  # SOPInstanceUIDs stored with STOW-RS
+    stow_error: str | None = None
 
 
 def run_predict(paths: list[Path], client, *, png: Path | None = None, sr: Path | None = None, gsps: Path | None = None,
-                min_score: float = 0.0, progress: bool = True) -> list[Outcome]:
+                min_score: float = 0.0, progress: bool = True, stow=None) -> list[Outcome]:
+    """Every study through ``client``; ``stow``: a :class:`~cxr.client.destinations.StowDestination` for the results."""
     files = collect_inputs(paths)
     outcomes = []
     for path in tqdm(files, desc="predict", unit="study", disable=not progress or len(files) < 2, file=sys.stderr):
@@ -89,22 +99,36 @@ def run_predict(paths: list[Path], client, *, png: Path | None = None, sr: Path 
             # study.dcm and study.png side by side must not overwrite each other's picture
             name = path.stem if path.suffix.lower() == ".png" else f"{path.stem}_{path.suffix.lstrip('.').lower()}"
             written.append(annotated_png(path, result, png / f"{name}.png", min_score=min_score))
-        if (sr is not None or gsps is not None) and _is_dicom(path):
+        stored, stow_error = (), None
+        if (sr is not None or gsps is not None or stow is not None) and _is_dicom(path):
             import pydicom
 
             from cxr.client.dicom_out import presentation_state, structured_report
 
             source = pydicom.dcmread(path)
-            if sr is not None:
-                sr.mkdir(parents=True, exist_ok=True)
-                structured_report(source, result).save_as(sr / f"{path.stem}.sr.dcm")
-                written.append(sr / f"{path.stem}.sr.dcm")
+            outputs = {"sr": structured_report(source, result)}
             if gsps is not None:
-                gsps.mkdir(parents=True, exist_ok=True)
-                presentation_state(source, result, min_score=min_score).save_as(gsps / f"{path.stem}.gsps.dcm")
-                written.append(gsps / f"{path.stem}.gsps.dcm")
-        outcomes.append(Outcome(path, result=result, written=tuple(written)))
+                outputs["gsps"] = presentation_state(source, result, min_score=min_score)
+            for kind, folder in (("sr", sr), ("gsps", gsps)):
+                if folder is not None:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    outputs[kind].save_as(folder / f"{path.stem}.{kind}.dcm", enforce_file_format=True)
+                    written.append(folder / f"{path.stem}.{kind}.dcm")
+            if stow is not None:
+                stored, stow_error = _store(stow, list(outputs.values()), path)
+        outcomes.append(Outcome(path, result=result, written=tuple(written), stored=stored, stow_error=stow_error))
     return outcomes
+
+
+def _store(stow, outputs: list, path: Path) -> tuple[tuple[str, ...], str | None]:
+    from cxr.client.destinations import DeliveryError
+
+    try:
+        stow.deliver(outputs)
+    except DeliveryError as exc:
+        log.warning("study %s: results not stored: %s", path.name, exc)
+        return (), str(exc)
+    return tuple(str(ds.SOPInstanceUID) for ds in outputs), None
 
 
 def format_table(outcomes: list[Outcome], *, min_score: float = 0.0) -> str:
@@ -128,6 +152,7 @@ def outcomes_json(outcomes: list[Outcome]) -> str:
     return json.dumps([
         {"path": str(o.path), **({"result": o.result.to_dict()} if o.result else {}),
          **({"error": {"status": o.error.status, "message": o.error.message}} if o.error else {}),
-         "written": [str(p) for p in o.written]}
+         "written": [str(p) for p in o.written],
+         **({"stored": list(o.stored)} if o.stored else {}), **({"stow_error": o.stow_error} if o.stow_error else {})}
         for o in outcomes
     ], indent=2)

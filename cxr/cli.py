@@ -194,9 +194,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         server = TritonServer.on_free_ports(args.serve, log_file=Path(args.serve) / "tritonserver.log")
         url = server.url
+    stow = None
+    if args.stow is not None:
+        from cxr.client.destinations import StowDestination, read_auth
+
+        stow = StowDestination(args.stow, headers=read_auth(args.dicomweb_auth), timeout_s=args.timeout)
     with server, DetectorClient(url=url, timeout_s=args.timeout, score_threshold=args.score_threshold, **tls) as client:
         outcomes = run_predict(args.paths, client, png=args.png, sr=args.sr, gsps=args.gsps,
-                               min_score=args.min_score, progress=not args.json)
+                               min_score=args.min_score, progress=not args.json, stow=stow)
     if args.json:
         print(outcomes_json(outcomes))
     else:
@@ -206,6 +211,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if folder is not None:
                 n = sum(1 for p in written if p.parent == folder)
                 print(f"{label:<15} {n} written to {folder}")
+        if stow is not None:
+            print(f"{'STOW-RS':<15} {sum(len(o.stored) for o in outcomes)} results stored at {stow}")
+    not_stored = [o for o in outcomes if o.stow_error]
+    for o in not_stored:
+        print(f"cxr predict: {o.path.name}: results not stored: {o.stow_error}", file=sys.stderr)
     failed = sum(o.error is not None for o in outcomes)
     if failed:
         print(f"cxr predict: {failed} of {len(outcomes)} studies failed", file=sys.stderr)
@@ -213,7 +223,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         hint = next((o.error.hint for o in outcomes if getattr(o.error, "hint", "")), None)
         if hint:
             print(f"cxr predict: hint: {hint}", file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if failed or not_stored else 0
 
 
 # ----------------------------------------------------------------------------- parser
@@ -372,6 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", type=Path, default=None, metavar="DIR", help="write annotated PNGs into DIR")
     p.add_argument("--sr", type=Path, default=None, metavar="DIR", help="write DICOM SR (TID 1500) files into DIR")
     p.add_argument("--gsps", type=Path, default=None, metavar="DIR", help="write DICOM GSPS overlays into DIR")
+    p.add_argument("--stow", default=None, metavar="URL",
+                   help="also store each DICOM study's SR (and GSPS with --gsps) with DICOMweb STOW-RS at this service "
+                   "root, e.g. http://pacs:8042/dicom-web")
+    p.add_argument("--dicomweb-auth", type=Path, default=None, metavar="FILE",
+                   help="file (mode 600) with 'basic USER:PASSWORD' or 'bearer TOKEN' for --stow; else "
+                   "$CXR_DICOMWEB_AUTH if set. Never on the command line")
     p.add_argument("--score-threshold", type=float, default=None, help="server-side score threshold for this call")
     p.add_argument("--min-score", type=float, default=0.3, help="only show/draw findings at or above this score (default 0.3)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per study, retries included")

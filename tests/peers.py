@@ -80,15 +80,17 @@ class Orthanc:
     """An Orthanc PACS in ``root`` (config, storage, index, log), on fixed free ports so it can restart."""
 
     def __init__(self, root: Path, *, modalities: dict[str, tuple[str, str, int]] | None = None,
-                 aet: str = "ORTHANC", lua: str | None = None, overwrite: bool = False) -> None:
+                 aet: str = "ORTHANC", lua: str | None = None, overwrite: bool = False,
+                 users: dict[str, str] | None = None) -> None:
         need("Orthanc")
         self.root, self.aet = Path(root), aet
+        self.auth = next(iter(users.items())) if users else None  # what the test itself logs in with
         self.http_port, self.dicom_port = stable_port(), stable_port()
         self.root.mkdir(parents=True, exist_ok=True)
         config = {
             "Name": "cxr-test", "StorageDirectory": str(self.root / "storage"), "IndexDirectory": str(self.root / "index"),
             "HttpServerEnabled": True, "HttpPort": self.http_port, "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False, "DicomServerEnabled": True, "DicomAet": aet, "DicomPort": self.dicom_port,
+            "AuthenticationEnabled": bool(users), "RegisteredUsers": dict(users or {}), "DicomServerEnabled": True, "DicomAet": aet, "DicomPort": self.dicom_port,
             "DicomCheckCalledAet": True, "DicomScuTimeout": 30, "OverwriteInstances": overwrite,
             "DicomModalities": {name: {"AET": a, "Host": h, "Port": p} for name, (a, h, p) in (modalities or {}).items()},
             # Only the DICOMweb plugin: no GDCM plugin, so Orthanc cannot transcode JPEG 2000 (as in the field).
@@ -124,7 +126,7 @@ class Orthanc:
             if self.process.poll() is not None:
                 raise RuntimeError(f"Orthanc exited with {self.process.returncode}; see {self.root / 'orthanc.log'}")
             try:
-                if requests.get(f"{self.url}/system", timeout=2).ok:
+                if requests.get(f"{self.url}/system", timeout=2, auth=self.auth).ok:
                     wait_port(self.dicom_port)
                     return self
             except requests.RequestException:
@@ -145,7 +147,7 @@ class Orthanc:
         """``POST /instances``: the Orthanc ID of the stored instance."""
         import requests
 
-        r = requests.post(f"{self.url}/instances", data=data, timeout=60)
+        r = requests.post(f"{self.url}/instances", data=data, timeout=60, auth=self.auth)
         r.raise_for_status()
         return r.json()["ID"]
 
@@ -154,14 +156,14 @@ class Orthanc:
         import requests
 
         r = requests.post(f"{self.url}/modalities/{modality}/store", json={"Resources": ids, "Synchronous": True},
-                          timeout=300)
+                          timeout=300, auth=self.auth)
         return r.status_code, r.json()
 
     def qido_instances(self, study_uid: str) -> list[dict]:
         """QIDO-RS: every instance of a study, as DICOM JSON objects."""
         import requests
 
-        r = requests.get(f"{self.dicomweb}/studies/{study_uid}/instances", timeout=30,
+        r = requests.get(f"{self.dicomweb}/studies/{study_uid}/instances", timeout=30, auth=self.auth,
                          headers={"Accept": "application/dicom+json"})
         if r.status_code == 204:
             return []
@@ -175,10 +177,11 @@ class Orthanc:
         import requests
 
         r = requests.post(f"{self.url}/tools/find", json={"Level": "Instance", "Query": {"SOPInstanceUID": sop_uid}},
-                          timeout=30)
+                          timeout=30, auth=self.auth)
         r.raise_for_status()
         (orthanc_id,) = r.json()
-        return pydicom.dcmread(io.BytesIO(requests.get(f"{self.url}/instances/{orthanc_id}/file", timeout=30).content))
+        file = requests.get(f"{self.url}/instances/{orthanc_id}/file", timeout=30, auth=self.auth)
+        return pydicom.dcmread(io.BytesIO(file.content))
 
 
 def qido_values(instance: dict, tag: str) -> list:
@@ -336,27 +339,62 @@ ENCODERS = {
 }
 
 
-def make_film(source: Path, syntax: str, out: Path, *, sv: int = 1, uid: str | None = None) -> Path:
-    """``source`` (uncompressed) re-encoded as ``syntax`` into ``out``, with SOPInstanceUID ``uid`` if given."""
+def make_film(source: Path, syntax: str, out: Path, *, sv: int = 1, **uids: str) -> Path:
+    """``source`` (uncompressed) re-encoded as ``syntax`` into ``out``.
+
+    ``uids`` (SOPInstanceUID=..., StudyInstanceUID=...) are set on the result: dcmtk's
+    lossless modes keep the source's UIDs and its lossy modes make a new SOPInstanceUID.
+    """
     command = [part.format(sv=sv) for part in ENCODERS[syntax]]
     need(command[0])
-    if uid is not None:  # lossless dcmtk modes keep the UID: set it on the source copy first
-        ds = pydicom.dcmread(source)
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
-        source = out.with_suffix(".src.dcm")
-        ds.save_as(source, enforce_file_format=True)
     if command[0] == "ojph_compress":
-        return _htj2k(source, syntax, out, command)
-    r = subprocess.run([*command, str(source), str(out)], capture_output=True, text=True, timeout=120)
-    if r.returncode != 0 or not out.is_file():
-        raise RuntimeError(f"{' '.join(command)} failed: {(r.stderr or r.stdout).strip()[:500]}")
+        _htj2k(source, syntax, out, command)
+    else:
+        r = subprocess.run([*command, str(source), str(out)], capture_output=True, text=True, timeout=120)
+        if r.returncode != 0 or not out.is_file():
+            raise RuntimeError(f"{' '.join(command)} failed: {(r.stderr or r.stdout).strip()[:500]}")
+    if uids:  # pydicom rewrites the file around its encapsulated pixel data, which stays as encoded
+        ds = pydicom.dcmread(out)
+        for keyword, value in uids.items():
+            setattr(ds, keyword, value)
+        if "SOPInstanceUID" in uids:
+            ds.file_meta.MediaStorageSOPInstanceUID = uids["SOPInstanceUID"]
+        ds.save_as(out, enforce_file_format=True)
     made = pydicom.dcmread(out, stop_before_pixels=True)
     assert made.file_meta.TransferSyntaxUID == syntax, f"{command} wrote {made.file_meta.TransferSyntaxUID}"
-    if uid is not None and made.SOPInstanceUID != uid:  # lossy dcmtk modes make a new UID: keep ours
-        ds = pydicom.dcmread(out)
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
-        ds.save_as(out, enforce_file_format=True)
     return out
+
+
+def base_films(synth_data: Path, out: Path) -> dict[str, Path]:
+    """Uncompressed films to encode: a 12-bit CR MONOCHROME1 and DX MONOCHROME2 of the synthetic
+    set, and an 8-bit copy of the CR (JPEG Baseline is 8-bit only)."""
+    import numpy as np
+
+    def first(modality: str, photometric: str) -> Path:
+        for f in sorted((synth_data / "dicom").glob("*.dcm")):
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+            if ds.Modality == modality and ds.PhotometricInterpretation == photometric:
+                return f
+        raise AssertionError(f"the synthetic set has no {modality} {photometric} film")
+
+    cr, dx = first("CR", "MONOCHROME1"), first("DX", "MONOCHROME2")
+    ds = pydicom.dcmread(cr)
+    shift = int(ds.BitsStored) - 8
+    ds.PixelData = (ds.pixel_array >> shift).astype(np.uint8).tobytes()
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    for keyword in ("WindowCenter", "WindowWidth"):  # the window follows the values down to 8 bits
+        if keyword in ds:
+            value = ds[keyword].value
+            first_value = value[0] if isinstance(value, pydicom.multival.MultiValue) else value
+            setattr(ds, keyword, float(first_value) / 2**shift)
+    out.mkdir(parents=True, exist_ok=True)
+    ds.save_as(out / "cr8.dcm", enforce_file_format=True)
+    return {"cr12": cr, "dx12": dx, "cr8": out / "cr8.dcm"}
+
+
+def film_source(films: dict[str, Path], syntax: str, which: str = "cr12") -> Path:
+    """The base film for ``syntax``: the 8-bit copy for JPEG Baseline, else ``which``."""
+    return films["cr8"] if syntax == "1.2.840.10008.1.2.4.50" else films[which]
 
 
 def _htj2k(source: Path, syntax: str, out: Path, command: list[str]) -> Path:
