@@ -217,6 +217,19 @@ def test_dcmtk_storescu_sends_each_syntax_and_storescp_receives_the_results(synt
         assert_valid_iod(path)
 
 
+def test_results_go_out_in_the_syntax_the_destination_accepts(server, films, tmp_path):
+    only_implicit = StoreSCP(tmp_path / "archive", syntaxes=("LittleEndianImplicit",))
+    with only_implicit:
+        config = bridge_config(tmp_path / "spool", stable_port(), ("127.0.0.1", only_implicit.port, "PACS"), server.url)
+        with PacsBridge(config) as bridge:
+            film, sop, _ = fresh_film(films, "1.2.840.10008.1.2.4.70", tmp_path)
+            assert storescu(bridge.address[1], [film], calling="MODALITY1", called="CXR") == [0x0000]
+            assert bridge.wait_idle(WAIT_S) and bridge.stats["delivered"] == 1
+    received = only_implicit.received
+    assert sorted(ds.SOPClassUID for ds in received) == sorted([COMPREHENSIVE_3D_SR, GSPS])
+    assert {ds.file_meta.TransferSyntaxUID for ds in received} == {"1.2.840.10008.1.2"}
+
+
 def test_a_destination_that_accepts_none_of_our_syntaxes_fails_the_study_with_the_reason(server, films, tmp_path):
     # An archive that would take SR only as JPEG Lossless: no uncompressed syntax we could send it in.
     odd = StoreSCP(tmp_path / "archive", classes=("Comprehensive3DSRStorage",),
