@@ -28,8 +28,6 @@ class Destination(StoreSCP):
         super().__init__(root / "received", ae_title=ae_title, port=port)
         weakref.finalize(self, shutil.rmtree, root, True)
 
-    def __enter__(self) -> Destination:
-        return self.start()
 
 
 def send(port: int, datasets, *, calling: str = SENDER, called: str = "CXR"):

@@ -138,7 +138,8 @@ class Orthanc:
         _stop(self.process)  # Orthanc takes a few seconds to close its DICOM port
 
     def __enter__(self) -> Orthanc:
-        return self.start()
+        running = self.process is not None and self.process.poll() is None
+        return self if running else self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
@@ -246,7 +247,8 @@ class StoreSCP:
         _stop(self.process)
 
     def __enter__(self) -> StoreSCP:
-        return self.start()
+        running = self.process is not None and self.process.poll() is None
+        return self if running else self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
