@@ -16,6 +16,7 @@ Imported as ``peers`` (pytest puts ``tests/`` on ``sys.path`` for its conftest).
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -60,6 +61,16 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
                 return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+_STARTED: list[subprocess.Popen] = []  # every peer process, so none outlives the test run
+
+
+@atexit.register
+def _stop_all() -> None:
+    for process in _STARTED:
+        if process.poll() is None:
+            process.kill()
 
 
 def _stop(process: subprocess.Popen | None, timeout: float = 20.0) -> None:
@@ -119,6 +130,7 @@ class Orthanc:
         try:
             self.process = subprocess.Popen(["Orthanc", "--verbose", str(self.config_path)], stdout=log,
                                             stderr=subprocess.STDOUT)
+            _STARTED.append(self.process)
         finally:
             log.close()
         deadline = time.monotonic() + timeout
@@ -238,6 +250,7 @@ class StoreSCP:
             self.process = subprocess.Popen(
                 ["storescp", "-aet", self.ae_title, "-od", str(self.folder), "+uf", "-fe", ".dcm",
                  "-xf", str(self.profile), "Test", str(self.port)], stdout=log, stderr=subprocess.STDOUT)
+            _STARTED.append(self.process)
         finally:
             log.close()
         wait_port(self.port)
