@@ -14,6 +14,7 @@ import triton_python_backend_utils as pb_utils
 
 from cxr.contract import DETECTOR_INPUT, PRECISION_ENV, RAW_OUTPUTS, Artifact, ConfigKey, Precision, Step
 from cxr.export.runtime import OrtDetector
+from cxr.export.triton_config import INTRA_OP_SPINNING
 from cxr.triton_models import model_parameters, respond_batched
 
 
@@ -31,10 +32,13 @@ class TritonPythonModel:
         # up in steps (~+120 MB over a 2000-request soak) but off, each call is 20-50% slower
         # (benchmarks/README.md, "Soak").  Parameter cpu_mem_arena=false trades speed for flat RSS.
         arena = str(params.get(ConfigKey.CPU_MEM_ARENA, "true")).lower() not in ("0", "false", "no", "off")
-        self.detector = OrtDetector(path, threads=threads, memory_arena=arena)
+        # Busy-waiting ORT threads take cycles from the other stubs on the same cores (benchmarks/README.md).
+        spinning = str(params.get(INTRA_OP_SPINNING, "1")).lower() not in ("0", "false", "no", "off")
+        self.detector = OrtDetector(path, threads=threads, memory_arena=arena, spinning=spinning)
         self.precision = precision
         enabled = self.detector.session.get_session_options().enable_cpu_mem_arena
-        pb_utils.Logger.log_info(f"detector: ONNX Runtime {precision}, cpu memory arena {'on' if enabled else 'off'}")
+        pb_utils.Logger.log_info(f"detector: ONNX Runtime {precision}, cpu memory arena {'on' if enabled else 'off'}, "
+                                 f"spinning {'on' if spinning else 'off'}")
 
     def execute(self, requests):
         return respond_batched(pb_utils, requests, self._images, self._run, step=Step.DETECTOR)
