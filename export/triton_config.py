@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cxr.errors import InvalidOptionError
 from cxr.contract import (
     DETECTOR_INPUT, ENSEMBLE, ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS, MAX_BATCH, RAW_OUTPUTS, RECORD, Artifact, ConfigKey, Precision,
     ServeTarget, Step, Tensor, detector_input, detector_outputs, preprocess_outputs,
@@ -34,6 +35,11 @@ GPU_QUEUE_DELAY_US = 2000
 # spinning threads take the cores the preprocess/postprocess stubs and gRPC need.
 INTRA_OP_SPINNING = "intra_op_spinning"
 SERVED_SPINNING = False
+# Detector parameter: the in-process runtime of the CPU detector, "onnxruntime" (default) or
+# "openvino" (needs the openvino package in the server's environment; faster on the CPUs
+# measured so far, same ONNX files -- benchmarks/README.md, "Runtimes").
+DETECTOR_RUNTIME = "runtime"
+RUNTIMES = ("onnxruntime", "openvino")
 # Tensors inside the ensemble: the preprocess outputs and the detector's raw outputs.
 _IMAGES, _RECORD = DETECTOR_INPUT, "record"
 _RAW = {name: f"raw_{name}" for name in RAW_OUTPUTS}
@@ -84,7 +90,7 @@ def _instances(kind: str) -> str:
 
 
 def render(meta: dict, *, cpu_threads: int = 0, queue_delay_us: dict | None = None,
-           spinning: bool | None = SERVED_SPINNING) -> dict[str, str]:
+           spinning: bool | None = SERVED_SPINNING, runtime: str = RUNTIMES[0]) -> dict[str, str]:
     """All config files of the repository (relative path -> text) for ``meta``.
 
     ``meta`` is :meth:`cxr.training.checkpoint.Checkpoint.metadata` (or the
@@ -92,7 +98,10 @@ def render(meta: dict, *, cpu_threads: int = 0, queue_delay_us: dict | None = No
     CPU detector (0 = all cores).  queue_delay_us: per step, over :data:`QUEUE_DELAY_US`
     (the levers ``cxr bench`` measures; benchmarks/README.md).  spinning: the CPU
     detector's :data:`INTRA_OP_SPINNING` parameter (None: not written, ORT's default).
+    runtime: the CPU detector's :data:`DETECTOR_RUNTIME` (one of :data:`RUNTIMES`).
     """
+    if runtime not in RUNTIMES:
+        raise InvalidOptionError(f"unknown detector runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
     delays = _delays(queue_delay_us)
     pre, post = meta["preprocess"], meta["postprocess"]
     size, channels = int(pre["size"]), int(pre["channels"])
@@ -115,7 +124,8 @@ def render(meta: dict, *, cpu_threads: int = 0, queue_delay_us: dict | None = No
         _header(Step.DETECTOR, "python", delays[Step.DETECTOR]), det_in, det_out, _instances("KIND_CPU"), stamped,
         _params(**{ConfigKey.MODEL_FILE: Artifact.ONNX.file, ConfigKey.INT8_MODEL_FILE: Artifact.ONNX_INT8.file,
                    ConfigKey.PRECISION: Precision.FP32.value, ConfigKey.INTRA_OP_THREADS: str(cpu_threads),
-                   **({} if spinning is None else {INTRA_OP_SPINNING: "1" if spinning else "0"})}),
+                   **({} if spinning is None else {INTRA_OP_SPINNING: "1" if spinning else "0"}),
+                   DETECTOR_RUNTIME: runtime}),
     ]) + "\n"
     for target in (ServeTarget.GPU_ONNX, ServeTarget.GPU_TRT):
         artifact = target.artifact

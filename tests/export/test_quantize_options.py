@@ -139,3 +139,22 @@ def test_openvino_runs_the_same_onnx_or_says_how_to_install_it(tiny):
     assert out[0].shape == (2, *ref[0].shape[1:])
     keep = ref[1][0] > ref[1][0].min() + 1e-4  # ties at the top-k cut may be ordered differently
     assert np.abs(np.sort(out[1][0][keep]) - np.sort(ref[1][0][keep])).max() < 1e-3
+
+
+def test_served_detector_options_are_rendered_into_its_config():
+    from cxr.export.triton_config import render
+    from cxr.postprocess import PostprocessConfig
+
+    meta = {"model_version": "v", "class_names": list(get_labelset("nih-bbox").names), "preprocess": PreprocessConfig().to_dict(),
+            "postprocess": PostprocessConfig().to_dict(), "model": ModelConfig().to_dict()}
+    default = render(meta)["detector/config.pbtxt"]
+    assert "max_queue_delay_microseconds: 0 }" in default  # a lone request never waits for company
+    assert 'key: "intra_op_spinning" value: { string_value: "0" }' in default
+    assert 'key: "runtime" value: { string_value: "onnxruntime" }' in default
+    tuned = render(meta, queue_delay_us={"detector": 1500}, spinning=True, runtime="openvino")
+    assert "max_queue_delay_microseconds: 1500 }" in tuned["detector/config.pbtxt"]
+    assert "max_queue_delay_microseconds: 0 }" in tuned["preprocess/config.pbtxt"]
+    assert '"runtime" value: { string_value: "openvino" }' in tuned["detector/config.pbtxt"]
+    assert 'string_value: "1" }' in tuned["detector/config.pbtxt"]
+    with pytest.raises(ValueError, match="unknown detector runtime 'tvm'; choose one of: onnxruntime, openvino"):
+        render(meta, runtime="tvm")

@@ -1,6 +1,8 @@
 """Triton Python model ``detector`` for the embedded CPU server: ONNX Runtime.
 
-The NGC GPU server uses the native ``onnxruntime_onnx`` / ``tensorrt_plan`` backends
+Parameter ``runtime: openvino`` runs the same ONNX file with OpenVINO's CPU plugin
+instead (needs the ``openvino`` package).  The NGC GPU server uses the native
+``onnxruntime_onnx`` / ``tensorrt_plan`` backends
 instead (``configs/gpu-*.pbtxt``); inputs and outputs are identical (``cxr.contract``).
 The requests of a dynamic batch run as one ONNX Runtime call
 (``cxr.triton_models.respond_batched``).  ``CXR_DETECTOR_PRECISION`` (``fp32`` |
@@ -13,8 +15,8 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from cxr.contract import DETECTOR_INPUT, PRECISION_ENV, RAW_OUTPUTS, Artifact, ConfigKey, Precision, Step
-from cxr.export.runtime import OrtDetector
-from cxr.export.triton_config import INTRA_OP_SPINNING
+from cxr.export.runtime import OpenVinoDetector, OrtDetector
+from cxr.export.triton_config import DETECTOR_RUNTIME, INTRA_OP_SPINNING, RUNTIMES
 from cxr.triton_models import model_parameters, respond_batched
 
 
@@ -34,8 +36,12 @@ class TritonPythonModel:
         arena = str(params.get(ConfigKey.CPU_MEM_ARENA, "true")).lower() not in ("0", "false", "no", "off")
         # Busy-waiting ORT threads take cycles from the other stubs on the same cores (benchmarks/README.md).
         spinning = str(params.get(INTRA_OP_SPINNING, "1")).lower() not in ("0", "false", "no", "off")
-        self.detector = OrtDetector(path, threads=threads, memory_arena=arena, spinning=spinning)
         self.precision = precision
+        if params.get(DETECTOR_RUNTIME, RUNTIMES[0]) == "openvino":
+            self.detector = OpenVinoDetector(path, threads=threads)
+            pb_utils.Logger.log_info(f"detector: OpenVINO CPU {precision}")
+            return
+        self.detector = OrtDetector(path, threads=threads, memory_arena=arena, spinning=spinning)
         enabled = self.detector.session.get_session_options().enable_cpu_mem_arena
         pb_utils.Logger.log_info(f"detector: ONNX Runtime {precision}, cpu memory arena {'on' if enabled else 'off'}, "
                                  f"spinning {'on' if spinning else 'off'}")
