@@ -322,7 +322,7 @@ def _bench_models(cfg: BenchConfig, progress: bool):
 def run_bench(cfg: BenchConfig) -> dict:
     """Run the benchmark described by ``cfg``; returns the report (also written to ``cfg.out``)."""
     from cxr.benchmarks.backends import DEFAULT_BACKENDS, IN_PROCESS, open_backends
-    from cxr.benchmarks.env import environment, gemm_peaks, load_average, model_flops
+    from cxr.benchmarks.env import environment, gemm_peaks, load_average, merge_peaks, model_flops
     from cxr.benchmarks.latency import run_latency
     from cxr.benchmarks.parity import run_parity
     from cxr.benchmarks.perf_data import command_lines, write_perf_data
@@ -332,7 +332,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     sweep = cfg.sweep()
     # Peaks first, before any model is loaded: they are the ceiling every section divides by.
     peaks = gemm_peaks(repeats=3 if cfg.quick else 5) if cfg.mode in ("all", "latency") else {}
-    sections, perf, triton_version = [], None, None
+    measured, perf, triton_version = [], None, None
     for model, images, source in _bench_models(cfg, cfg.progress):
         log.info("model %s: %s; images: %s", model.name, model.source, source)
         names = list(cfg.backends or DEFAULT_BACKENDS)
@@ -359,11 +359,13 @@ def run_bench(cfg: BenchConfig) -> dict:
         info = {"name": model.name, "arch": model.arch, "size": model.size, "trained": model.trained,
                 "source": model.source, "training": model.training, "checkpoint": str(model.checkpoint),
                 "repository": str(model.repository), "artifacts": model.artifacts}
-        sections.append(build_section(model=info, backends=backends, points=points, parity=parity, flops=flops,
-                                      peaks=peaks, images=source, cpu=env["cpu"]))
+        measured.append(dict(model=info, backends=backends, points=points, parity=parity, flops=flops, images=source))
         if perf is None:  # the ensemble takes the same encoded studies whatever the model: one set of files
             perf = write_perf_data(cfg.out, [im.data for im in images], [im.pixels for im in images if im.pixels is not None])
     env.update(triton_version=triton_version, load_average_end=load_average())
+    if peaks:  # again after the models: the better of the two is the ceiling (env.merge_peaks)
+        peaks = merge_peaks(peaks, gemm_peaks(repeats=3 if cfg.quick else 5))
+    sections = [build_section(**m, peaks=peaks, cpu=env["cpu"]) for m in measured]
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "extra"}
     config["sweep"] = {"concurrency": list(sweep.concurrency), "batches": list(sweep.batches), **asdict(sweep.load)}
     report = build_report(env=env, sections=sections, peaks=peaks, config=config)

@@ -64,6 +64,16 @@ def test_gemm_peaks_name_each_precision_and_what_was_timed():
         "AVX2 yes, AVX-512 no, VNNI no, BF16 no, AMX no"
 
 
+def test_merged_peaks_keep_the_better_measurement_per_precision():
+    from cxr.benchmarks.env import merge_peaks
+
+    loaded = {"n": 8, "fp32": {"gflops": 60.0}, "int8": {"gflops": 300.0, "native": True}}
+    quiet = {"n": 8, "fp32": {"gflops": 180.0}, "int8": {"gflops": 250.0, "native": True}}
+    merged = merge_peaks(loaded, quiet)
+    assert merged["fp32"]["gflops"] == 180.0 and merged["int8"]["gflops"] == 300.0 and len(merged["runs"]) == 2
+    assert merge_peaks({}, quiet) == quiet
+
+
 def test_train_r50_is_the_r50_preset_with_cpu_overrides(capsys):
     from cxr.benchmarks.cli import main
     from cxr.benchmarks.train_r50 import CPU_OVERRIDES, train_config
