@@ -81,6 +81,9 @@ class BenchConfig:
         if str(self.served_precision) not in CPU_PRECISIONS:
             raise InvalidOptionError(f"--served-precision must be fp32 or int8, got {self.served_precision!r}")
         object.__setattr__(self, "served_precision", Precision(self.served_precision))
+        if self.url is not None and self.checkpoint is None:
+            raise InvalidOptionError("--url serves the --checkpoint model: pass the checkpoint of the model that server runs "
+                                     "(the --arch models get embedded servers of their own)")
 
     @property
     def n_images(self) -> int:

@@ -122,12 +122,14 @@ def isa_header(env: Mapping) -> str:
     cpu, gpu = env["cpu"], env.get("gpu")
     load = env.get("load_average")
     load_end = env.get("load_average_end")
+    # Others' work on the cores while we measured: a quarter of a core on average already shows.
+    busy = max([v[0] for v in (load, load_end) if v] or [0.0]) >= 0.25 * (cpu.get("usable_cores") or 1)
     return (f"{cpu['model']}, {cpu['usable_cores']} usable cores; **ISA: {env.get('isa', '?')}** "
             f"(SIMD: {', '.join(cpu['simd']) or 'none'}); GPU: "
             f"{gpu['name'] + ' (driver ' + gpu['driver'] + ')' if gpu else 'none'}; load average "
             f"{' / '.join(map(str, load)) if load else '?'} at the start"
             + (f", {' / '.join(map(str, load_end))} at the end" if load_end else "")
-            + " (near the core count: the figures are provisional).")
+            + (" (other work was running: the figures are provisional)." if busy else "."))
 
 
 def _section_md(section: Mapping) -> list[str]:

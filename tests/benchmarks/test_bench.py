@@ -247,6 +247,9 @@ def test_report_files_are_strict_json_markdown_and_png(fake_report, tmp_path):
     md = written["md"].read_text()
     assert "| backend | status | size MB | mAP@0.5 | Δ vs PyTorch | p50 ms | p95 ms | images/s | model ms |" in md
     assert "**ISA: AVX2 yes, AVX-512 yes, VNNI yes, BF16 no, AMX no**" in md and "INT8 GOP/s | 400" in md
+    assert "provisional" not in md  # load 0.1 on 2 cores: nothing else ran
+    busy = {**fake_report, "env": {**fake_report["env"], "load_average": [1.8, 1.0, 0.5]}}
+    assert "other work was running: the figures are provisional" in render_markdown(busy)
     assert "## cpu-demo@128 (trained)" in md and "## fasterrcnn_resnet50_fpn@512 (untrained)" in md
     assert "### Sweeps" in md and "#### onnx-int8" in md and "Per-class AP@0.5" in md
     if "png" in written:

@@ -34,6 +34,8 @@ def test_arch_specs_take_presets_sizes_and_the_full_run_adds_800():
     assert parse("--arch", "r50-fpn", "--size", "512", "--out", "o").untrained_specs() == [("fasterrcnn_resnet50_fpn", 512)]
     with pytest.raises(UsageError, match="needs --checkpoint CKPT .* or --arch ARCH"):
         parse("--out", "o")
+    with pytest.raises(InvalidOptionError, match="--url serves the --checkpoint model"):
+        parse("--arch", "cpu-demo", "--url", "127.0.0.1:8001", "--out", "o")
     with pytest.raises(InvalidOptionError, match="unknown backend"):
         parse("--arch", "cpu-demo", "--backends", "onnx,tflite", "--out", "o")
     assert parse("--arch", "cpu-demo", "--backends", "openvino-int8,pytorch-bf16", "--out", "o").backends == (
