@@ -398,3 +398,21 @@ def test_triton_per_step_split_from_the_live_server(server, synth_data):
     assert steps["detector"]["compute_infer_ms"] > 0 and model_ms == pytest.approx(steps["detector"]["infer_ms_per_image"])
     # The ensemble's server time holds its steps' (they run inside it).
     assert steps["cxr_detector"]["request_ms"] >= steps["detector"]["compute_infer_ms"]
+
+
+def test_triton_throughput_is_compared_with_ort_on_the_same_file_not_a_faster_runtime():
+    def pts(name, conc_rate):
+        out = []
+        for c, rate in conc_rate:
+            s = summarize([Sample(0.0, 0.05)], backend=name, concurrency=c, batch=1)
+            s.images_per_s = rate
+            out.append(s)
+        return out
+
+    backends = [Backend(n, run=lambda images: [], precision="fp32", size_mb=1.0) for n in ("onnx", "openvino", "triton")]
+    points = {"onnx": pts("onnx", [(1, 40.0), (4, 50.0)]), "openvino": pts("openvino", [(1, 90.0), (4, 100.0)]),
+              "triton": pts("triton", [(1, 30.0), (4, 60.0)])}
+    section = build_section(model={"name": "m", "arch": "fasterrcnn_resnet50_fpn", "size": 512, "trained": False},
+                            backends=backends, points=points, parity=None, flops=None, peaks=PEAKS, images="x", cpu=VNNI_CPU)
+    target = next(t for t in section["targets"] if t["target"].startswith("Triton images/s at concurrency 4"))
+    assert target["value"] == pytest.approx(60 / 50) and target["met"] is True
