@@ -380,21 +380,33 @@ def test_triton_per_step_split_from_the_live_server(server, synth_data):
     from cxr.client import DetectorClient
 
     studies = sorted((synth_data / "images").glob("*.png"))[:2]
+    import time
+
     stats = TritonStats(server.url)
     try:
         stats.begin()
         with DetectorClient(url=server.url, timeout_s=60, retries=0) as client:
             for path in studies:
                 client.predict(path.read_bytes())
-        model_ms, extra = stats.end()
+        # Triton records a request's statistics when it releases the request, which may be just
+        # after the client has its response: wait (bounded) until every model has counted both.
+        deadline = time.monotonic() + 10
+        while True:
+            model_ms, extra = stats.end()
+            done = len(extra.get("steps", {})) == 4 and all(s["requests"] >= len(studies) for s in extra["steps"].values())
+            if done or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     finally:
         stats.close()
     steps = extra["steps"]
     assert set(steps) == {"cxr_detector", "preprocess", "detector", "postprocess"}
     for name, s in steps.items():
         assert s["requests"] == len(studies), (name, s)
-        parts = sum(s[f"{k}_ms"] for k in STAT_KEYS[1:])
-        assert s["request_ms"] > 0 and parts <= s["request_ms"] + 1e-6 and s["overhead_ms"] >= 0
+        assert s["request_ms"] > 0 and s["overhead_ms"] >= 0
+        if name != "cxr_detector":  # an ensemble's "compute" sums its steps' times, queues included: it may exceed
+            parts = sum(s[f"{k}_ms"] for k in STAT_KEYS[1:])  # its request time (perf_analyzer prints the same)
+            assert parts <= s["request_ms"] + 1e-6, (name, s)
     assert steps["detector"]["compute_infer_ms"] > 0 and model_ms == pytest.approx(steps["detector"]["infer_ms_per_image"])
     # The ensemble's server time holds its steps' (they run inside it).
     assert steps["cxr_detector"]["request_ms"] >= steps["detector"]["compute_infer_ms"]
