@@ -8,12 +8,21 @@ to end.  In process that is :class:`cxr.export.runtime.Pipeline` around a detect
 ``cxr_detector`` ensemble through :class:`cxr.client.DetectorClient` with encoded
 bytes (``triton``) or raw pixels through system shared memory (``triton-shm``).
 
+Besides the contract's backends (:class:`cxr.contract.BenchBackend`) the bench measures
+*runtime variants* (:data:`VARIANTS`): other in-process runtimes of the same model --
+PyTorch in bfloat16 (channels-last bf16 network, or plain autocast) and OpenVINO's CPU
+plugin on the same ONNX files (FP32, bf16 inference precision, the INT8 QDQ model).
+They are rows of the report, not serving options: one becomes a serving option only when
+it is faster at equal parity (benchmarks/README.md, "Runtimes").
+
 A backend that cannot run here is an :class:`Unavailable` with the reason (no GPU,
-artifact not exported, server unreachable), never an exception: the report lists it.
+artifact not exported, openvino not installed, server unreachable), never an exception:
+the report lists it.
 
 Model-only time: in process a :class:`~cxr.benchmarks.stats.CallTimer` wraps the
 detector; served, the ``detector`` model's compute time comes from Triton's own
-statistics extension (``compute_infer`` ns / images), read before and after a point.
+statistics extension (``compute_infer`` ns / images), read before and after a point,
+together with the per-step split of every model of the ensemble (:class:`TritonStats`).
 """
 
 from __future__ import annotations
@@ -33,8 +42,29 @@ from cxr.postprocess import DetectionArrays
 
 log = logging.getLogger(__name__)
 
-BACKENDS = BenchBackend.values()  # report order
-IN_PROCESS = tuple(b.value for b in BenchBackend if b.in_process)
+# Runtime variants: name -> (runtime, artifact it runs, precision it computes in).
+VARIANTS: dict[str, tuple[str, Artifact | None, str]] = {
+    "pytorch-bf16": ("torch:bf16", None, "bf16"),
+    "pytorch-autocast": ("torch:autocast", None, "bf16"),
+    "openvino": ("openvino:f32", Artifact.ONNX, "fp32"),
+    "openvino-bf16": ("openvino:bf16", Artifact.ONNX, "bf16"),
+    "openvino-int8": ("openvino:f32", Artifact.ONNX_INT8, "int8"),
+}
+_AFTER = {"pytorch": ("pytorch-bf16", "pytorch-autocast"), "onnx-int8": ("openvino", "openvino-bf16", "openvino-int8")}
+BACKENDS = tuple(n for b in BenchBackend.values() for n in (b, *_AFTER.get(b, ())))  # report order
+IN_PROCESS = tuple(n for n in BACKENDS if n in VARIANTS or BenchBackend(n).in_process)
+# Measured slower than plain FP32 eager (NCHW autocast; benchmarks/README.md): only when asked for.
+OPT_IN = ("pytorch-autocast",)
+DEFAULT_BACKENDS = tuple(n for n in BACKENDS if n not in OPT_IN)
+# What "% of peak" divides by: the measured GEMM peak of the precision a backend computes in.
+PEAK_OF_PRECISION = {"fp32": "fp32", "bf16": "bf16", "int8": "int8", "fp16": "cuda_fp16"}
+
+
+def precision_of(name: str, served: Precision | str = Precision.FP32) -> str:
+    """What backend ``name`` computes in: fp32 | bf16 | int8 | fp16."""
+    if name in VARIANTS:
+        return VARIANTS[name][2]
+    return str(BenchBackend(name).precision(served=served))
 
 
 @dataclass(frozen=True)
@@ -117,13 +147,40 @@ def _pipeline_backend(name: str, detector, ckpt, *, size_mb: float | None, detai
     def run(images: Sequence[BenchImage]) -> list[DetectionArrays]:
         return pipe([im.data for im in images], batch_size=max(len(images), 1))
 
-    return Backend(name, run, BenchBackend(name).precision(), size_mb, batches=batches, detail=detail, timer=timer)
+    return Backend(name, run, precision_of(name), size_mb, batches=batches, detail=detail, timer=timer)
+
+
+def open_variant(name: str, ckpt, *, checkpoint: Path, repository: Path, batches: tuple[int, ...]) -> Backend | Unavailable:
+    """A runtime variant of :data:`VARIANTS` behind the cxr pipeline."""
+    from cxr.export.repository import artifact_path
+
+    runtime, artifact, _ = VARIANTS[name]
+    engine, _, mode = runtime.partition(":")
+    if engine == "torch":
+        from cxr.export.runtime import TorchDetector
+
+        return _pipeline_backend(name, TorchDetector(ckpt, mode=mode), ckpt, size_mb=_mb(Path(checkpoint)),
+                                 detail=f"{checkpoint} (PyTorch {mode})", batches=batches)
+    path = artifact_path(repository, artifact)
+    if not path.is_file():
+        return Unavailable(name, f"not exported: {path} is missing (run `cxr export {artifact} --checkpoint CKPT --repository {repository}`)")
+    try:
+        from cxr.export.runtime import OpenVinoDetector
+
+        detector = OpenVinoDetector(path, precision=mode)
+    except ImportError as exc:
+        return Unavailable(name, str(exc))
+    except Exception as exc:  # noqa: BLE001 - an op OpenVINO cannot compile: report, do not crash
+        return Unavailable(name, f"OpenVINO cannot load {path}: {type(exc).__name__}: {exc}")
+    return _pipeline_backend(name, detector, ckpt, size_mb=_mb(path), detail=f"{path} (OpenVINO CPU, {mode})", batches=batches)
 
 
 def open_in_process(name: str, ckpt, *, checkpoint: Path, repository: Path, batches: tuple[int, ...] = (1, 4)) -> Backend | Unavailable:
-    """PyTorch eager or an exported artifact of ``repository`` behind the cxr pipeline."""
+    """PyTorch eager, a runtime variant or an exported artifact of ``repository`` behind the cxr pipeline."""
     from cxr.export.repository import artifact_path
 
+    if name in VARIANTS:
+        return open_variant(name, ckpt, checkpoint=checkpoint, repository=repository, batches=batches)
     if BenchBackend(name) is BenchBackend.PYTORCH:
         from cxr.export.runtime import TorchDetector
 
@@ -166,8 +223,54 @@ def to_detections(result, class_names: Sequence[str]) -> DetectionArrays:
     )
 
 
+# Triton's per-model statistics, in perf_analyzer's order: a request's server time is
+# queue + compute input + compute infer + compute output + overhead (the rest of "success").
+STAT_KEYS = ("success", "queue", "compute_input", "compute_infer", "compute_output")
+
+
+def parse_statistics(stats: dict) -> dict[str, dict]:
+    """``get_inference_statistics(as_json=True)`` -> ``{model: counters}`` (cumulative since load).
+
+    counters: ``requests`` (successful requests), ``images`` (inference_count),
+    ``executions``, ``<key>_ns`` for each of :data:`STAT_KEYS` (summed over requests:
+    a request that shared a batch is charged the batch's compute time), and
+    ``batch_infer_ns`` (compute infer summed over executions, from ``batch_stats``).
+    proto3 JSON writes uint64 as strings and omits zeros.
+    """
+    out = {}
+    for m in stats.get("model_stats", []):
+        inf = m.get("inference_stats", {})
+        c = {"requests": int(inf.get("success", {}).get("count", 0)), "images": int(m.get("inference_count", 0)),
+             "executions": int(m.get("execution_count", 0)),
+             "batch_infer_ns": sum(int(b.get("compute_infer", {}).get("ns", 0)) for b in m.get("batch_stats", []))}
+        c.update({f"{k}_ns": int(inf.get(k, {}).get("ns", 0)) for k in STAT_KEYS})
+        out[m["name"]] = c
+    return out
+
+
+def step_split(before: dict[str, dict], after: dict[str, dict]) -> dict[str, dict]:
+    """Per model, the mean ms per request of each stage between two :func:`parse_statistics` snapshots.
+
+    ``{model: {"requests", "mean_batch", "request_ms", "queue_ms", "compute_input_ms", "compute_infer_ms",
+    "compute_output_ms", "overhead_ms"}}``; a model without requests in between is left out.
+    """
+    out = {}
+    for name, a in after.items():
+        b = before.get(name, dict.fromkeys(a, 0))
+        d = {k: a[k] - b.get(k, 0) for k in a}
+        if d["requests"] <= 0:
+            continue
+        ms = {f"{k}_ms": d[f"{k}_ns"] / d["requests"] / 1e6 for k in STAT_KEYS}
+        ms["request_ms"] = ms.pop("success_ms")
+        parts = sum(ms[f"{k}_ms"] for k in STAT_KEYS[1:])
+        out[name] = {"requests": d["requests"], "mean_batch": d["images"] / d["executions"] if d["executions"] else None,
+                     **ms, "overhead_ms": max(ms["request_ms"] - parts, 0.0),
+                     "infer_ms_per_image": d["batch_infer_ns"] / d["images"] / 1e6 if d["images"] and d["batch_infer_ns"] else None}
+    return out
+
+
 class TritonStats:
-    """Model-only time of the served ``detector`` from Triton's statistics extension."""
+    """Model-only time of the served ``detector`` and the per-step split of the ensemble, from Triton's statistics."""
 
     def __init__(self, url: str, model: str = "detector") -> None:
         import tritonclient.grpc as grpcclient
@@ -176,15 +279,9 @@ class TritonStats:
         self.model = model
         self._before: dict | None = None
 
-    def snapshot(self) -> dict:
-        stats = self.client.get_inference_statistics(self.model, as_json=True, client_timeout=10)
-        s = stats["model_stats"][0]
-        inf = s.get("inference_stats", {})
-        # proto3 JSON writes uint64 as strings and omits zeros.
-        ns = lambda key: int(inf.get(key, {}).get("ns", 0))  # noqa: E731
-        return {"images": int(s.get("inference_count", 0)), "executions": int(s.get("execution_count", 0)),
-                "compute_ns": ns("compute_infer"), "queue_ns": ns("queue"),
-                "input_ns": ns("compute_input"), "output_ns": ns("compute_output")}
+    def snapshot(self) -> dict[str, dict]:
+        # "" = every loaded model, in one call (the ensemble and its three steps).
+        return parse_statistics(self.client.get_inference_statistics("", as_json=True, client_timeout=10))
 
     def begin(self) -> None:
         try:
@@ -194,18 +291,23 @@ class TritonStats:
             self._before = None
 
     def end(self) -> tuple[float | None, dict]:
+        """(detector ms per image, {"steps": step_split, "detector_queue_ms" (per request), "detector_mean_batch"})."""
         if self._before is None:
             return None, {}
         try:
             after = self.snapshot()
         except Exception:  # noqa: BLE001
             return None, {}
-        d = {k: after[k] - self._before[k] for k in after}
-        if d["images"] <= 0:
-            return None, {}
-        extra = {"detector_queue_ms_per_image": d["queue_ns"] / d["images"] / 1e6,
-                 "detector_mean_batch": d["images"] / d["executions"] if d["executions"] else None}
-        return d["compute_ns"] / d["images"] / 1e6, extra
+        steps = step_split(self._before, after)
+        det = steps.get(self.model)
+        if det is None:
+            return None, {"steps": steps}
+        extra = {"steps": steps, "detector_queue_ms": det["queue_ms"],
+                 "detector_mean_batch": det["mean_batch"]}
+        model_ms = det["infer_ms_per_image"]
+        if model_ms is None:  # no batch_stats: at batch 1 the per-request figure is the per-image one
+            model_ms = det["compute_infer_ms"] / (det["mean_batch"] or 1.0)
+        return model_ms, extra
 
     def close(self) -> None:
         self.client.close()
@@ -244,7 +346,7 @@ def open_served(name: str, ckpt, *, url: str, repository: Path, probe: BenchImag
         hint = " (shared memory needs the server on this host)" if shm else ""
         return Unavailable(name, f"probe request to {url} failed{hint}: {exc}")
     precision = BenchBackend(name).precision(served=precision)
-    backend = Backend(name, run, precision, _mb(Path(repository) / Artifact.for_cpu(precision).path),
+    backend = Backend(name, run, str(precision), _mb(Path(repository) / Artifact.for_cpu(precision).path),
                       batches=(1,), detail=f"cxr_detector at {url}" + (" via system shared memory" if shm else ""))
     backend.closers.append(client.close)
     try:
@@ -256,7 +358,7 @@ def open_served(name: str, ckpt, *, url: str, repository: Path, probe: BenchImag
 
 
 def open_backends(ckpt, *, checkpoint: Path, repository: Path, url: str | None, probe: BenchImage | None,
-                  names: Sequence[str] = BACKENDS, served_precision: Precision | str = Precision.FP32,
+                  names: Sequence[str] = DEFAULT_BACKENDS, served_precision: Precision | str = Precision.FP32,
                   batches: tuple[int, ...] = (1, 4)) -> list[Backend | Unavailable]:
     """Open every backend of ``names`` in :data:`BACKENDS` order; the unusable ones as Unavailable."""
     unknown = [n for n in names if n not in BACKENDS]

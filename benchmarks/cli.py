@@ -2,16 +2,23 @@
 
 ::
 
-    cxr bench [all|latency|parity] --checkpoint CKPT --out DIR [--repository DIR] [--url HOST:PORT] [--quick] ...
+    cxr bench [all|latency|parity] (--checkpoint CKPT | --arch ARCH[@SIZE] [--size S,...]) --out DIR [--repository DIR]
+              [--url HOST:PORT] [--quick] ...
     cxr bench soak --out DIR [--model-repository DIR | --url HOST:PORT] [--requests N] [--concurrency C] ...
+    cxr bench train-r50 --data DIR --out RUN [--minutes M]
 
 ``all`` (also what ``cxr bench`` runs without a subcommand) runs the latency sweep and
 parity and joins them in one report: ``OUT/report.json``, ``report.md``, ``report.png``,
 plus ``perf_analyzer_data.json`` (and ``perf_analyzer_pixels.json``) to reproduce the
-served numbers with NVIDIA's perf_analyzer.  ``soak`` (:mod:`cxr.benchmarks.soak`)
-needs no checkpoint: one ensemble, many requests; it has options of its own.  Unless
-``--url`` names a running server, the embedded tritonserver is started on free
-loopback ports for the run and always stopped afterwards.
+served numbers with NVIDIA's perf_analyzer.  One report covers every model of the run:
+the trained ``--checkpoint`` (served from ``--repository``) and each untrained
+``--arch`` at each ``--size`` (:mod:`cxr.benchmarks.models`; exported by the bench into
+``OUT/models/``; speed rows only).  ``soak`` (:mod:`cxr.benchmarks.soak`) needs no
+checkpoint: one ensemble, many requests; it has options of its own.  ``train-r50``
+(:mod:`cxr.benchmarks.train_r50`) trains the CPU-sized ResNet-50 FPN that INT8 parity is
+judged on.  The run itself is :mod:`cxr.benchmarks.runner`.  Unless ``--url`` names a running server (it serves the ``--checkpoint``
+model), the embedded tritonserver is started on free loopback ports per model and always
+stopped afterwards.
 
 Wiring (in ``cxr/cli.py``)::
 
@@ -24,14 +31,13 @@ Also runnable on its own: ``python -m cxr.benchmarks.cli [SUBCOMMAND] --checkpoi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from cxr.contract import CPU_PRECISIONS, BenchBackend, Precision
+from cxr.contract import CPU_PRECISIONS, Precision
 from cxr.errors import InvalidOptionError, UsageError
 
 log = logging.getLogger("cxr.benchmarks")
@@ -43,8 +49,10 @@ MODES = ("all", "latency", "parity")
 class BenchConfig:
     """One ``cxr bench`` run, filled from the command line by :func:`config_from_args`."""
 
-    checkpoint: Path
     out: Path
+    checkpoint: Path | None = None  # the trained model; None: only --arch models
+    archs: tuple[str, ...] = ()  # untrained models, ARCH[@SIZE] or PRESET[@SIZE] (cxr.benchmarks.models)
+    sizes: tuple[int, ...] = ()  # for an --arch without @SIZE; empty: 512 quick / 512,800 full (cpu-demo: 256)
     repository: Path = Path("model_repository")
     mode: str = "all"
     url: str | None = None  # None: start the embedded server for the run
@@ -65,16 +73,34 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise InvalidOptionError(f"unknown bench mode {self.mode!r}; choose one of: {', '.join(MODES)}")
-        unknown = [b for b in self.backends if b not in BenchBackend.values()]
+        from cxr.benchmarks.backends import BACKENDS
+
+        unknown = [b for b in self.backends if b not in BACKENDS]
         if unknown:  # before minutes of loading and server start-up
-            raise InvalidOptionError(f"unknown backend(s) {', '.join(unknown)}; choose from: {', '.join(BenchBackend.values())}")
+            raise InvalidOptionError(f"unknown backend(s) {', '.join(unknown)}; choose from: {', '.join(BACKENDS)}")
         if str(self.served_precision) not in CPU_PRECISIONS:
             raise InvalidOptionError(f"--served-precision must be fp32 or int8, got {self.served_precision!r}")
         object.__setattr__(self, "served_precision", Precision(self.served_precision))
+        if self.url is not None and self.checkpoint is None:
+            raise InvalidOptionError("--url serves the --checkpoint model: pass the checkpoint of the model that server runs "
+                                     "(the --arch models get embedded servers of their own)")
 
     @property
     def n_images(self) -> int:
         return self.images or (8 if self.quick else 32)
+
+    def untrained_specs(self) -> list[tuple[str, int]]:
+        """(arch, size) of every untrained model, in command-line order (R50-FPN @800 only in a full run)."""
+        from cxr.benchmarks.models import parse_spec, preset_for
+
+        out: list[tuple[str, int]] = []
+        for spec in self.archs:
+            name = spec.partition("@")[0]
+            sizes = self.sizes
+            if not sizes and preset_for(name) != "cpu-demo" and name != "cpu-demo":
+                sizes = (512,) if self.quick else (512, 800)
+            out += [s for s in parse_spec(spec, sizes) if s not in out]
+        return out
 
     def sweep(self):
         from dataclasses import replace
@@ -106,9 +132,16 @@ def _names(text: str) -> tuple[str, ...]:
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``cxr bench [all|latency|parity]`` (defaults: :class:`BenchConfig`'s)."""
-    from cxr.benchmarks.backends import BACKENDS
+    from cxr.benchmarks.backends import BACKENDS, OPT_IN
 
-    p.add_argument("--checkpoint", type=Path, metavar="CKPT", help="the trained checkpoint (PyTorch reference; required)")
+    p.add_argument("--checkpoint", type=Path, metavar="CKPT",
+                   help="the trained checkpoint (PyTorch reference for parity; its artifacts in --repository)")
+    p.add_argument("--arch", dest="archs", type=_names, metavar="LIST",
+                   help="untrained models for speed rows, comma-separated ARCH[@SIZE] or PRESET[@SIZE], e.g. "
+                   "fasterrcnn_resnet50_fpn or cpu-demo,r50-fpn@512 (deterministic weights; exported into OUT/models/; "
+                   "accuracy columns say 'untrained')")
+    p.add_argument("--size", dest="sizes", type=_ints, metavar="LIST",
+                   help="input sizes for an --arch without @SIZE (default 512 with --quick, 512,800 without; cpu-demo 256)")
     p.add_argument("--repository", "--model-repository", type=Path, metavar="DIR",
                    help="model repository with the exported artifacts (default model_repository)")
     p.add_argument("--out", type=Path, metavar="DIR",
@@ -118,14 +151,16 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="NIH-layout dataset: its test split is used (default: synthesise)")
     p.add_argument("--quick", action="store_true", help="short run: 8 images, concurrency 1,2,4, 16 requests per point")
     p.add_argument("--images", type=int, metavar="N", help="held-out studies to use (default 8 quick, 32 full)")
-    p.add_argument("--backends", type=_names, metavar="LIST", help=f"comma-separated subset of {','.join(BACKENDS)}")
+    p.add_argument("--backends", type=_names, metavar="LIST",
+                   help=f"comma-separated subset of {','.join(BACKENDS)} (default: all but {','.join(OPT_IN)})")
     p.add_argument("--concurrency", type=_ints, metavar="LIST",
                    help="concurrency sweep, e.g. 1,2,4,8 (default 1,2,4 quick, 1,2,4,8 full)")
     p.add_argument("--batches", type=_ints, metavar="LIST", help="in-process batch sizes (default 1,4)")
     p.add_argument("--requests", type=int, metavar="N", help="requests per point (default 16 quick, 64 full)")
     p.add_argument("--seconds", type=float, metavar="S", help="time limit per point (default 4 quick, 20 full)")
     p.add_argument("--served-precision", choices=[str(x) for x in CPU_PRECISIONS],
-                   help="ONNX precision the server at --url runs, for its parity tolerance (default fp32)")
+                   help="ONNX precision the served detector runs: the embedded server is started with it, for --url it "
+                   "says what that server runs (default fp32)")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when a backend fails parity (the report is written anyway)")
     p.add_argument("--json", action="store_true", help="print report.json on stdout instead of the table")
@@ -165,12 +200,14 @@ def add_soak_arguments(p: argparse.ArgumentParser) -> None:
 
 
 BENCH_DESCRIPTION = (
-    "Benchmark PyTorch eager, ONNX Runtime FP32/INT8, TensorRT FP16 (GPU) and the Triton ensemble (gRPC bytes and "
-    "shared-memory pixels): p50/p95/p99 latency and images/s over a concurrency sweep, end to end and model-only, "
-    "and parity against PyTorch on the same held-out images (match rate, score deltas, mAP@0.5, per-class AP, "
-    "FROC). Writes OUT/report.json, report.md, report.png and perf_analyzer input data. Starts its own embedded "
-    "server unless --url is given. Without a subcommand it runs `all`; `cxr bench soak --help` shows the soak's "
-    "options.")
+    "Benchmark PyTorch eager (FP32, bf16), ONNX Runtime FP32/INT8, OpenVINO (FP32, bf16, INT8; when installed), "
+    "TensorRT FP16 (GPU) and the Triton ensemble (gRPC bytes and shared-memory pixels): p50/p95/p99 latency and "
+    "images/s over a concurrency sweep, end to end and model-only, GFLOP/s against this machine's measured FP32/BF16/"
+    "INT8 GEMM peaks, Triton's per-step split, and parity against PyTorch on the same held-out images (match rate, "
+    "score deltas, mAP@0.5, per-class AP, FROC). One report covers the trained --checkpoint and every untrained "
+    "--arch model (speed rows only). Writes OUT/report.json, report.md, report.png and perf_analyzer input data. "
+    "Starts its own embedded server per model unless --url is given. Without a subcommand it runs `all`; "
+    "`cxr bench soak --help` and `cxr bench train-r50 --help` show theirs.")
 SUBCOMMANDS = {
     "all": "latency sweep and parity, joined in one report (what `cxr bench` runs without a subcommand)",
     "latency": "the latency/throughput sweep only",
@@ -196,7 +233,7 @@ def build_bench_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     default lives once, in :class:`BenchConfig` or ``SoakConfig``.
     """
     add_bench_arguments(p)
-    sub = p.add_subparsers(dest="mode", metavar="{all,latency,parity,soak}", title="subcommands")
+    sub = p.add_subparsers(dest="mode", metavar="{all,latency,parity,soak,train-r50}", title="subcommands")
     p.set_defaults(func=cmd_bench, mode="all")  # after add_subparsers: it sets that action's default
     for mode, summary in SUBCOMMANDS.items():
         q = sub.add_parser(mode, help=summary, description=f"{summary}. {BENCH_DESCRIPTION}",
@@ -206,6 +243,12 @@ def build_bench_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        description=SOAK_DESCRIPTION, argument_default=argparse.SUPPRESS)
     add_soak_arguments(q)
     q.set_defaults(func=cmd_soak)
+    from cxr.benchmarks import train_r50
+
+    q = sub.add_parser("train-r50", help="train the CPU-sized ResNet-50 FPN that INT8 parity is judged on",
+                       description=train_r50.DESCRIPTION, argument_default=argparse.SUPPRESS)
+    train_r50.add_arguments(q)
+    q.set_defaults(func=train_r50.cmd_train_r50)
     return p
 
 
@@ -224,87 +267,21 @@ def _given(args: argparse.Namespace, config: type) -> dict:
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     given = _given(args, BenchConfig)
-    if "checkpoint" not in given:
-        raise UsageError(f"cxr bench {args.mode} needs --checkpoint CKPT (only `cxr bench soak` runs without one)")
+    if "checkpoint" not in given and not given.get("archs"):
+        raise UsageError(f"cxr bench {args.mode} needs --checkpoint CKPT (a trained model) or --arch ARCH (an untrained "
+                         "one for speed rows, e.g. --arch fasterrcnn_resnet50_fpn --size 512); only `cxr bench soak` "
+                         "runs without either")
     if "out" not in given:
         raise UsageError(f"cxr bench {args.mode} needs --out DIR, the folder for the report")
     quiet = any(getattr(args, k, False) for k in ("quick", "json", "quiet"))
     return BenchConfig(**given, progress=not quiet)
 
 
-@contextlib.contextmanager
-def _server(cfg: BenchConfig, needed: bool):
-    """Yield the gRPC URL to use: ``cfg.url``, a fresh embedded server's, or None when not needed."""
-    if cfg.url is not None or not needed:
-        yield cfg.url
-        return
-    from cxr.triton_server import TritonServer
-
-    # The with stops it on every exit path, exceptions and Ctrl-C included.
-    with TritonServer.on_free_ports(cfg.repository, log_file=cfg.out / "tritonserver.log") as server:
-        yield server.url
-
-
-def _triton_version(url: str | None) -> str | None:
-    if url is None:
-        return None
-    try:
-        import tritonclient.grpc as grpcclient
-
-        with contextlib.closing(grpcclient.InferenceServerClient(url)) as c:
-            return c.get_server_metadata(client_timeout=10).version
-    except Exception:  # noqa: BLE001 - informational only
-        return None
-
-
-def run_bench(cfg: BenchConfig) -> dict:
-    """Run the benchmark described by ``cfg``; returns the report (also written to ``cfg.out``)."""
-    from cxr.benchmarks.backends import BACKENDS, IN_PROCESS, open_backends
-    from cxr.benchmarks.env import environment, matmul_peak_gflops, model_flops
-    from cxr.benchmarks.inputs import load_images
-    from cxr.benchmarks.latency import run_latency
-    from cxr.benchmarks.parity import run_parity
-    from cxr.benchmarks.perf_data import command_lines, write_perf_data
-    from cxr.benchmarks.report import build_report, write_report
-    from cxr.training.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(cfg.checkpoint)
-    names = list(cfg.backends or BACKENDS)
-    if cfg.mode != "latency" and "pytorch" not in names:
-        names.insert(0, "pytorch")  # parity's reference
-    images, source = load_images(ckpt, data=cfg.data, n=cfg.n_images)
-    log.info("images: %s", source)
-    sweep = cfg.sweep()
-    served = any(n not in IN_PROCESS for n in names)
-    with _server(cfg, served) as url:
-        backends = open_backends(ckpt, checkpoint=cfg.checkpoint, repository=cfg.repository, url=url, probe=images[0],
-                                 names=names, served_precision=cfg.served_precision, batches=sweep.batches)
-        try:
-            points, parity, flops, peak = {}, None, None, None
-            if cfg.mode in ("all", "latency"):
-                points = run_latency(backends, images, sweep, progress=cfg.progress)
-                peak, flops = matmul_peak_gflops(repeats=3 if cfg.quick else 5), model_flops(ckpt)
-            if cfg.mode in ("all", "parity"):
-                parity = run_parity(backends, images, ckpt.class_names, progress=cfg.progress)
-            env = environment(input_size=ckpt.preprocess.size,
-                              extra={"triton_version": _triton_version(url), "server": "--url" if cfg.url else ("embedded" if url else None)})
-        finally:
-            for b in backends:
-                b.close()
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "extra"}
-    config["sweep"] = {"concurrency": list(sweep.concurrency), "batches": list(sweep.batches), **asdict(sweep.load)}
-    report = build_report(env=env, backends=backends, points=points, parity=parity, flops=flops, peak=peak,
-                          images=source, config=config)
-    perf = write_perf_data(cfg.out, [im.data for im in images], [im.pixels for im in images if im.pixels is not None])
-    report["perf_analyzer"] = {"files": {k: v.name for k, v in perf.items()},
-                               "commands": command_lines(pixels=perf["pixels"].name if "pixels" in perf else None)}
-    report["written"] = {k: str(v) for k, v in write_report(report, cfg.out).items()}
-    return report
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
     """CLI entry: run, print the joined table (or the JSON), exit 0 when the report is written."""
-    from cxr.benchmarks.report import joined_table
+    from cxr.benchmarks.report_md import isa_header, joined_table, steps_table
+
+    from cxr.benchmarks.runner import run_bench
 
     cfg = config_from_args(args)
     report = run_bench(cfg)
@@ -312,15 +289,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
         json.dump(report, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     else:
-        print(joined_table(report))
-        print("\ntargets:")
-        for t in report["targets"]:
-            met = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
-            value = "n/a" if t["value"] is None else (f"{t['value']:.3f}" if isinstance(t["value"], float) else t["value"])
-            print(f"  {t['target']}: {value} (need {t['need']}) - {met}")
+        print(isa_header(report["env"]))
+        for section in report["models"]:
+            print(f"\n{section['name']} ({'trained' if section['trained'] else 'untrained'}): {section['source']}")
+            print(joined_table(section))
+            print(steps_table(section["serving"]))
+            print("targets:")
+            for t in section["targets"]:
+                met = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
+                value = "n/a" if t["value"] is None else (f"{t['value']:.3f}" if isinstance(t["value"], float) else t["value"])
+                print(f"  {t['target']}: {value} (need {t['need']}) - {met}")
         print(f"\nwrote {', '.join(report['written'].values())}")
         print("perf_analyzer: " + "\n               ".join(report["perf_analyzer"]["commands"]) + f"   (files in {cfg.out})")
-    failed = [r["name"] for r in report["backends"] if r["status"] == "failed-parity"]
+    failed = [f"{s['name']}/{r['name']}" for s in report["models"] for r in s["backends"] if r["status"] == "failed-parity"]
     if failed and cfg.strict:
         print(f"cxr bench: failed parity: {', '.join(failed)}", file=sys.stderr)
         return 1
@@ -329,7 +310,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 # Options of `cxr bench all|latency|parity` that soak lacks; given before `soak` they would
 # otherwise be dropped without a word.
-BENCH_ONLY = ("checkpoint", "backends", "batches", "served_precision", "strict")
+BENCH_ONLY = ("checkpoint", "archs", "sizes", "backends", "batches", "served_precision", "strict")
 
 
 def soak_config(args: argparse.Namespace):

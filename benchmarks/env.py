@@ -4,10 +4,14 @@
   speed (AVX-512 VNNI / AVX-VNNI / AMX turn int8 dot products into one instruction;
   without them INT8 is emulated with 16-bit multiplies and gains little), cores,
   GPU and driver, library versions, the model's input size.
-- :func:`matmul_peak_gflops`: the machine's *measured* dense fp32 peak, a large
-  matmul timed with numpy and torch (the better of the two; both use all cores),
-  so "achieved GFLOP/s" has a realistic ceiling instead of a datasheet one; on a
-  GPU also the fp16 matmul peak, the ceiling for TensorRT.
+- :func:`gemm_peaks`: the machine's *measured* dense GEMM peaks per precision, so
+  "achieved GFLOP/s" has a realistic ceiling instead of a datasheet one: FP32 (numpy
+  and torch matmul, the better), BF16 (torch bfloat16 matmul: oneDNN, on AVX512-BF16
+  or AMX-BF16 where present, else emulated) and INT8 (torch ``_int_mm`` -- oneDNN
+  u8s8/s8s8 -- and an ONNX Runtime ``MatMulInteger`` micro-model -- MLAS's U8S8 GEMM,
+  the kernel ORT's INT8 convolutions use -- the better; both run VNNI/AMX where
+  present); on a GPU also the fp16 matmul peak, the ceiling for TensorRT.  All use
+  every usable core.
 - :func:`model_flops`: FLOPs of one image through the eager serving graph, counted
   by ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matmuls; NMS and
   ROI Align are not counted, they are small next to the backbone).
@@ -25,8 +29,8 @@ import time
 # Flags worth showing: they explain most of the CPU differences between backends.
 SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
               "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
-LIBRARIES = ("numpy", "torch", "torchvision", "onnx", "onnxruntime", "tritonclient", "nvidia-pytriton", "tensorrt",
-             "cxr-triton")
+LIBRARIES = ("numpy", "torch", "torchvision", "onnx", "onnxruntime", "openvino", "tritonclient", "nvidia-pytriton",
+             "tensorrt", "cxr-triton")
 
 
 def cpu_info() -> dict:
@@ -101,10 +105,13 @@ def environment(*, input_size: int | None = None, extra: dict | None = None) -> 
         threads = torch.get_num_threads()
     except ImportError:
         pass
+    cpu = cpu_info()
     return {
         "host": platform.node(),
         "os": f"{platform.system()} {platform.release()}",
-        "cpu": cpu_info(),
+        "cpu": cpu,
+        "isa": isa_line(cpu),
+        "load_average": load_average(),
         "gpu": gpu_info(),
         "torch_threads": threads,
         "libraries": library_versions(),
@@ -112,6 +119,107 @@ def environment(*, input_size: int | None = None, extra: dict | None = None) -> 
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **(extra or {}),
     }
+
+
+def isa_line(cpu: dict) -> str:
+    """One line naming what decides low-precision speed: ``AVX-512 yes, VNNI yes, BF16 yes, AMX no``."""
+    simd = set(cpu.get("simd", []))
+    yes = lambda flag: "yes" if flag else "no"  # noqa: E731
+    return (f"AVX2 {yes('avx2' in simd)}, AVX-512 {yes(cpu.get('avx512'))}, VNNI {yes(cpu.get('vnni'))}, "
+            f"BF16 {yes(bool({'avx512_bf16', 'amx_bf16'} & simd))}, AMX {yes(cpu.get('amx'))}")
+
+
+def gemm_peaks(n: int = 2048, *, repeats: int = 5) -> dict:
+    """Measured GEMM throughput per precision (see the module docstring); GFLOP/s (GOP/s for INT8).
+
+    ``{"n", "fp32": {"gflops", "numpy", "torch"}, "bf16": {"gflops", "native"}, "int8": {"gflops",
+    "torch_int_mm", "ort_matmul_integer", "native"}, "cuda_fp16"?: {"gflops"}}``; ``native`` says
+    whether the CPU has the instructions (VNNI/AMX-INT8, AVX512-BF16/AMX-BF16), ``how`` what was timed.
+    A precision that cannot be measured here has ``gflops`` None and the reason in ``error``.
+    """
+    cpu = cpu_info()
+    simd = set(cpu["simd"])
+    fp32 = matmul_peak_gflops(n, repeats=repeats)
+    out = {"n": n, "fp32": {"gflops": fp32["peak_gflops"], "numpy": fp32["numpy_gflops"], "torch": fp32.get("torch_gflops"),
+                            "how": f"numpy and torch float32 matmul {n}x{n}, the better"}}
+    if "cuda_fp16_gflops" in fp32:
+        out["cuda_fp16"] = {"gflops": fp32["cuda_fp16_gflops"], "how": f"torch float16 matmul {4 * n}x{4 * n} on the GPU"}
+    flops = 2.0 * n**3
+    bf16 = {"gflops": None, "native": bool({"avx512_bf16", "amx_bf16"} & simd), "how": f"torch bfloat16 matmul {n}x{n}"}
+    int8 = {"gflops": None, "native": bool(cpu["vnni"] or "amx_int8" in simd),
+            "how": f"torch._int_mm int8 {n}x{n} and ONNX Runtime MatMulInteger u8s8 {n}x{n}, the better"}
+    try:
+        import torch
+
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        ab, bb = a.bfloat16(), b.bfloat16()
+        ab @ bb
+        bf16["gflops"] = flops / min(_timed(lambda: ab @ bb) for _ in range(repeats)) / 1e9
+        ai, bi = (torch.randint(-128, 128, (n, n), dtype=torch.int8) for _ in range(2))
+        try:
+            torch._int_mm(ai, bi)
+            int8["torch_int_mm"] = flops / min(_timed(lambda: torch._int_mm(ai, bi)) for _ in range(repeats)) / 1e9
+        except (RuntimeError, AttributeError) as exc:  # older torch: no CPU _int_mm
+            int8["torch_error"] = str(exc)[:200]
+    except ImportError as exc:
+        bf16["error"] = str(exc)
+    try:
+        int8["ort_matmul_integer"] = _ort_int8_gops(n, repeats)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime missing or a build without the op
+        int8["ort_error"] = f"{type(exc).__name__}: {exc}"[:200]
+    measured = [v for k, v in int8.items() if k in ("torch_int_mm", "ort_matmul_integer") and v]
+    int8["gflops"] = max(measured) if measured else None
+    out["bf16"], out["int8"] = bf16, int8
+    return out
+
+
+def merge_peaks(first: dict, second: dict) -> dict:
+    """The higher of two :func:`gemm_peaks` runs per precision (both kept under ``runs``).
+
+    On a shared machine a peak measured while others compute is too low and would put a
+    backend measured in a quieter moment above 100 %; the better of a measurement before
+    and one after the models is the closer ceiling.
+    """
+    if not first or not second:
+        return first or second
+    out = {"n": first.get("n"), "runs": [first, second]}
+    for key in ("fp32", "bf16", "int8", "cuda_fp16"):
+        runs = [r[key] for r in (first, second) if r.get(key)]
+        if runs:
+            out[key] = max(runs, key=lambda r: r.get("gflops") or 0.0)
+    return out
+
+
+def _ort_int8_gops(n: int, repeats: int) -> float:
+    """``A (uint8, n x n) @ B (int8 constant)`` through ONNX Runtime's MatMulInteger: MLAS's U8S8 GEMM."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.integers(-128, 128, (n, n), dtype=np.int8), "B")
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["A", "B"], ["Y"])], "int8-peak",
+                              [helper.make_tensor_value_info("A", TensorProto.UINT8, [n, n])],
+                              [helper.make_tensor_value_info("Y", TensorProto.INT32, [n, n])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = min(model.ir_version, 8)  # what this onnxruntime reads
+    onnx.checker.check_model(model)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feed = {"A": rng.integers(0, 256, (n, n), dtype=np.uint8)}
+    session.run(None, feed)
+    return 2.0 * n**3 / min(_timed(lambda: session.run(None, feed)) for _ in range(repeats)) / 1e9
+
+
+def load_average() -> list[float] | None:
+    """The 1/5/15-minute load averages (a figure measured at a load near the core count is provisional)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def matmul_peak_gflops(n: int = 2048, *, repeats: int = 5) -> dict:

@@ -20,10 +20,17 @@ from cxr.benchmarks.backends import Backend, BenchImage, Unavailable
 from cxr.benchmarks.latency import inputs_for
 from cxr.contract import BenchBackend as B
 from cxr.errors import InvalidOptionError
-from cxr.export.parity import TOLERANCES, compare
+from cxr.export.parity import TOLERANCES, compare  # noqa: F401 - TOLERANCES re-exported
 from cxr.postprocess import DetectionArrays
 
 log = logging.getLogger(__name__)
+
+# bfloat16 has fp16's kind of error (fewer mantissa bits, not fewer levels): judged by its tolerance.
+TOLERANCE_OF = {"bf16": "fp16"}
+
+
+def tolerance_for(precision: str):
+    return TOLERANCES[TOLERANCE_OF.get(str(precision), str(precision))]
 
 
 @dataclass
@@ -93,7 +100,7 @@ def run_parity(backends: Sequence[Backend | Unavailable], images: Sequence[Bench
                                           failures=[f"no answer: {exc}"], error=f"{type(exc).__name__}: {exc}")
             continue
         report = compare(ref, dets, names=[im.name for im in subset], ground_truth=truth,
-                         class_names=class_names, tolerance=TOLERANCES[tol_name])
+                         class_names=class_names, tolerance=tolerance_for(tol_name))
         base = ref_metrics if len(subset) == len(images) else clinical(ref, truth, class_names)
         mine = ref_metrics if name == B.PYTORCH else clinical(dets, truth, class_names)
         delta = None if mine["map50"] is None or base["map50"] is None else mine["map50"] - base["map50"]

@@ -285,7 +285,7 @@ def run_soak(cfg: SoakConfig) -> dict:
 
 def soak_table(report: dict) -> str:
     """Per-window table plus the headline lines."""
-    from cxr.benchmarks.report import _f
+    from cxr.benchmarks.report_md import _f
 
     lines = ["| window | requests | errors | p50 ms | p99 ms | req/s | server RSS MB |",
              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]

@@ -1,11 +1,21 @@
 """ONNX FP32 -> ONNX INT8 (static, QDQ) for CPU inference with ONNX Runtime.
 
-Only the compute-heavy ops are quantized (Conv, MatMul, Gemm: backbone, FPN, RPN
-and box heads).  The arithmetic around them -- anchor decoding, NMS, ROI Align,
-softmax, top-k -- stays FP32, and so do the two final layers of the box predictor
-(class scores and box regression), where 8-bit steps would move scores and box
-edges visibly.  Weights are per-channel int8; activations uint8 (the U8S8 kernels
+Only the network is quantized: the nodes of the backbone, FPN, RPN head and box head
+(:data:`NETWORK_SCOPE`).  The arithmetic around them -- anchor decoding, NMS, ROI
+Align, softmax, top-k -- stays FP32, and so do the two final layers of the box
+predictor (class scores and box regression), where 8-bit steps would move scores and
+box edges visibly.  Weights are per-channel int8; activations uint8 (the U8S8 kernels
 that x86 CPUs run fastest), calibrated with MinMax on preprocessed training images.
+
+Which ops (:class:`Int8Options`).  Quantizing only Conv/MatMul/Gemm leaves every residual
+Add, ReLU, max-pool and FPN upsample in FP32 between a DequantizeLinear and a
+QuantizeLinear; ONNX Runtime then cannot keep the tensors in uint8 from one conv to the
+next and the gain is small (R50-FPN @512 on an AVX-512 VNNI CPU: 1.08x over FP32).
+Quantizing every op type inside the network lets it fuse QLinearConv -> QLinearAdd ->
+QLinearConv chains and QGemm for the box head (1.6x with the box head left FP32, 2.3-2.5x
+with it; benchmarks/README.md, "INT8").  ``reduce_range`` (7-bit weights) is needed only
+without VNNI, where the int8 dot product accumulates pairs in int16 and can saturate;
+with VNNI or AMX full 8-bit weights are both exact and as fast.
 
 Mixed precision.  Per-tensor 8-bit activations do not suit every trained network:
 a small detector trained from scratch (the cpu-demo MobileNetV3) has layers whose
@@ -31,9 +41,66 @@ from cxr.errors import InvalidOptionError
 
 log = logging.getLogger(__name__)
 
-QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
-# Node-name fragments kept in FP32 (torch.onnx names nodes after module paths).
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")  # the compute-heavy ops; mixed precision groups are made of these
+# Node-name prefixes of the network (torch.onnx names nodes after module paths; the
+# ServingGraph's own arithmetic -- anchor decoding, NMS, ROI Align, top-k -- is unprefixed).
+NETWORK_SCOPE = ("/backbone/", "/rpn_head/", "/box_head/")
+# Node-name fragments kept in FP32.
 SENSITIVE_NODES = ("box_predictor",)
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    """How a model is quantized (the defaults are what measured fastest at parity; module docstring).
+
+    op_types: the op types that get Q/DQ inside :data:`NETWORK_SCOPE`; None = every op
+    type ONNX Runtime can quantize (Conv, Gemm, Add, ReLU, MaxPool, Resize, Concat ...).
+    reduce_range: 7-bit weights; None = only when the CPU has no VNNI/AMX (:func:`cpu_has_vnni`).
+    calibration: minmax | entropy | percentile (ONNX Runtime's calibrators).
+    """
+
+    op_types: tuple[str, ...] | None = None
+    scope: tuple[str, ...] = NETWORK_SCOPE
+    exclude: tuple[str, ...] = SENSITIVE_NODES
+    per_channel: bool = True
+    reduce_range: bool | None = None
+    calibration: str = "minmax"
+    activation_symmetric: bool = False
+
+    def __post_init__(self) -> None:
+        if self.calibration not in CALIBRATION_METHODS:
+            raise InvalidOptionError(f"unknown INT8 calibration {self.calibration!r}; choose one of: {', '.join(CALIBRATION_METHODS)}")
+        if self.op_types is not None:
+            object.__setattr__(self, "op_types", tuple(self.op_types))
+
+    @classmethod
+    def full(cls, **overrides) -> Int8Options:
+        """Everything in the network in INT8 (``cxr export onnx-int8 --int8-all``, the bench's untrained rows)."""
+        return cls(**overrides)
+
+    @classmethod
+    def compute_only(cls, **overrides) -> Int8Options:
+        """Only Conv/MatMul/Gemm (this module's behaviour before the full op set; kept for comparison)."""
+        return cls(op_types=QUANTIZED_OPS, **overrides)
+
+    def resolved_reduce_range(self) -> bool:
+        return (not cpu_has_vnni()) if self.reduce_range is None else bool(self.reduce_range)
+
+    def to_dict(self) -> dict:
+        return {"op_types": "all" if self.op_types is None else list(self.op_types), "scope": list(self.scope),
+                "exclude": list(self.exclude), "per_channel": self.per_channel, "reduce_range": self.resolved_reduce_range(),
+                "calibration": self.calibration, "activation_symmetric": self.activation_symmetric}
+
+
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has an int8 dot-product instruction (AVX-512 VNNI, AVX-VNNI or AMX-INT8)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
 DEFAULT_BUDGET = 0.05  # at most 5 % of the FP32 model's detections may change (gone, moved, or re-scored)
 
 
@@ -50,10 +117,6 @@ class _Calibration:
 
     def rewind(self) -> None:  # some onnxruntime versions call it
         pass
-
-
-def sensitive_nodes(model, fragments: Sequence[str] = SENSITIVE_NODES) -> list[str]:
-    return [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS and any(f in n.name for f in fragments)]
 
 
 def node_group(name: str) -> str:
@@ -91,11 +154,11 @@ class MixedPrecision:
 class _Builder:
     """Pre-processes and calibrates once; builds QDQ models for any set of FP32 nodes."""
 
-    def __init__(self, fp32_path: Path, calibration: Sequence[np.ndarray], tmp: Path, *, per_channel: bool, reduce_range: bool) -> None:
+    def __init__(self, fp32_path: Path, calibration: Sequence[np.ndarray], tmp: Path, options: Int8Options) -> None:
         import onnx
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        self.tmp, self.per_channel, self.reduce_range = tmp, per_channel, reduce_range
+        self.tmp, self.options = tmp, options
         self.calibration = list(calibration)
         self.prepped = tmp / "prepped.onnx"
         try:
@@ -103,19 +166,27 @@ class _Builder:
         except Exception as exc:  # symbolic shape inference cannot follow NMS/top-k everywhere
             log.info("symbolic shape inference failed (%s); quantizing without it", exc)
             quant_pre_process(str(fp32_path), str(self.prepped), skip_symbolic_shape=True)
-        model = onnx.load(str(self.prepped))
+        model = self.model = onnx.load(str(self.prepped))
         self.input_name = model.graph.input[0].name
-        self.nodes = [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS]
+        ops = options.op_types
+        # Every node of the network that may get Q/DQ; the compute ones are what mixed precision groups by.
+        self.nodes = [n.name for n in model.graph.node if n.name.startswith(options.scope) and (ops is None or n.op_type in ops)]
+        self.compute = [n.name for n in model.graph.node if n.name in set(self.nodes) and n.op_type in QUANTIZED_OPS]
         self.cache = tmp / "calibration.json"  # ORT's calibration cache: ranges computed on the first build only
 
     def build(self, out: Path, excluded: Sequence[str]) -> Path:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+        o, skip = self.options, set(excluded)
+        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                  "percentile": CalibrationMethod.Percentile}[o.calibration]
         quantize_static(
             str(self.prepped), str(out), _Calibration(self.input_name, self.calibration),
-            quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_exclude=list(excluded),
-            per_channel=self.per_channel, reduce_range=self.reduce_range, activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(self.cache),
+            quant_format=QuantFormat.QDQ, op_types_to_quantize=None if o.op_types is None else list(o.op_types),
+            nodes_to_quantize=[n for n in self.nodes if n not in skip], per_channel=o.per_channel,
+            reduce_range=o.resolved_reduce_range(), activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=method, calibration_cache_path=str(self.cache),
+            extra_options={"ActivationSymmetric": o.activation_symmetric},
         )
         return out
 
@@ -125,9 +196,11 @@ def _search(builder: _Builder, always_fp32: Sequence[str], evaluate: Callable[[P
     from tqdm.auto import tqdm
 
     groups: dict[str, list[str]] = {}
+    compute = set(builder.compute)
     for name in builder.nodes:
         if name not in always_fp32:
             groups.setdefault(node_group(name), []).append(name)
+    groups = {g: names for g, names in groups.items() if compute & set(names)}  # a group without a conv/GEMM gains nothing
     result = MixedPrecision(budget=budget, noise_floor=getattr(evaluate, "noise_floor", None))
     if result.noise_floor is not None:
         log.info("FP32 model under input noise of half a grey level: %.1f %% of detections change", 100 * result.noise_floor)
@@ -168,17 +241,14 @@ def quantize_int8(
     out_path: str | Path,
     calibration: Sequence[np.ndarray],
     *,
-    per_channel: bool = True,
-    reduce_range: bool = True,
-    exclude: Sequence[str] = SENSITIVE_NODES,
+    options: Int8Options | None = None,
     evaluate: Callable[[Path], float] | None = None,
     budget: float = DEFAULT_BUDGET,
     progress: bool = False,
 ) -> Path:
     """Quantize ``fp32_path`` into ``out_path`` using ``calibration`` inputs ``[1, C, S, S]``.
 
-    reduce_range: 7-bit weights.  Without AVX-512 VNNI, x86 int8 kernels accumulate
-    pairs in int16 and can saturate with full 8-bit ranges; ORT recommends it there.
+    options: which ops, weights and calibration (:class:`Int8Options`; default: the full network).
     evaluate: ``f(int8_model_path) -> error`` (e.g. the fraction of FP32 detections
     that change on validation images); given, only the layer groups that keep the
     error within ``budget`` are quantized (see the module docstring).
@@ -189,11 +259,12 @@ def quantize_int8(
 
     if not calibration:
         raise ValueError("INT8 calibration needs at least one image")
+    options = options or Int8Options()
     fp32_path, out_path = Path(fp32_path), Path(out_path)
-    excluded = sensitive_nodes(onnx.load(str(fp32_path)), exclude)
     mixed = None
     with tempfile.TemporaryDirectory() as tmp:
-        builder = _Builder(fp32_path, calibration, Path(tmp), per_channel=per_channel, reduce_range=reduce_range)
+        builder = _Builder(fp32_path, calibration, Path(tmp), options)
+        excluded = [n for n in builder.nodes if any(f in n for f in options.exclude)]
         if evaluate is not None:
             mixed = _search(builder, excluded, evaluate, budget, progress)
             if not mixed.quantized:
@@ -206,12 +277,16 @@ def quantize_int8(
             chosen = set(mixed.quantized)
             excluded = [n for n in builder.nodes if n in excluded or node_group(n) not in chosen]
         builder.build(out_path, excluded)
+        quantized_nodes = set(builder.nodes) - set(excluded)
+        # What stays FP32 among the compute ops (box predictor, groups the search left out).
+        fp32_compute = [n.name for n in builder.model.graph.node if n.op_type in QUANTIZED_OPS and n.name not in quantized_nodes]
     meta = read_metadata(fp32_path)
-    meta.update(precision="int8", calibration_images=len(calibration), int8_excluded_nodes=excluded, reduce_range=reduce_range)
+    meta.update(precision="int8", calibration_images=len(calibration), int8_excluded_nodes=fp32_compute,
+                reduce_range=options.resolved_reduce_range(), int8_options=options.to_dict())
     if mixed is not None:
         meta["int8_mixed_precision"] = mixed.to_dict()
     quantized = onnx.load(str(out_path))
     stamp_metadata(quantized, meta)
     onnx.save(quantized, str(out_path))
-    log.info("wrote %s (%.1f MB), %d nodes kept FP32", out_path, out_path.stat().st_size / 1e6, len(excluded))
+    log.info("wrote %s (%.1f MB), %d conv/GEMM nodes kept FP32", out_path, out_path.stat().st_size / 1e6, len(fp32_compute))
     return out_path

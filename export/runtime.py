@@ -1,12 +1,21 @@
-"""Detectors in process: the exported graph in ONNX Runtime and the eager PyTorch graph.
+"""Detectors in process: the exported graph in ONNX Runtime or OpenVINO, and the eager PyTorch graph.
 
-Both are callables ``[B, C, S, S]`` float32 -> (boxes, scores, labels, valid), the
+All are callables ``[B, C, S, S]`` float32 -> (boxes, scores, labels, valid), the
 detector step of :class:`cxr.export.pipeline.Pipeline`.
+
+Low precision on the CPU: ONNX Runtime runs the INT8 QDQ model (U8S8 kernels: VNNI /
+AMX where present); PyTorch can run the network in bfloat16 (:data:`TORCH_MODES`) --
+AVX512-BF16 / AMX-BF16 matrix units are used only for channels-last bf16 convolutions,
+so ``bf16`` casts the weights and switches the layout, while ``autocast`` is PyTorch's
+plain autocast, kept to show the difference; OpenVINO (optional, PyPI ``openvino``)
+compiles the same ONNX files for its CPU plugin (FP32, INT8 from the QDQ model, or
+``bf16`` inference precision).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +24,13 @@ from cxr.errors import InvalidOptionError, MissingFileError
 from cxr.export.pipeline import RawOutput
 
 
+OPTIMIZATION_LEVELS = ("none", "basic", "extended", "all")
+TORCH_MODES = ("fp32", "bf16", "autocast")  # bf16: channels-last bf16 network; autocast: torch.autocast(bfloat16)
+OPENVINO_PRECISIONS = ("f32", "bf16")
+
+
 def ort_session(path: str | Path, *, threads: int | None = None, optimization: str = "all",
-                memory_arena: bool = True):
+                memory_arena: bool = True, spinning: bool = True, config: dict[str, str] | None = None):
     """An ``onnxruntime.InferenceSession`` on the CPU with graph optimisations.
 
     threads: intra-op threads (default: all cores; Triton instances should set it to
@@ -25,15 +39,17 @@ def ort_session(path: str | Path, *, threads: int | None = None, optimization: s
     block it ever allocated, so a long-lived server seeing many batch sizes and
     data-dependent detection shapes ratchets up in steps; off, tensors go to malloc and
     are returned, at 20-50% more time per call (benchmarks/README.md, "Soak").
+    spinning: ORT's intra-op threads busy-wait for the next work item between kernels
+    (its default).  In process that shaves off wake-up latency; in a server whose other
+    processes (preprocess, postprocess, gRPC) share the same few cores it burns cycles
+    they need (benchmarks/README.md, "Serving overhead").
+    config: further session config entries (``SessionOptions.add_session_config_entry``).
     """
     import onnxruntime as ort
 
-    levels = {
-        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }
+    levels = dict(zip(OPTIMIZATION_LEVELS, (
+        ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)))
     if optimization not in levels:
         raise InvalidOptionError(f"unknown optimization level {optimization!r}; choose one of: {', '.join(levels)}")
     opts = ort.SessionOptions()
@@ -43,6 +59,9 @@ def ort_session(path: str | Path, *, threads: int | None = None, optimization: s
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3  # warnings about unused initializers etc. are noise here
     opts.enable_cpu_mem_arena = memory_arena
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, str(value))
     if not Path(path).is_file():
         raise MissingFileError(f"ONNX model not found: {path}")
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
@@ -51,9 +70,11 @@ def ort_session(path: str | Path, *, threads: int | None = None, optimization: s
 class OrtDetector:
     """Callable: ``[B, C, S, S]`` float32 -> (boxes, scores, labels, valid)."""
 
-    def __init__(self, path: str | Path, *, threads: int | None = None, memory_arena: bool = True) -> None:
+    def __init__(self, path: str | Path, *, threads: int | None = None, memory_arena: bool = True,
+                 spinning: bool = True, optimization: str = "all") -> None:
         self.path = Path(path)
-        self.session = ort_session(path, threads=threads, memory_arena=memory_arena)
+        self.session = ort_session(path, threads=threads, memory_arena=memory_arena, spinning=spinning,
+                                   optimization=optimization)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -63,17 +84,108 @@ class OrtDetector:
 
 
 class TorchDetector:
-    """The eager PyTorch serving graph as the same callable (the parity reference)."""
+    """The eager PyTorch serving graph as the same callable (the parity reference in ``fp32``).
 
-    def __init__(self, ckpt) -> None:
+    mode ``bf16``: the backbone, FPN, RPN head and box head hold bfloat16 weights in
+    channels-last layout and take bfloat16 inputs (what oneDNN runs on AVX512-BF16 /
+    AMX tiles); anchors, NMS, ROI Align and box decoding stay float32 -- their outputs
+    are cast back at the module boundaries.  ``autocast``: ``torch.autocast("cpu",
+    torch.bfloat16)`` around the whole graph (NCHW; measured to gain little, kept as a row).
+    """
+
+    def __init__(self, ckpt, *, mode: str = "fp32") -> None:
         import torch
 
         from cxr.export.graph import ServingGraph
 
+        if mode not in TORCH_MODES:
+            raise InvalidOptionError(f"unknown PyTorch mode {mode!r}; choose one of: {', '.join(TORCH_MODES)}")
         self._torch = torch
+        self.mode = mode
         self.graph = ServingGraph.from_checkpoint(ckpt)
+        if mode == "bf16":
+            for name in ("backbone", "rpn_head"):
+                setattr(self.graph, name, _Bf16(getattr(self.graph, name)))
+            self.graph.roi_heads.box_head = _Bf16(self.graph.roi_heads.box_head)
 
     def __call__(self, batch: np.ndarray) -> RawOutput:
-        with self._torch.no_grad():
-            out = self.graph(self._torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
-        return tuple(t.numpy() for t in out)  # type: ignore[return-value]
+        torch = self._torch
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.mode == "autocast"):
+            out = self.graph(x)
+        return tuple(t.float().numpy() if t.is_floating_point() else t.numpy() for t in out)  # type: ignore[return-value]
+
+
+def _Bf16(module):
+    """``module`` in bfloat16 / channels-last, float32 in and out (built lazily: torch is imported here)."""
+    import torch
+    from torch import nn
+
+    class Bf16(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+
+        def forward(self, x):
+            def cast_in(t):
+                if isinstance(t, (list, tuple)):
+                    return type(t)(cast_in(v) for v in t)
+                return t.to(torch.bfloat16, memory_format=torch.channels_last) if t.dim() == 4 else t.to(torch.bfloat16)
+
+            return _to_float(self.inner(cast_in(x)))
+
+    return Bf16(module)
+
+
+def _to_float(out):
+    if isinstance(out, dict):
+        return type(out)((k, _to_float(v)) for k, v in out.items())
+    if isinstance(out, (list, tuple)):
+        return type(out)(_to_float(v) for v in out)
+    return out.float().contiguous() if out.is_floating_point() else out
+
+
+class OpenVinoDetector:
+    """An ONNX file (FP32 or INT8 QDQ) compiled by OpenVINO's CPU plugin, as the same callable.
+
+    precision: ``f32`` or ``bf16`` (OpenVINO's inference precision hint; bf16 needs
+    AVX512-BF16 or AMX, else the plugin stays in f32).  The model is reshaped to the
+    batch of each call on first sight (OpenVINO compiles static shapes fastest).
+    """
+
+    def __init__(self, path: str | Path, *, threads: int | None = None, precision: str = "f32") -> None:
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise ImportError(f"OpenVINO is not installed ({exc}); pip install openvino") from exc
+        if precision not in OPENVINO_PRECISIONS:
+            raise InvalidOptionError(f"unknown OpenVINO precision {precision!r}; choose one of: {', '.join(OPENVINO_PRECISIONS)}")
+        if not Path(path).is_file():
+            raise MissingFileError(f"ONNX model not found: {path}")
+        self.path, self.precision = Path(path), precision
+        self._core = ov.Core()
+        self._model = self._core.read_model(str(path))
+        self._config = {"INFERENCE_NUM_THREADS": int(threads or os.cpu_count() or 1), "PERFORMANCE_HINT": "LATENCY",
+                        "INFERENCE_PRECISION_HINT": precision, "NUM_STREAMS": 1}
+        self._compiled: dict[int, object] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()  # an infer request is not thread-safe: one per thread and batch size
+        self.output_names = [o.get_any_name() for o in self._model.outputs]
+
+    def _request(self, batch: int):
+        requests = self._local.__dict__.setdefault("requests", {})
+        if batch not in requests:
+            with self._lock:
+                if batch not in self._compiled:
+                    model = self._model.clone()
+                    shape = list(model.inputs[0].get_partial_shape())
+                    model.reshape({model.inputs[0].get_any_name(): [batch, *[int(str(d)) for d in shape[1:]]]})
+                    self._compiled[batch] = self._core.compile_model(model, "CPU", self._config)
+                requests[batch] = self._compiled[batch].create_infer_request()
+        return requests[batch]
+
+    def __call__(self, batch: np.ndarray) -> RawOutput:
+        request = self._request(int(batch.shape[0]))
+        request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        # copies: the request's output buffers are reused by its next call
+        return tuple(np.array(request.get_output_tensor(i).data) for i in range(len(self.output_names)))  # type: ignore[return-value]

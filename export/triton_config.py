@@ -17,14 +17,29 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cxr.errors import InvalidOptionError
 from cxr.contract import (
     DETECTOR_INPUT, ENSEMBLE, ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS, MAX_BATCH, RAW_OUTPUTS, RECORD, Artifact, ConfigKey, Precision,
     ServeTarget, Step, Tensor, detector_input, detector_outputs, preprocess_outputs,
 )
 
-# Long enough for concurrent requests to meet in one batch, short next to a
-# ~100 ms CPU inference.
-QUEUE_DELAY_US = {Step.PREPROCESS: 500, Step.DETECTOR: 2000, Step.POSTPROCESS: 500}
+# No waiting for company: the dynamic batcher still batches every request that queued
+# while the instance was busy (what load brings), but a lone request never waits.  The
+# former 2000 / 500 / 500 us made every request at concurrency 1 wait ~3.5 ms in the three
+# queues and bought no throughput at concurrency 4 (benchmarks/README.md, "Serving overhead").
+QUEUE_DELAY_US = {Step.PREPROCESS: 0, Step.DETECTOR: 0, Step.POSTPROCESS: 0}
+# The NGC GPU detector configs keep their 2 ms: not measured on a GPU yet (no GPU here).
+GPU_QUEUE_DELAY_US = 2000
+# Detector parameter: ONNX Runtime's intra-op threads busy-wait between kernels ("1", its
+# default) or sleep ("0"); see cxr.export.runtime.ort_session.  The served default is "0":
+# spinning threads take the cores the preprocess/postprocess stubs and gRPC need.
+INTRA_OP_SPINNING = "intra_op_spinning"
+SERVED_SPINNING = False
+# Detector parameter: the in-process runtime of the CPU detector, "onnxruntime" (default) or
+# "openvino" (needs the openvino package in the server's environment; faster on the CPUs
+# measured so far, same ONNX files -- benchmarks/README.md, "Runtimes").
+DETECTOR_RUNTIME = "runtime"
+RUNTIMES = ("onnxruntime", "openvino")
 # Tensors inside the ensemble: the preprocess outputs and the detector's raw outputs.
 _IMAGES, _RECORD = DETECTOR_INPUT, "record"
 _RAW = {name: f"raw_{name}" for name in RAW_OUTPUTS}
@@ -60,6 +75,12 @@ def _header(name: str, backend: str, queue: int | None) -> str:
     return "\n".join(lines)
 
 
+def _delays(queue_delay_us) -> dict:
+    delays = dict(QUEUE_DELAY_US)
+    delays.update({Step(k): int(v) for k, v in (queue_delay_us or {}).items()})
+    return delays
+
+
 def detector_io(size: int, channels: int, candidates: int) -> tuple[str, str]:
     return _io("input", [detector_input(size, channels)]), _io("output", detector_outputs(candidates))
 
@@ -68,13 +89,20 @@ def _instances(kind: str) -> str:
     return f"instance_group [ {{ count: 1 kind: {kind} }} ]"
 
 
-def render(meta: dict, *, cpu_threads: int = 0) -> dict[str, str]:
+def render(meta: dict, *, cpu_threads: int = 0, queue_delay_us: dict | None = None,
+           spinning: bool | None = SERVED_SPINNING, runtime: str = RUNTIMES[0]) -> dict[str, str]:
     """All config files of the repository (relative path -> text) for ``meta``.
 
     ``meta`` is :meth:`cxr.training.checkpoint.Checkpoint.metadata` (or the
     repository's ``cxr-metadata.json``).  cpu_threads: ORT intra-op threads for the
-    CPU detector (0 = all cores).
+    CPU detector (0 = all cores).  queue_delay_us: per step, over :data:`QUEUE_DELAY_US`
+    (the levers ``cxr bench`` measures; benchmarks/README.md).  spinning: the CPU
+    detector's :data:`INTRA_OP_SPINNING` parameter (None: not written, ORT's default).
+    runtime: the CPU detector's :data:`DETECTOR_RUNTIME` (one of :data:`RUNTIMES`).
     """
+    if runtime not in RUNTIMES:
+        raise InvalidOptionError(f"unknown detector runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
+    delays = _delays(queue_delay_us)
     pre, post = meta["preprocess"], meta["postprocess"]
     size, channels = int(pre["size"]), int(pre["channels"])
     candidates = int(meta["model"]["candidates"])
@@ -83,7 +111,7 @@ def render(meta: dict, *, cpu_threads: int = 0) -> dict[str, str]:
     files: dict[str, str] = {}
 
     files[f"{Step.PREPROCESS}/config.pbtxt"] = "\n".join([
-        _header(Step.PREPROCESS, "python", QUEUE_DELAY_US[Step.PREPROCESS]),
+        _header(Step.PREPROCESS, "python", delays[Step.PREPROCESS]),
         _io("input", ENSEMBLE_INPUTS),
         _io("output", preprocess_outputs(size, channels)),
         _instances("KIND_CPU"),
@@ -93,19 +121,21 @@ def render(meta: dict, *, cpu_threads: int = 0) -> dict[str, str]:
     det_in, det_out = detector_io(size, channels, candidates)
     stamped = _params(**{ConfigKey.MODEL_VERSION: version, ConfigKey.CLASS_NAMES: classes})
     files[f"{Step.DETECTOR}/config.pbtxt"] = "\n".join([
-        _header(Step.DETECTOR, "python", QUEUE_DELAY_US[Step.DETECTOR]), det_in, det_out, _instances("KIND_CPU"), stamped,
+        _header(Step.DETECTOR, "python", delays[Step.DETECTOR]), det_in, det_out, _instances("KIND_CPU"), stamped,
         _params(**{ConfigKey.MODEL_FILE: Artifact.ONNX.file, ConfigKey.INT8_MODEL_FILE: Artifact.ONNX_INT8.file,
-                   ConfigKey.PRECISION: Precision.FP32.value, ConfigKey.INTRA_OP_THREADS: str(cpu_threads)}),
+                   ConfigKey.PRECISION: Precision.FP32.value, ConfigKey.INTRA_OP_THREADS: str(cpu_threads),
+                   **({} if spinning is None else {INTRA_OP_SPINNING: "1" if spinning else "0"}),
+                   DETECTOR_RUNTIME: runtime}),
     ]) + "\n"
     for target in (ServeTarget.GPU_ONNX, ServeTarget.GPU_TRT):
         artifact = target.artifact
         files[f"{Step.DETECTOR}/configs/{target.config_name}.pbtxt"] = "\n".join([
-            _header(Step.DETECTOR, artifact.platform, QUEUE_DELAY_US[Step.DETECTOR]),
+            _header(Step.DETECTOR, artifact.platform, GPU_QUEUE_DELAY_US),
             f'default_model_filename: "{artifact.file}"', det_in, det_out, _instances("KIND_GPU"), stamped,
         ]) + "\n"
 
     files[f"{Step.POSTPROCESS}/config.pbtxt"] = "\n".join([
-        _header(Step.POSTPROCESS, "python", QUEUE_DELAY_US[Step.POSTPROCESS]),
+        _header(Step.POSTPROCESS, "python", delays[Step.POSTPROCESS]),
         _io("input", [*detector_outputs(candidates, for_postprocess=True), RECORD]),
         _io("output", ENSEMBLE_OUTPUTS),
         _instances("KIND_CPU"),

@@ -17,7 +17,8 @@ from cxr.benchmarks.backends import BACKENDS, Backend, Unavailable, open_in_proc
 from cxr.benchmarks.parity import BackendParity
 from cxr.benchmarks.perf_data import (bytes_entry, command_lines, decode_entry, deserialize_bytes_tensor,
                                       perf_analyzer_data, pixels_entry, write_perf_data)
-from cxr.benchmarks.report import BACKEND_KEYS, STATUSES, build_report, joined_table, render_markdown, write_report
+from cxr.benchmarks.report import BACKEND_KEYS, STATUSES, build_report, build_section, write_report
+from cxr.benchmarks.report_md import joined_table, render_markdown, summary_table
 from cxr.benchmarks.stats import CallTimer, LoadConfig, Sample, percentile_ms, run_point, summarize
 
 
@@ -154,63 +155,117 @@ def _parity(name, passed=True, map50=0.5, delta=0.0):
                          tolerance="fp32", failures=[] if passed else ["match rate 0.5000 < 0.99"])
 
 
-@pytest.fixture
-def fake_report():
+PEAKS = {"fp32": {"gflops": 100.0, "how": "fake"}, "bf16": {"gflops": 200.0, "native": True},
+         "int8": {"gflops": 400.0, "native": True, "torch_int_mm": 350.0, "ort_matmul_integer": 400.0}}
+VNNI_CPU = {"model": "Fake CPU", "usable_cores": 2, "simd": ["avx2", "avx512f", "avx512_vnni"], "avx512": True, "vnni": True,
+            "amx": False}
+
+
+def _fake_backends():
     def backend(name, precision="fp32"):
         return Backend(name, run=lambda images: [], precision=precision, size_mb=12.5, detail=f"{name} (fake)")
 
-    backends = [backend("pytorch"), backend("onnx"), backend("onnx-int8", "int8"),
-                Unavailable("tensorrt", "TensorRT FP16 needs an NVIDIA GPU and none was found"), backend("triton")]
-    points = {"pytorch": _points("pytorch", [40, 70, 130], [25, 28, 30]), "onnx": _points("onnx", [20, 35, 70], [50, 55, 57]),
-              "onnx-int8": _points("onnx-int8", [10, 18, 35], [100, 110, 112]), "triton": _points("triton", [24, 30, 45], [40, 65, 88])}
+    return [backend("pytorch"), backend("onnx"), backend("onnx-int8", "int8"),
+            Unavailable("tensorrt", "TensorRT FP16 needs an NVIDIA GPU and none was found"), backend("triton")]
+
+
+def _fake_points():
+    return {"pytorch": _points("pytorch", [40, 70, 130], [25, 28, 30]), "onnx": _points("onnx", [20, 35, 70], [50, 55, 57]),
+            "onnx-int8": _points("onnx-int8", [10, 18, 35], [100, 110, 112]), "triton": _points("triton", [24, 30, 45], [40, 65, 88])}
+
+
+def _fake_env():
+    return {"cpu": VNNI_CPU, "isa": "AVX2 yes, AVX-512 yes, VNNI yes, BF16 no, AMX no", "load_average": [0.1, 0.2, 0.3],
+            "gpu": None, "libraries": {"torch": "2.x", "tensorrt": None}}
+
+
+@pytest.fixture
+def fake_report():
     parity = {"pytorch": _parity("pytorch"), "onnx": _parity("onnx"), "onnx-int8": _parity("onnx-int8", False, 0.45, -0.05),
               "triton": _parity("triton")}
-    env = {"cpu": {"model": "Fake CPU", "usable_cores": 2, "simd": ["avx2"], "avx512": False, "vnni": False},
-           "gpu": None, "libraries": {"torch": "2.x", "tensorrt": None}, "input_size": 128}
-    return build_report(env=env, backends=backends, points=points, parity=parity, flops=2e9, peak={"peak_gflops": 100.0},
-                        images="4 fake studies", config={"quick": True})
+    trained = build_section(model={"name": "cpu-demo@128", "arch": "fasterrcnn_mobilenet_v3_large_fpn", "size": 128,
+                                   "trained": True, "source": "checkpoint fake.pt"},
+                            backends=_fake_backends(), points=_fake_points(), parity=parity, flops=2e9, peaks=PEAKS,
+                            images="4 fake studies", cpu=VNNI_CPU)
+    untrained = build_section(model={"name": "fasterrcnn_resnet50_fpn@512", "arch": "fasterrcnn_resnet50_fpn", "size": 512,
+                                     "trained": False, "source": "untrained: deterministic weights"},
+                              backends=_fake_backends(), points=_fake_points(), parity=None, flops=100e9, peaks=PEAKS,
+                              images="4 fake studies", cpu=VNNI_CPU)
+    return build_report(env=_fake_env(), sections=[trained, untrained], peaks=PEAKS, config={"quick": True})
 
 
 def test_report_schema_has_every_backend_key_and_status(fake_report):
-    assert [b["name"] for b in fake_report["backends"]] == ["pytorch", "onnx", "onnx-int8", "tensorrt", "triton"]
-    for row in fake_report["backends"]:
+    section = fake_report["models"][0]
+    assert [b["name"] for b in section["backends"]] == ["pytorch", "onnx", "onnx-int8", "tensorrt", "triton"]
+    for row in section["backends"]:
         assert set(BACKEND_KEYS) <= set(row)
         assert row["status"] in STATUSES
-    rows = {b["name"]: b for b in fake_report["backends"]}
+    rows = {b["name"]: b for b in section["backends"]}
     assert rows["tensorrt"]["status"] == "unavailable" and "GPU" in rows["tensorrt"]["reason"]
     assert rows["onnx-int8"]["status"] == "failed-parity" and "match rate" in rows["onnx-int8"]["reason"]
     assert rows["onnx"]["status"] == "ok" and rows["onnx"]["reason"] is None
-    assert fake_report["serving_overhead"] == pytest.approx(24 / 20)
+    assert section["serving_overhead"] == pytest.approx(24 / 20)
+    assert section["serving"]["overhead_ms"] == pytest.approx(4.0)  # Triton p50 24 ms - ORT p50 20 ms
     assert rows["onnx"]["speedup_vs_pytorch"] == pytest.approx(2.0)
     assert rows["onnx"]["p50_ms"] == pytest.approx(20.0) and rows["onnx"]["images_per_s"] == 57  # best of the sweep
     assert rows["onnx"]["achieved_gflops"] == pytest.approx(2e9 / 0.010 / 1e9)  # model-only 10 ms/image
-    assert rows["onnx"]["fraction_of_peak"] == pytest.approx(2.0)
-    targets = {t["target"].split(" (")[0]: t for t in fake_report["targets"]}
-    assert targets["serving overhead"]["met"] is False  # 1.2 > 1.15
+    assert rows["onnx"]["fraction_of_peak"] == pytest.approx(2.0)  # of the FP32 peak (100)
+    # INT8 is divided by the INT8 peak, not the FP32 one: 2 GFLOP in 5 ms = 400 GOP/s = 100 % of 400.
+    assert rows["onnx-int8"]["peak"] == {"precision": "int8", "gflops": 400.0}
+    assert rows["onnx-int8"]["fraction_of_peak"] == pytest.approx(1.0)
+    targets = {t["target"].split(" (")[0]: t for t in section["targets"]}
+    assert targets["serving overhead at concurrency 1"]["met"] is False  # 4 ms > 2 ms on the small model
     assert targets["ORT FP32 speed-up over PyTorch eager"]["met"] is True
     assert targets["ORT INT8 |delta mAP@0.5|"]["met"] is False
+    # onnx-int8 failed parity, so no low-precision path counts for the speed target
+    low = next(t for t in section["targets"] if t["target"].startswith("best low-precision"))
+    assert low["value"] is None and low["need"] == ">= 2.0 (VNNI)"
+
+
+def test_untrained_rows_say_untrained_and_have_no_parity(fake_report):
+    section = fake_report["models"][1]
+    rows = {b["name"]: b for b in section["backends"]}
+    assert rows["onnx"]["accuracy"] == "untrained" and rows["onnx"]["map50"] is None and "parity" not in rows["onnx"]
+    assert rows["tensorrt"]["accuracy"] is None  # unavailable rows say why, not "untrained"
+    targets = {t["target"].split(" (")[0]: t for t in section["targets"]}
+    assert targets["serving overhead at concurrency 1"]["need"] == "<= 1.03"  # the seed's model: a ratio
+    assert targets["INT8 parity"]["value"] == "untrained" and targets["INT8 parity"]["met"] is None
+    low = next(t for t in section["targets"] if t["target"].startswith("best low-precision"))
+    assert low["value"] == pytest.approx(10 / 5) and low["met"] is True  # model-only 10 ms / 5 ms, no parity to fail
+    table = joined_table(section)
+    onnx = next(line for line in table.splitlines() if line.startswith("| onnx |"))
+    assert onnx.count("untrained") == 2  # mAP and delta columns
+    assert "| fasterrcnn_resnet50_fpn@512 | onnx | 20.0 |" in summary_table(fake_report)
 
 
 def test_report_files_are_strict_json_markdown_and_png(fake_report, tmp_path):
     written = write_report(fake_report, tmp_path)
     data = json.loads(written["json"].read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
-    per_class = {b["name"]: b for b in data["backends"]}["onnx"]["parity"]["per_class_ap50"]
+    assert data["schema"] == "cxr-bench/2" and data["env"]["gemm_peaks"]["int8"]["gflops"] == 400.0
+    per_class = {b["name"]: b for b in data["models"][0]["backends"]}["onnx"]["parity"]["per_class_ap50"]
     assert per_class == {"Effusion": 0.7, "Mass": None}  # NaN (no ground truth) became null
     md = written["md"].read_text()
-    assert "| backend | status | size MB | mAP@0.5 | Δ vs PyTorch | p50 ms | p95 ms | images/s |" in md
-    assert "## Sweeps" in md and "#### onnx-int8" in md and "Per-class AP@0.5" in md
+    assert "| backend | status | size MB | mAP@0.5 | Δ vs PyTorch | p50 ms | p95 ms | images/s | model ms |" in md
+    assert "**ISA: AVX2 yes, AVX-512 yes, VNNI yes, BF16 no, AMX no**" in md and "INT8 GOP/s | 400" in md
+    assert "provisional" not in md  # load 0.1 on 2 cores: nothing else ran
+    busy = {**fake_report, "env": {**fake_report["env"], "load_average": [1.8, 1.0, 0.5]}}
+    assert "other work was running: the figures are provisional" in render_markdown(busy)
+    assert "## cpu-demo@128 (trained)" in md and "## fasterrcnn_resnet50_fpn@512 (untrained)" in md
+    assert "### Sweeps" in md and "#### onnx-int8" in md and "Per-class AP@0.5" in md
     if "png" in written:
         assert written["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_joined_table_renders_one_row_per_backend(fake_report):
-    lines = joined_table(fake_report).splitlines()
+    section = fake_report["models"][0]
+    lines = joined_table(section).splitlines()
     assert len(lines) == 2 + 5
-    assert lines[2].split("|")[1:9] == [" pytorch ", " ok ", " 12.5 ", " 0.5000 ", " +0.0000 ", " 40.0 ", " 40.0 ", " 30.0 "]
+    assert lines[2].split("|")[1:12] == [" pytorch ", " ok ", " 12.5 ", " 0.5000 ", " +0.0000 ", " 40.0 ", " 40.0 ", " 30.0 ",
+                                         " 20.0 ", " 100 ", " 100% fp32 "]
     tensorrt = next(line for line in lines if line.startswith("| tensorrt"))
     assert "unavailable (TensorRT FP16 needs an NVIDIA GPU" in tensorrt and tensorrt.count("–") >= 6
     assert "-0.0500" in next(line for line in lines if line.startswith("| onnx-int8"))
-    assert "serving overhead" in render_markdown(fake_report)
+    assert "serving overhead at concurrency 1" in render_markdown(fake_report)
 
 
 def test_tensorrt_is_unavailable_with_a_reason_without_gpu(monkeypatch, tmp_path):
@@ -260,6 +315,7 @@ def test_perf_analyzer_pixels_round_trip(tmp_path):
 
 @pytest.mark.e2e
 def test_bench_quick_end_to_end_on_the_tiny_model(checkpoint, repository, server, synth_data, tmp_path, capsys):
+    from cxr.benchmarks.backends import DEFAULT_BACKENDS
     from cxr.benchmarks.cli import main
 
     out = tmp_path / "bench"
@@ -268,21 +324,107 @@ def test_bench_quick_end_to_end_on_the_tiny_model(checkpoint, repository, server
                "--seconds", "1"])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "| backend | status |" in printed
+    assert "| backend | status |" in printed and "ISA: " in printed
     report = json.loads((out / "report.json").read_text())
-    rows = {b["name"]: b for b in report["backends"]}
-    assert list(rows) == list(BACKENDS)
+    (section,) = report["models"]
+    assert section["trained"] is True and section["size"] == 128
+    rows = {b["name"]: b for b in section["backends"]}
+    assert list(rows) == list(DEFAULT_BACKENDS)
     assert rows["onnx-int8"]["status"] == "unavailable"  # the fixture repository has only the FP32 ONNX
     for name in ("pytorch", "onnx", "triton", "triton-shm"):
         assert rows[name]["status"] in ("ok", "failed-parity"), rows[name]
         assert rows[name]["p50_ms"] > 0 and rows[name]["images_per_s"] > 0
         assert rows[name]["map50"] is None or 0.0 <= rows[name]["map50"] <= 1.0
+        assert rows[name]["peak"]["precision"] == "fp32" and rows[name]["fraction_of_peak"] > 0
     assert rows["pytorch"]["status"] == "ok" and rows["pytorch"]["delta_map50"] in (0.0, None)
-    assert report["serving_overhead"] > 0
-    assert {p["concurrency"] for p in report["sweeps"]["triton"]} == {1, 2}
-    assert {(p["concurrency"], p["batch"]) for p in report["sweeps"]["onnx"]} == {(1, 1), (2, 1), (1, 4)}
+    assert section["serving_overhead"] > 0 and section["serving"]["overhead_ms"] is not None
+    assert set(section["serving"]["steps"]) == {"cxr_detector", "preprocess", "detector", "postprocess"}
+    assert {p["concurrency"] for p in section["sweeps"]["triton"]} == {1, 2}
+    assert {(p["concurrency"], p["batch"]) for p in section["sweeps"]["onnx"]} == {(1, 1), (2, 1), (1, 4)}
     assert report["config"]["quick"] is True
-    assert report["env"]["input_size"] > 0 and "cpu" in report["env"]
-    assert not math.isnan(report["model_gflops_per_image"] or 0.0)
+    assert report["env"]["isa"].startswith("AVX2 ") and report["env"]["gemm_peaks"]["fp32"]["gflops"] > 0
+    assert not math.isnan(section["model_gflops_per_image"] or 0.0)
     for name in ("report.md", "perf_analyzer_data.json"):
         assert (out / name).is_file()
+
+
+@pytest.mark.e2e
+def test_bench_untrained_arch_exports_its_own_artifacts_and_says_untrained(tmp_path):
+    """--arch without a checkpoint: deterministic weights, FP32 and full-INT8 ONNX in OUT/models/, no parity."""
+    from cxr.benchmarks.cli import main
+
+    out = tmp_path / "bench"
+    argv = ["latency", "--quick", "--arch", "cpu-demo@64", "--backends", "onnx,onnx-int8", "--out", str(out),
+            "--images", "2", "--concurrency", "1", "--batches", "1", "--requests", "2", "--seconds", "1"]
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    (section,) = report["models"]
+    assert (section["name"], section["trained"], section["size"]) == ("cpu-demo@64", False, 64)
+    assert "deterministic weights" in section["source"]
+    rows = {b["name"]: b for b in section["backends"]}
+    assert rows["onnx"]["status"] == rows["onnx-int8"]["status"] == "ok"
+    assert rows["onnx"]["accuracy"] == "untrained" and rows["onnx-int8"]["precision"] == "int8"
+    assert section["artifacts"]["onnx"] == "exported" and section["artifacts"]["onnx-int8"]["op_types"] == "all"
+    repo = out / "models" / "fasterrcnn_mobilenet_v3_large_fpn@64" / "model_repository"
+    assert (repo / "detector/1/model.int8.onnx").is_file()
+    assert "untrained" in (out / "report.md").read_text()
+    # A second run reuses the artifacts of the same deterministic weights instead of exporting again.
+    assert main(argv) == 0
+    assert json.loads((out / "report.json").read_text())["models"][0]["artifacts"] == {"onnx": "reused", "onnx-int8": "reused"}
+
+
+@pytest.mark.e2e
+def test_triton_per_step_split_from_the_live_server(server, synth_data):
+    """TritonStats on real statistics: every model of the ensemble, counts equal to the requests sent."""
+    from cxr.benchmarks.backends import STAT_KEYS, TritonStats
+    from cxr.client import DetectorClient
+
+    studies = sorted((synth_data / "images").glob("*.png"))[:2]
+    import time
+
+    stats = TritonStats(server.url)
+    try:
+        stats.begin()
+        with DetectorClient(url=server.url, timeout_s=60, retries=0) as client:
+            for path in studies:
+                client.predict(path.read_bytes())
+        # Triton records a request's statistics when it releases the request, which may be just
+        # after the client has its response: wait (bounded) until every model has counted both.
+        deadline = time.monotonic() + 10
+        while True:
+            model_ms, extra = stats.end()
+            done = len(extra.get("steps", {})) == 4 and all(s["requests"] >= len(studies) for s in extra["steps"].values())
+            if done or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        stats.close()
+    steps = extra["steps"]
+    assert set(steps) == {"cxr_detector", "preprocess", "detector", "postprocess"}
+    for name, s in steps.items():
+        assert s["requests"] == len(studies), (name, s)
+        assert s["request_ms"] > 0 and s["overhead_ms"] >= 0
+        if name != "cxr_detector":  # an ensemble's "compute" sums its steps' times, queues included: it may exceed
+            parts = sum(s[f"{k}_ms"] for k in STAT_KEYS[1:])  # its request time (perf_analyzer prints the same)
+            assert parts <= s["request_ms"] + 1e-6, (name, s)
+    assert steps["detector"]["compute_infer_ms"] > 0 and model_ms == pytest.approx(steps["detector"]["infer_ms_per_image"])
+    # The ensemble's server time holds its steps' (they run inside it).
+    assert steps["cxr_detector"]["request_ms"] >= steps["detector"]["compute_infer_ms"]
+
+
+def test_triton_throughput_is_compared_with_ort_on_the_same_file_not_a_faster_runtime():
+    def pts(name, conc_rate):
+        out = []
+        for c, rate in conc_rate:
+            s = summarize([Sample(0.0, 0.05)], backend=name, concurrency=c, batch=1)
+            s.images_per_s = rate
+            out.append(s)
+        return out
+
+    backends = [Backend(n, run=lambda images: [], precision="fp32", size_mb=1.0) for n in ("onnx", "openvino", "triton")]
+    points = {"onnx": pts("onnx", [(1, 40.0), (4, 50.0)]), "openvino": pts("openvino", [(1, 90.0), (4, 100.0)]),
+              "triton": pts("triton", [(1, 30.0), (4, 60.0)])}
+    section = build_section(model={"name": "m", "arch": "fasterrcnn_resnet50_fpn", "size": 512, "trained": False},
+                            backends=backends, points=points, parity=None, flops=None, peaks=PEAKS, images="x", cpu=VNNI_CPU)
+    target = next(t for t in section["targets"] if t["target"].startswith("Triton images/s at concurrency 4"))
+    assert target["value"] == pytest.approx(60 / 50) and target["met"] is True

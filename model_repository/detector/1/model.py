@@ -1,6 +1,8 @@
 """Triton Python model ``detector`` for the embedded CPU server: ONNX Runtime.
 
-The NGC GPU server uses the native ``onnxruntime_onnx`` / ``tensorrt_plan`` backends
+Parameter ``runtime: openvino`` runs the same ONNX file with OpenVINO's CPU plugin
+instead (needs the ``openvino`` package).  The NGC GPU server uses the native
+``onnxruntime_onnx`` / ``tensorrt_plan`` backends
 instead (``configs/gpu-*.pbtxt``); inputs and outputs are identical (``cxr.contract``).
 The requests of a dynamic batch run as one ONNX Runtime call
 (``cxr.triton_models.respond_batched``).  ``CXR_DETECTOR_PRECISION`` (``fp32`` |
@@ -13,7 +15,8 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from cxr.contract import DETECTOR_INPUT, PRECISION_ENV, RAW_OUTPUTS, Artifact, ConfigKey, Precision, Step
-from cxr.export.runtime import OrtDetector
+from cxr.export.runtime import OpenVinoDetector, OrtDetector
+from cxr.export.triton_config import DETECTOR_RUNTIME, INTRA_OP_SPINNING, RUNTIMES
 from cxr.triton_models import model_parameters, respond_batched
 
 
@@ -31,10 +34,17 @@ class TritonPythonModel:
         # up in steps (~+120 MB over a 2000-request soak) but off, each call is 20-50% slower
         # (benchmarks/README.md, "Soak").  Parameter cpu_mem_arena=false trades speed for flat RSS.
         arena = str(params.get(ConfigKey.CPU_MEM_ARENA, "true")).lower() not in ("0", "false", "no", "off")
-        self.detector = OrtDetector(path, threads=threads, memory_arena=arena)
+        # Busy-waiting ORT threads take cycles from the other stubs on the same cores (benchmarks/README.md).
+        spinning = str(params.get(INTRA_OP_SPINNING, "1")).lower() not in ("0", "false", "no", "off")
         self.precision = precision
+        if params.get(DETECTOR_RUNTIME, RUNTIMES[0]) == "openvino":
+            self.detector = OpenVinoDetector(path, threads=threads)
+            pb_utils.Logger.log_info(f"detector: OpenVINO CPU {precision}")
+            return
+        self.detector = OrtDetector(path, threads=threads, memory_arena=arena, spinning=spinning)
         enabled = self.detector.session.get_session_options().enable_cpu_mem_arena
-        pb_utils.Logger.log_info(f"detector: ONNX Runtime {precision}, cpu memory arena {'on' if enabled else 'off'}")
+        pb_utils.Logger.log_info(f"detector: ONNX Runtime {precision}, cpu memory arena {'on' if enabled else 'off'}, "
+                                 f"spinning {'on' if spinning else 'off'}")
 
     def execute(self, requests):
         return respond_batched(pb_utils, requests, self._images, self._run, step=Step.DETECTOR)
