@@ -14,7 +14,7 @@ import pytest
 from cxr.errors import InvalidImageError
 from cxr.imaging import decode_image
 from cxr.transfer_syntaxes import BY_UID, SYNTAXES, available_plugins, decodable, decode_stored
-from peers import make_film, reference_decode
+from peers import base_films, film_source, make_film, reference_decode
 
 # Lossy encodings as made here (peers.ENCODERS) and how far their decoded films may be from the
 # original, in the [0, 1] display range after the grayscale pipeline (max, mean |diff|); README,
@@ -31,32 +31,13 @@ LOSSLESS = [s.uid for s in SYNTAXES if s.lossless]
 LOSSY = [s.uid for s in SYNTAXES if not s.lossless]
 
 
-def _by(synth_data: Path, modality: str, photometric: str) -> Path:
-    for f in sorted((synth_data / "dicom").glob("*.dcm")):
-        ds = pydicom.dcmread(f, stop_before_pixels=True)
-        if ds.Modality == modality and ds.PhotometricInterpretation == photometric:
-            return f
-    pytest.fail(f"the synthetic set has no {modality} {photometric} film")
-
-
 @pytest.fixture(scope="module")
 def films(synth_data, tmp_path_factory) -> dict[str, Path]:
-    """12-bit CR MONOCHROME1 and DX MONOCHROME2 films, and an 8-bit copy (JPEG Baseline is 8-bit only)."""
-    out = tmp_path_factory.mktemp("films")
-    cr, dx = _by(synth_data, "CR", "MONOCHROME1"), _by(synth_data, "DX", "MONOCHROME2")
-    ds = pydicom.dcmread(cr)
-    stored = ds.pixel_array >> (int(ds.BitsStored) - 8)
-    ds.PixelData, ds.BitsAllocated, ds.BitsStored, ds.HighBit = stored.astype(np.uint8).tobytes(), 8, 8, 7
-    for keyword in ("WindowCenter", "WindowWidth"):  # the window follows the values down to 8 bits
-        if keyword in ds:
-            setattr(ds, keyword, float(ds[keyword].value if not isinstance(ds[keyword].value, list)
-                                       else ds[keyword].value[0]) / 16)
-    ds.save_as(out / "cr8.dcm", enforce_file_format=True)
-    return {"cr12": cr, "dx12": dx, "cr8": out / "cr8.dcm"}
+    return base_films(synth_data, tmp_path_factory.mktemp("films"))
 
 
 def _source_for(syntax: str, films: dict[str, Path], which: str) -> Path:
-    return films["cr8"] if syntax == "1.2.840.10008.1.2.4.50" else films[which]
+    return film_source(films, syntax, which)
 
 
 @pytest.mark.parametrize("which", ["cr12", "dx12"])
