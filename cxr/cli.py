@@ -328,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="INT8 mixed precision: quantize only the layer groups that together change at most this "
                    "fraction of the FP32 model's detections on validation images; the rest stay FP32 (default 0.05)")
     p.add_argument("--int8-search-images", type=int, default=32, help="validation images for the INT8 layer search (default 32)")
-    p.add_argument("--int8-all", action="store_true", help="quantize every Conv/Gemm except the box predictor, no search")
+    p.add_argument("--int8-all", action="store_true", help="quantize the whole network (every op type in the backbone, FPN, RPN and box head; the "
+                   "box predictor, NMS, RoiAlign and top-k stay FP32), no search")
     p.add_argument("--force", action="store_true", help="replace artifacts of a different model in the repository")
     p.add_argument("--min-batch", type=int, default=1, help="TensorRT profile: smallest batch")
     p.add_argument("--opt-batch", type=int, default=4, help="TensorRT profile: batch to optimise for")

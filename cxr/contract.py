@@ -176,7 +176,16 @@ class ConfigKey(ClosedVocabulary):
     INT8_MODEL_FILE = "int8_model_file"  # CPU detector: the INT8 ONNX file
     PRECISION = "precision"  # CPU detector: which of the two runs (CXR_DETECTOR_PRECISION wins)
     INTRA_OP_THREADS = "intra_op_threads"
+    INTRA_OP_SPINNING = "intra_op_spinning"  # ONNX Runtime threads busy-wait ("1") or sleep ("0") between kernels
     CPU_MEM_ARENA = "cpu_mem_arena"
+    RUNTIME = "runtime"  # CPU detector's in-process runtime: a DetectorRuntime
+
+
+class DetectorRuntime(ClosedVocabulary):
+    """detector runtime: what runs the ONNX file inside the embedded server's CPU detector."""
+
+    ONNXRUNTIME = "onnxruntime"  # the default
+    OPENVINO = "openvino"  # the `openvino` extra; same ONNX files
 
 
 PRECISION_ENV = "CXR_DETECTOR_PRECISION"  # set by `cxr serve --precision` for the CPU detector

@@ -20,7 +20,7 @@ from pathlib import Path
 from cxr.errors import InvalidOptionError
 from cxr.contract import (
     DETECTOR_INPUT, ENSEMBLE, ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS, MAX_BATCH, RAW_OUTPUTS, RECORD, Artifact, ConfigKey, Precision,
-    ServeTarget, Step, Tensor, detector_input, detector_outputs, preprocess_outputs,
+    DetectorRuntime, ServeTarget, Step, Tensor, detector_input, detector_outputs, preprocess_outputs,
 )
 
 # No waiting for company: the dynamic batcher still batches every request that queued
@@ -33,13 +33,10 @@ GPU_QUEUE_DELAY_US = 2000
 # Detector parameter: ONNX Runtime's intra-op threads busy-wait between kernels ("1", its
 # default) or sleep ("0"); see cxr.export.runtime.ort_session.  The served default is "0":
 # spinning threads take the cores the preprocess/postprocess stubs and gRPC need.
-INTRA_OP_SPINNING = "intra_op_spinning"
 SERVED_SPINNING = False
 # Detector parameter: the in-process runtime of the CPU detector, "onnxruntime" (default) or
 # "openvino" (needs the openvino package in the server's environment; faster on the CPUs
 # measured so far, same ONNX files -- benchmarks/README.md, "Runtimes").
-DETECTOR_RUNTIME = "runtime"
-RUNTIMES = ("onnxruntime", "openvino")
 # Tensors inside the ensemble: the preprocess outputs and the detector's raw outputs.
 _IMAGES, _RECORD = DETECTOR_INPUT, "record"
 _RAW = {name: f"raw_{name}" for name in RAW_OUTPUTS}
@@ -90,18 +87,21 @@ def _instances(kind: str) -> str:
 
 
 def render(meta: dict, *, cpu_threads: int = 0, queue_delay_us: dict | None = None,
-           spinning: bool | None = SERVED_SPINNING, runtime: str = RUNTIMES[0]) -> dict[str, str]:
+           spinning: bool | None = SERVED_SPINNING,
+           runtime: DetectorRuntime | str = DetectorRuntime.ONNXRUNTIME) -> dict[str, str]:
     """All config files of the repository (relative path -> text) for ``meta``.
 
     ``meta`` is :meth:`cxr.training.checkpoint.Checkpoint.metadata` (or the
     repository's ``cxr-metadata.json``).  cpu_threads: ORT intra-op threads for the
     CPU detector (0 = all cores).  queue_delay_us: per step, over :data:`QUEUE_DELAY_US`
     (the levers ``cxr bench`` measures; benchmarks/README.md).  spinning: the CPU
-    detector's :data:`INTRA_OP_SPINNING` parameter (None: not written, ORT's default).
-    runtime: the CPU detector's :data:`DETECTOR_RUNTIME` (one of :data:`RUNTIMES`).
+    detector's :data:`ConfigKey.INTRA_OP_SPINNING` parameter (None: not written, ORT's default).
+    runtime: the CPU detector's :data:`ConfigKey.RUNTIME` (a :class:`~cxr.contract.DetectorRuntime`).
     """
-    if runtime not in RUNTIMES:
-        raise InvalidOptionError(f"unknown detector runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
+    try:
+        runtime = DetectorRuntime(runtime)
+    except ValueError as exc:
+        raise InvalidOptionError(str(exc)) from exc
     delays = _delays(queue_delay_us)
     pre, post = meta["preprocess"], meta["postprocess"]
     size, channels = int(pre["size"]), int(pre["channels"])
@@ -124,8 +124,8 @@ def render(meta: dict, *, cpu_threads: int = 0, queue_delay_us: dict | None = No
         _header(Step.DETECTOR, "python", delays[Step.DETECTOR]), det_in, det_out, _instances("KIND_CPU"), stamped,
         _params(**{ConfigKey.MODEL_FILE: Artifact.ONNX.file, ConfigKey.INT8_MODEL_FILE: Artifact.ONNX_INT8.file,
                    ConfigKey.PRECISION: Precision.FP32.value, ConfigKey.INTRA_OP_THREADS: str(cpu_threads),
-                   **({} if spinning is None else {INTRA_OP_SPINNING: "1" if spinning else "0"}),
-                   DETECTOR_RUNTIME: runtime}),
+                   **({} if spinning is None else {ConfigKey.INTRA_OP_SPINNING: "1" if spinning else "0"}),
+                   ConfigKey.RUNTIME: runtime.value}),
     ]) + "\n"
     for target in (ServeTarget.GPU_ONNX, ServeTarget.GPU_TRT):
         artifact = target.artifact

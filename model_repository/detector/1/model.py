@@ -14,9 +14,8 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-from cxr.contract import DETECTOR_INPUT, PRECISION_ENV, RAW_OUTPUTS, Artifact, ConfigKey, Precision, Step
+from cxr.contract import DETECTOR_INPUT, PRECISION_ENV, RAW_OUTPUTS, Artifact, ConfigKey, DetectorRuntime, Precision, Step
 from cxr.export.runtime import OpenVinoDetector, OrtDetector
-from cxr.export.triton_config import DETECTOR_RUNTIME, INTRA_OP_SPINNING, RUNTIMES
 from cxr.triton_models import model_parameters, respond_batched
 
 
@@ -35,9 +34,9 @@ class TritonPythonModel:
         # (benchmarks/README.md, "Soak").  Parameter cpu_mem_arena=false trades speed for flat RSS.
         arena = str(params.get(ConfigKey.CPU_MEM_ARENA, "true")).lower() not in ("0", "false", "no", "off")
         # Busy-waiting ORT threads take cycles from the other stubs on the same cores (benchmarks/README.md).
-        spinning = str(params.get(INTRA_OP_SPINNING, "1")).lower() not in ("0", "false", "no", "off")
+        spinning = str(params.get(ConfigKey.INTRA_OP_SPINNING, "1")).lower() not in ("0", "false", "no", "off")
         self.precision = precision
-        if params.get(DETECTOR_RUNTIME, RUNTIMES[0]) == "openvino":
+        if DetectorRuntime(params.get(ConfigKey.RUNTIME, DetectorRuntime.ONNXRUNTIME)) is DetectorRuntime.OPENVINO:
             self.detector = OpenVinoDetector(path, threads=threads)
             pb_utils.Logger.log_info(f"detector: OpenVINO CPU {precision}")
             return
