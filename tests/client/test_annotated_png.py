@@ -56,3 +56,13 @@ def test_label_of_a_box_at_the_top_edge_stays_on_the_film(tmp_path):
     a = np.asarray(Image.open(png).convert("RGB")).astype(int)
     orange = np.all(np.abs(a - np.array((0xff, 0x7f, 0x0e))) < 10, -1)
     assert orange[: size // 20, 300:].sum() > 200, "the label went off the film instead of inside the box"
+
+
+def test_labels_of_findings_at_one_spot_do_not_cover_each_other(tmp_path):
+    size = 1024
+    boxes = [("Effusion", (600, 500, 700, 700)), ("Pneumonia", (610, 510, 720, 690))]
+    png = annotated_png(_film(tmp_path / "f.png", size, 100), _result(size, boxes), tmp_path / "o.png")
+    a = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    for rgb in ((0xff, 0x7f, 0x0e), (0x1f, 0x77, 0xb4)):  # both label boxes are there, whole
+        mask = np.all(np.abs(a[:500] - np.array(rgb)) < 10, -1)
+        assert (mask.sum(1) > 60).sum() >= 20, rgb

@@ -120,3 +120,23 @@ def test_a_truncated_weights_file_says_so(resnet50_file, tmp_path):
     cut.write_bytes(resnet50_file.read_bytes()[:100_000])
     with pytest.raises(InvalidFileError, match=r"not a PyTorch weights file .*truncated or corrupt\? 100,000 bytes"):
         load_pretrained(build_model(ModelConfig(arch="fasterrcnn_resnet50_fpn", **SMALL)), cut)
+
+
+def test_r50_fpn_trains_from_a_torchvision_resnet50_file_and_records_it(resnet50_file, tmp_path_factory):
+    """`--preset r50-fpn --weights resnet50-*.pth`: the stem and layer1 stay the file's (3 trainable stages)."""
+    from cxr.cli import main
+    from cxr.training.checkpoint import load_checkpoint
+    from cxr.training.synth import SynthConfig, generate
+
+    data = generate(tmp_path_factory.mktemp("r50data") / "d", SynthConfig(images=10, seed=2, size=256), progress=False)
+    run = tmp_path_factory.mktemp("r50run")
+    rc = main(["train", "--data", str(data), "--preset", "r50-fpn", "--weights", str(resnet50_file), "--out", str(run),
+               "--epochs", "1", "--size", "128", "--batch-size", "2", "--device", "cpu"])
+    assert rc == 0
+    ckpt = load_checkpoint(run / "best.pt")
+    w = ckpt.meta["weights"]
+    assert w["file"] == resnet50_file.name and w["source"] == "local file" and w["loaded"] == 318
+    assert w["frozen"] == ["conv1", "bn1", "relu", "maxpool", "layer1"]
+    file = torch.load(resnet50_file, weights_only=True)
+    assert torch.equal(ckpt.state["backbone.body.layer1.0.conv1.weight"], file["layer1.0.conv1.weight"])
+    assert not torch.equal(ckpt.state["backbone.body.layer4.0.conv1.weight"], file["layer4.0.conv1.weight"])

@@ -32,3 +32,19 @@ def test_prediction_labels_are_a_fixed_share_of_the_panel(tmp_path, film_px, bri
     panel_px = 500  # one film: a 5 inch panel at 100 dpi
     assert h >= panel_px / 25, h  # 7 pt text (the old size) makes a ~13 px box: ~10 px text
     assert h <= panel_px / 10, h
+
+
+def test_examples_show_every_finding_class_of_the_split_first():
+    from types import SimpleNamespace
+
+    from cxr.training.evaluate import example_indices
+
+    labels = [("Mass",), ("Mass", "Infiltration"), ("Mass",), (), ("Effusion",), ("Effusion",), (), ("Nodule",),
+              ("Effusion",), ("Pneumothorax",), ("Cardiomegaly",), ("Atelectasis",), ("Pneumonia",)]
+    studies = [SimpleNamespace(box_labels=lab) for lab in labels]
+    shown = example_indices(studies)
+    assert len(shown) == 8 and shown == sorted(shown)
+    classes = {c for i in shown for c in labels[i]}
+    assert {"Nodule", "Mass", "Pneumothorax", "Infiltration"} <= classes  # the first 8 films lack the last two
+    assert any(not labels[i] for i in shown)  # a normal film too
+    assert example_indices(studies[:3]) == [0, 1, 2]
