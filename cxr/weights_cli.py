@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from cxr import weights
+from cxr.errors import InvalidOptionError
 
 
 def cmd_weights_list(args: argparse.Namespace) -> int:
@@ -30,7 +31,7 @@ def cmd_weights_list(args: argparse.Namespace) -> int:
 def cmd_weights_fetch(args: argparse.Namespace) -> int:
     names = args.names or list(weights.KNOWN)
     if args.source is not None and len(names) != 1:
-        raise weights.InvalidOptionError("--from takes the file of one weights name: give exactly one NAME")
+        raise InvalidOptionError("--from takes the file of one weights name: give exactly one NAME")
     for name in names:
         path = weights.fetch(name, directory=args.cache_dir, source=args.source, force=args.force, quiet=args.quiet)
         print(path)

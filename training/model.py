@@ -244,9 +244,15 @@ def freeze_backbone(model: FasterRCNN, trainable_layers: int) -> list[str]:
     if not 0 <= trainable_layers <= len(stages):
         raise InvalidOptionError(f"trainable backbone layers must be in 0..{len(stages)}, got {trainable_layers}")
     frozen = [name for stage in stages[: len(stages) - trainable_layers] for name in stage]
-    for name in frozen:
-        getattr(model.backbone.body, name).requires_grad_(False)
+    freeze_modules(model, frozen)
     return frozen
+
+
+def freeze_modules(model: FasterRCNN, names: list[str]) -> None:
+    """Freeze these top-level modules of the backbone body (as recorded in a checkpoint: a resumed
+    run must optimise exactly the parameters its saved optimizer state holds)."""
+    for name in names:
+        getattr(model.backbone.body, name).requires_grad_(False)
 
 
 def load_pretrained(model: FasterRCNN, path: str | Path, *, arch: str | None = None) -> dict:

@@ -234,7 +234,7 @@ def _train(cfg: TrainConfig, device: torch.device) -> Path:
     from cxr.training.annotations import NIHDataset
     from cxr.training.engine import ground_truth, predict, train_one_epoch
     from cxr.training.metrics import choose_thresholds, evaluate_detections
-    from cxr.training.model import ModelConfig, build_model, freeze_backbone, load_pretrained
+    from cxr.training.model import ModelConfig, build_model, freeze_backbone, freeze_modules, load_pretrained
     from cxr.weights import resolve as resolve_weights
 
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -248,7 +248,8 @@ def _train(cfg: TrainConfig, device: torch.device) -> Path:
     if not val_studies:
         raise InvalidFileError(f"{cfg.data}: the validation split is empty; add images or patients")
 
-    weights = resolve_weights(cfg.weights, arch=cfg.arch) if cfg.resume is None else None
+    prev = load_checkpoint(cfg.resume) if cfg.resume is not None else None
+    weights = resolve_weights(cfg.weights, arch=cfg.arch) if prev is None else None  # resumed: the checkpoint's
     pre = PreprocessConfig(size=cfg.size)
     check_normalisation(weights, pre)
     mcfg = ModelConfig(
@@ -266,6 +267,8 @@ def _train(cfg: TrainConfig, device: torch.device) -> Path:
         weights_meta = {**weights.to_dict(), "loaded": report["loaded"], "of": report["of"], "frozen": frozen}
         log.info("initialised from %s (%s, sha256 %s): %d/%d tensors; re-initialised: %s; frozen: %s", weights.name, weights.path,
                  weights.sha256[:12], report["loaded"], report["of"], report["skipped_shape_mismatch"] or "none", frozen or "none")
+    elif prev is not None:
+        freeze_modules(model, list(prev.meta.get("weights", {}).get("frozen", [])))
     model = model.to(device)
 
     train_set = DetectionDataset(train_studies, labelset, pre, augment=Augmenter() if cfg.augment else None, seed=cfg.seed + rank)
@@ -289,8 +292,7 @@ def _train(cfg: TrainConfig, device: torch.device) -> Path:
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     history, start_epoch, best = [], 0, float("-inf")  # the first validated epoch is always kept
-    if cfg.resume is not None:
-        prev = load_checkpoint(cfg.resume)
+    if prev is not None:
         model.load_state_dict(prev.state)
         if prev.train_state:
             optimizer.load_state_dict(prev.train_state["optimizer"])

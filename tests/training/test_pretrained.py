@@ -60,6 +60,14 @@ def test_cpu_demo_starts_from_imagenet_and_records_which_weights(imagenet_weight
     n_params = len(list(ckpt.build_model().parameters()))
     assert _optimised(ckpt) < n_params
 
+    # resuming keeps the same layers frozen (the saved optimizer state holds exactly the others)
+    rc = main(["train", "--data", str(tiny_dataset), "--preset", "cpu-demo", "--out", str(tmp_path / "run"), "--epochs", "2",
+               "--size", "128", "--batch-size", "4", "--resume", str(tmp_path / "run" / "last.pt")])
+    assert rc == 0
+    again = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert len(again.meta["history"]) == 2 and again.meta["weights"] == w and _optimised(again) == _optimised(ckpt)
+    assert torch.equal(again.state["backbone.body.0.0.weight"], file["features.0.0.weight"])
+
 
 def test_from_scratch_records_none_and_trains_every_layer(tiny_dataset, tmp_path):
     """No cache needed; `--trainable-backbone-layers` must not freeze random layers."""
