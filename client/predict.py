@@ -53,8 +53,43 @@ def _is_dicom(path: Path) -> bool:
         return False
 
 
+def label_font(image_height: int):
+    """A TrueType font about 1/40 of the image high (26 px on a 1024 px film, 12 px at least).
+
+    Pillow's own embedded font (``load_default(size=...)``, Pillow >= 10.1 with FreeType,
+    which its wheels always have): no system font files, so CI draws the same text.
+    """
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=max(12, round(image_height / 40)))
+
+
+def draw_label(draw, xy: tuple[float, float], text: str, colour: str, font, *, image_width: int,
+               placed: list | None = None) -> None:
+    """``text`` on a box filled with ``colour``, in black or white, whichever contrasts more:
+    it reads on bright bone and dark lung alike.  ``xy`` is the detection box's top-left
+    corner; the label sits just above it (below the edge when there is no room), and
+    above the labels already in ``placed`` that it would cover (which it joins)."""
+    from PIL import ImageColor
+
+    pad = max(2, round(font.size / 6))
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    w, h = right - left + 2 * pad, bottom - top + 2 * pad
+    x = min(max(0.0, xy[0]), max(0.0, image_width - w))
+    y = xy[1] - h if xy[1] - h >= 0 else xy[1]
+    placed = [] if placed is None else placed
+    while y - h >= 0 and any(x < x2 and x1 < x + w and y < y2 and y1 < y + h for x1, y1, x2, y2 in placed):
+        y -= h
+    placed.append((x, y, x + w, y + h))
+    r, g, b = ImageColor.getrgb(colour)[:3]
+    ink = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 140 else "white"
+    draw.rectangle((x, y, x + w, y + h), fill=colour)
+    draw.text((x + pad - left, y + pad - top), text, fill=ink, font=font)
+
+
 def annotated_png(path: Path, result: StudyResult, out: Path, *, min_score: float = 0.0) -> Path:
-    """The study with its boxes, labels and scores drawn, as an 8-bit PNG."""
+    """The study with its boxes, labels and scores drawn, as an 8-bit PNG (lines and text
+    scale with the film: readable at normal zoom on 256 px and 3000 px films alike)."""
     from PIL import Image, ImageDraw
 
     from cxr.imaging import decode_image
@@ -62,11 +97,15 @@ def annotated_png(path: Path, result: StudyResult, out: Path, *, min_score: floa
     pixels = decode_image(path).pixels
     img = Image.fromarray((pixels * 255).round().astype("uint8")).convert("RGB")
     draw = ImageDraw.Draw(img)
-    width = max(2, img.width // 400)
-    for i, d in enumerate(x for x in result.detections if x.score >= min_score):
-        colour = COLOURS[i % len(COLOURS)]
-        draw.rectangle(d.box_xyxy_px, outline=colour, width=width)
-        draw.text((d.box_xyxy_px[0] + width, max(0, d.box_xyxy_px[1] - 12)), f"{d.label} {d.score:.2f}", fill=colour)
+    width = max(2, round(max(img.size) / 300))
+    font = label_font(img.height)
+    shown = [d for d in result.detections if d.score >= min_score]
+    for i, d in enumerate(shown):
+        draw.rectangle(d.box_xyxy_px, outline=COLOURS[i % len(COLOURS)], width=width)
+    placed: list = []
+    for i, d in enumerate(shown):  # labels last: no box line crosses a label
+        draw_label(draw, (d.box_xyxy_px[0], d.box_xyxy_px[1]), f"{d.label} {d.score:.2f}", COLOURS[i % len(COLOURS)], font,
+                   image_width=img.width, placed=placed)
     out.parent.mkdir(parents=True, exist_ok=True)
     img.save(out)
     return out

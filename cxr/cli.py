@@ -74,11 +74,20 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------ train/eval
 
 
+def _int_tuple(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from cxr.training.train import make_config, train
 
     cfg = make_config(
         args.preset, data=args.data, out=args.out, weights=args.weights, epochs=args.epochs,
+        trainable_backbone_layers=args.trainable_backbone_layers, backbone_lr_mult=args.backbone_lr_mult,
+        anchor_sizes=args.anchor_sizes,
         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, size=args.size, arch=args.arch,
         seed=args.seed, resume=args.resume, max_minutes=args.max_minutes, device=args.device,
         labelset=args.labels,
@@ -269,14 +278,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train",
         help="train a Faster R-CNN on an NIH-layout dataset",
-        description="Train a Faster R-CNN detector. Presets: cpu-demo (MobileNetV3-FPN, 256 px, 10 minutes on "
-        "2 CPU cores, for synthetic data) and r50-fpn (ResNet-50-FPN, 800 px, the GPU configuration). Options "
-        "given explicitly override the preset. Multi-GPU: torchrun --nproc-per-node N -m cxr.cli train ...",
+        description="Train a Faster R-CNN detector. Presets: cpu-demo (MobileNetV2-FPN from torchvision's ImageNet "
+        "weights, 256 px, 10 minutes on 2 CPU cores, for synthetic data) and r50-fpn (ResNet-50-FPN, 800 px, the GPU "
+        "configuration). Options given explicitly override the preset. Multi-GPU: torchrun --nproc-per-node N -m cxr.cli train ...",
     )
     p.add_argument("--data", type=Path, required=True, help="dataset folder in NIH ChestX-ray14 layout")
     p.add_argument("--out", type=Path, default=None, help="run folder for checkpoints (default runs/PRESET)")
     p.add_argument("--preset", default="r50-fpn", choices=("cpu-demo", "r50-fpn"), help="configuration preset (default r50-fpn)")
-    p.add_argument("--weights", type=Path, default=None, help="local ImageNet backbone or detector weights for transfer learning")
+    p.add_argument("--weights", default=None, metavar="NAME|PATH|none",
+                   help="initial weights: imagenet (the cached ImageNet file for --arch; `cxr weights fetch` puts it there), "
+                   "a name from `cxr weights list`, a local file (torchvision ImageNet backbone such as resnet50-0676ba61.pth, "
+                   "or a torchvision/cxr detector), or none (from scratch). Default: the preset's (cpu-demo: imagenet, r50-fpn: none)")
+    p.add_argument("--trainable-backbone-layers", type=int, default=None, metavar="0-5",
+                   help="over pretrained weights: train only the last N backbone stages (5 = all); random weights always train all")
+    p.add_argument("--backbone-lr-mult", type=float, default=None, metavar="X", help="backbone learning rate = --lr x X")
     p.add_argument("--resume", type=Path, default=None, help="continue from a last.pt checkpoint")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
@@ -284,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default=None)
     p.add_argument("--size", type=int, default=None, help="input side S (multiple of 32)")
     p.add_argument("--arch", default=None, help="architecture (see cxr.training.model.ARCHITECTURES)")
+    p.add_argument("--anchor-sizes", default=None, type=_int_tuple, metavar="A,B,C,D,E",
+                   help="anchor sizes in input pixels, one per FPN level (finest first) or a multiple of five")
     p.add_argument("--labels", default=None, help="label vocabulary: nih-bbox (default) or vindr")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after the iteration that uses up this many minutes (all ranks alike)")
     p.add_argument("--seed", type=int, default=None)
@@ -394,6 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per study, retries included")
     add_tls_arguments(p)
     p.set_defaults(func=cmd_predict)
+
+    from cxr.weights_cli import add_weights_parser  # torch-free
+
+    add_weights_parser(sub)
 
     from cxr.benchmarks.cli import add_bench_parser  # light: heavy imports happen in cmd_bench
 

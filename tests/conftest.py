@@ -30,6 +30,25 @@ def real_cr_files(pydicom_test_files) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
+def imagenet_weights():
+    """torchvision's ImageNet MobileNetV2 file from the weights cache (`make test`'s set-up fetches it).
+
+    Without it these tests skip, naming the command -- unless CXR_REQUIRE_WEIGHTS=1 (set by
+    `make test`, so CI runs them), where a missing file fails them."""
+    import os
+
+    from cxr.errors import UsageError
+    from cxr.weights import resolve
+
+    try:
+        return resolve("imagenet", arch="fasterrcnn_mobilenet_v2_fpn")
+    except UsageError as exc:
+        if os.environ.get("CXR_REQUIRE_WEIGHTS") == "1":
+            pytest.fail(f"CXR_REQUIRE_WEIGHTS=1 but {exc}")
+        pytest.skip(f"needs the ImageNet weights: run `cxr weights fetch mobilenet_v2` ({exc})")
+
+
+@pytest.fixture(scope="session")
 def synth_data(tmp_path_factory) -> Path:
     from cxr.training.synth import SynthConfig, generate
 
@@ -43,7 +62,8 @@ def checkpoint(synth_data, tmp_path_factory) -> Path:
     from cxr.training.train import make_config, train
 
     out = tmp_path_factory.mktemp("e2e-run")
-    cfg = make_config("cpu-demo", data=synth_data, out=out, size=128, epochs=2, progress=False, max_minutes=None)
+    # From scratch: the served-model tests must not depend on the weights cache (tests/e2e/test_pretrained_served.py does).
+    cfg = make_config("cpu-demo", data=synth_data, out=out, size=128, epochs=2, progress=False, max_minutes=None, weights="none")
     return train(cfg)
 
 

@@ -7,7 +7,8 @@ containers, so it loads with ``torch.load(weights_only=True)`` (no pickled code)
 
 ``meta`` carries the model config (architecture, input size, anchors), the
 preprocessing parameters, the class list, the model version, the training data
-fingerprint, validation metrics, image-level thresholds and the loss history.
+fingerprint, the weights that initialised it (name, file, SHA-256; ``{"name": "none"}``
+from scratch), validation metrics, image-level thresholds and the loss history.
 Every exported artifact copies these fields.
 """
 
@@ -66,6 +67,8 @@ class Checkpoint:
             "postprocess": self.postprocess.to_dict(),
             "thresholds": dict(self.meta.get("thresholds", {})),
             "data_fingerprint": self.meta.get("data_fingerprint"),
+            # which weights initialised it ({"name": "none"}: from scratch; None: not recorded)
+            "weights": self.meta.get("weights"),
             "cxr_version": self.meta.get("cxr_version", __version__),
         }
 

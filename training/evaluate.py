@@ -82,6 +82,23 @@ def evaluate_checkpoint(
         plot_loss_curve(history, out / "loss_curve.png")
     plot_pr_froc(preds, gts, labelset.names, out / "pr_froc.png")
     # The example grid shows the films in ORIGINAL pixels, as the boxes are.
-    films = [decode_image(s.path).pixels for s in studies[:8]]
-    plot_examples(films, preds[:8], gts[:8], labelset.names, out / "examples.png")
+    shown = example_indices(studies)
+    films = [decode_image(studies[i].path).pixels for i in shown]
+    plot_examples(films, [preds[i] for i in shown], [gts[i] for i in shown], labelset.names, out / "examples.png")
     return metrics
+
+
+def example_indices(studies, n: int = 8) -> list[int]:
+    """Which studies examples.png shows: the first without findings, one for each finding
+    class of the split (in split order, chosen by the ground truth only), then the next
+    ones in order -- so the grid shows nodules and masses when the split has them,
+    not just whichever classes its first films happen to carry."""
+    normal = next((i for i, s in enumerate(studies) if not len(s.box_labels)), None)
+    chosen, seen = ([] if normal is None else [normal]), set()  # a film without findings shows false positives
+    for i, s in enumerate(studies):
+        new = set(s.box_labels) - seen
+        if new and len(chosen) < n:
+            chosen.append(i)
+            seen |= new
+    chosen += [i for i in range(len(studies)) if i not in chosen][: n - len(chosen)]
+    return sorted(chosen)

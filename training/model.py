@@ -5,6 +5,17 @@ The models take input already preprocessed by :mod:`cxr.preprocess` (letterboxed
 by :class:`PreprocessedInput`, which only batches.  The ROI head returns the top
 ``candidates`` raw detections per image without its own NMS; the final per-class NMS
 is :func:`cxr.postprocess.postprocess`, exactly as in serving.
+
+Every architecture has five FPN levels, the finest at stride 8 or finer: ResNets at
+strides 4-64 (torchvision's), MobileNets at strides 8, 16, 32 from the backbone plus
+two subsampled levels (64, 128).  torchvision's own MobileNet FPN feeds both of its
+backbone levels from stride 32, which leaves a 15 px nodule at 256 px no feature map
+that can see it (issue 14).  ``anchor_sizes`` are one size per level (or a multiple
+of five, split evenly), finest level first.
+
+Pretrained weights (:mod:`cxr.weights`) go in with :func:`load_pretrained`; only over
+them does :func:`freeze_backbone` freeze early stages -- frozen random layers stay
+random for the whole run.
 """
 
 from __future__ import annotations
@@ -13,10 +24,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
 from cxr.errors import InvalidFileError, InvalidOptionError, MissingFileError
 
@@ -25,7 +38,13 @@ ARCHITECTURES = (
     "fasterrcnn_resnet50_fpn_v2",  # torchvision v2: GN heads, better AP, slower
     "fasterrcnn_resnet18_fpn",  # light backbone for CPU demos
     "fasterrcnn_mobilenet_v3_large_fpn",  # lightest; mobile/edge
+    "fasterrcnn_mobilenet_v2_fpn",  # the CPU demo: torchvision's ImageNet file ships in a registry package
 )
+FPN_LEVELS = 5  # every architecture (see the module docstring)
+MOBILENET_STRIDES = (8, 16, 32)  # the backbone stages a MobileNet FPN reads
+# Revision of the networks this factory builds.  2: MobileNet FPNs at strides 8-128 (issue 14);
+# 1: torchvision's MobileNet FPN on two stride-32 maps.  ResNets are the same in both.
+TOPOLOGY = 2
 
 
 @dataclass(frozen=True)
@@ -35,15 +54,17 @@ class ModelConfig:
     arch: str = "fasterrcnn_resnet50_fpn"
     num_classes: int = 9  # findings + background
     size: int = 512  # S, the fixed letterbox input side
-    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # one per FPN level
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # per FPN level, finest first
     rpn_pre_nms_top_n_test: int = 1000
     rpn_post_nms_top_n_test: int = 1000
     rpn_pre_nms_top_n_train: int = 2000
     rpn_post_nms_top_n_train: int = 2000
     box_batch_size_per_image: int = 512
     representation_size: int = 1024  # box head MLP width (torchvision's); 256 is ~3x cheaper on CPU
+    fpn_channels: int = 256  # torchvision's; a MobileNet FPN at stride 8 costs more than its backbone at 256
     candidates: int = 300  # raw detections per image handed to postprocess (pre-NMS)
     candidate_score_threshold: float = 0.01  # below this a candidate never matters
+    topology: int = TOPOLOGY
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -52,6 +73,14 @@ class ModelConfig:
             raise InvalidOptionError(f"input size must be a multiple of 32 (FPN stride), got {self.size}")
         if self.num_classes < 2:
             raise InvalidOptionError(f"num_classes counts background and must be >= 2, got {self.num_classes}")
+        if not self.anchor_sizes or len(self.anchor_sizes) % FPN_LEVELS:
+            raise InvalidOptionError(
+                f"anchor_sizes: {len(self.anchor_sizes)} sizes do not split evenly over the {FPN_LEVELS} FPN levels; "
+                f"give {FPN_LEVELS} (one per level, finest first) or a multiple of {FPN_LEVELS}")
+        if self.topology != TOPOLOGY and "mobilenet" in self.arch:
+            raise InvalidOptionError(
+                f"{self.arch} of model-factory topology {self.topology} (FPN on two stride-32 maps) is no longer built; "
+                f"this cxr builds topology {TOPOLOGY} (FPN levels at strides 8-128): retrain the model with this cxr")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -63,6 +92,7 @@ class ModelConfig:
         d = dict(d)
         if "anchor_sizes" in d:
             d["anchor_sizes"] = tuple(int(a) for a in d["anchor_sizes"])
+        d.setdefault("topology", 1)  # written before the field existed
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
@@ -86,23 +116,62 @@ class PreprocessedInput(GeneralizedRCNNTransform):
         return image, target
 
 
-def _backbone(arch: str, *, trainable_layers: int):
-    from torchvision.models.detection.backbone_utils import _mobilenet_extractor, resnet_fpn_backbone
-    from torchvision.models import mobilenet_v3_large
+class SubsampledLevels(ExtraFPNBlock):
+    """``n`` coarser FPN levels, each the previous one subsampled by 2 (torchvision's
+    ``LastLevelMaxPool``, repeated): big findings get anchors on a coarse grid at no
+    parameter cost."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    def forward(self, results, x, names):
+        for i in range(self.n):
+            names.append(f"pool{i}" if i else "pool")
+            results.append(F.max_pool2d(results[-1], kernel_size=1, stride=2, padding=0))
+        return results, names
+
+
+def _stage_outputs(features: nn.Sequential, strides: tuple[int, ...]) -> dict[str, int]:
+    """Index of the last block of ``features`` at each output stride -> its channels."""
+    probe = 2 * max(strides)
+    x, found = torch.zeros(1, 3, probe, probe), {}
+    with torch.no_grad():
+        was_training = features.training
+        features.eval()
+        for i, block in enumerate(features):
+            x = block(x)
+            stride = probe // x.shape[-1]
+            if stride in strides:
+                found[stride] = (str(i), x.shape[1])  # later blocks of the same stride replace earlier ones
+        features.train(was_training)
+    return dict(found[s] for s in strides)
+
+
+def _backbone(arch: str, fpn_channels: int):
+    from torchvision.models import mobilenet_v2, mobilenet_v3_large
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
+    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
     if arch in ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet18_fpn"):
         name = "resnet50" if arch == "fasterrcnn_resnet50_fpn" else "resnet18"
-        # BatchNorm (not torchvision's FrozenBatchNorm): trained from scratch unless a
-        # local ImageNet file is loaded; it folds into the convs at export.
-        return resnet_fpn_backbone(backbone_name=name, weights=None, norm_layer=nn.BatchNorm2d, trainable_layers=trainable_layers)
-    if arch == "fasterrcnn_mobilenet_v3_large_fpn":
-        net = mobilenet_v3_large(weights=None, norm_layer=nn.BatchNorm2d)
-        return _mobilenet_extractor(net, True, trainable_layers)
-    raise AssertionError(arch)
+        # BatchNorm (not torchvision's FrozenBatchNorm): it trains from scratch, adapts
+        # ImageNet statistics to radiographs, and folds into the convs at export.
+        # trainable_layers=5: nothing frozen here; freeze_backbone() decides after weights load.
+        bb = resnet_fpn_backbone(backbone_name=name, weights=None, norm_layer=nn.BatchNorm2d, trainable_layers=5,
+                                 extra_blocks=LastLevelMaxPool())
+        if fpn_channels != bb.out_channels:
+            raise InvalidOptionError(f"{arch} keeps torchvision's {bb.out_channels} FPN channels, got fpn_channels={fpn_channels}")
+        return bb
+    net = {"fasterrcnn_mobilenet_v3_large_fpn": mobilenet_v3_large,
+           "fasterrcnn_mobilenet_v2_fpn": mobilenet_v2}[arch](weights=None, norm_layer=nn.BatchNorm2d)
+    stages = _stage_outputs(net.features, MOBILENET_STRIDES)
+    return BackboneWithFPN(net.features, {idx: str(level) for level, idx in enumerate(stages)}, list(stages.values()),
+                           fpn_channels, extra_blocks=SubsampledLevels(FPN_LEVELS - len(stages)))
 
 
-def build_model(config: ModelConfig, *, trainable_backbone_layers: int = 5) -> FasterRCNN:
-    """A Faster R-CNN for ``config`` with random weights (``weights=None`` always)."""
+def build_model(config: ModelConfig) -> FasterRCNN:
+    """A Faster R-CNN for ``config`` with random weights (``weights=None`` always), every layer trainable."""
     common = dict(
         min_size=config.size,
         max_size=config.size,
@@ -119,18 +188,16 @@ def build_model(config: ModelConfig, *, trainable_backbone_layers: int = 5) -> F
         from torchvision.models.detection import fasterrcnn_resnet50_fpn_v2
 
         model = fasterrcnn_resnet50_fpn_v2(
-            weights=None, weights_backbone=None, num_classes=config.num_classes,
-            trainable_backbone_layers=trainable_backbone_layers, **common,
+            weights=None, weights_backbone=None, num_classes=config.num_classes, trainable_backbone_layers=5, **common,
         )
-        model.rpn.anchor_generator = _anchors(config.anchor_sizes, levels=5)  # same 3 anchors per cell
+        model.rpn.anchor_generator = _anchors(config.anchor_sizes)  # same 3 anchors per cell
     else:
-        backbone = _backbone(config.arch, trainable_layers=trainable_backbone_layers)
-        levels = 3 if "mobilenet" in config.arch else 5
         from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 
+        backbone = _backbone(config.arch, config.fpn_channels)
         rep = config.representation_size
         model = FasterRCNN(
-            backbone, rpn_anchor_generator=_anchors(config.anchor_sizes, levels=levels),
+            backbone, rpn_anchor_generator=_anchors(config.anchor_sizes),
             box_head=TwoMLPHead(backbone.out_channels * 7 * 7, rep),  # 7x7 = MultiScaleRoIAlign output
             box_predictor=FastRCNNPredictor(rep, config.num_classes), **common,
         )
@@ -138,24 +205,70 @@ def build_model(config: ModelConfig, *, trainable_backbone_layers: int = 5) -> F
     return model
 
 
-def _anchors(sizes: tuple[int, ...], *, levels: int) -> AnchorGenerator:
-    if levels == len(sizes):
-        per_level = tuple((s,) for s in sizes)
-    else:  # MobileNet's 3 maps each see every size, as in torchvision's own factory
-        per_level = (tuple(sizes),) * levels
-    return AnchorGenerator(per_level, ((0.5, 1.0, 2.0),) * levels)
+def _anchors(sizes: tuple[int, ...]) -> AnchorGenerator:
+    k = len(sizes) // FPN_LEVELS
+    per_level = tuple(tuple(sizes[i * k : (i + 1) * k]) for i in range(FPN_LEVELS))
+    return AnchorGenerator(per_level, ((0.5, 1.0, 2.0),) * FPN_LEVELS)
 
 
-def load_pretrained(model: FasterRCNN, path: str | Path) -> dict:
+def backbone_stages(model: FasterRCNN) -> list[list[str]]:
+    """The backbone body's top-level modules grouped by output stride (stem at stride 2 first).
+
+    Five stages for every architecture: ResNet's conv1 / layer1..4, MobileNet's blocks
+    up to strides 2, 4, 8, 16, 32 -- the unit torchvision's ``trainable_backbone_layers`` counts.
+    """
+    body = model.backbone.body
+    x, probe, stages, last = torch.zeros(1, 3, 64, 64), 64, [], None
+    was_training = body.training
+    body.eval()
+    with torch.no_grad():
+        for name, module in body.named_children():
+            x = module(x)
+            stride = probe // x.shape[-1]
+            if stride != last:
+                stages.append([])
+            stages[-1].append(name)
+            last = stride
+    body.train(was_training)
+    return stages
+
+
+def freeze_backbone(model: FasterRCNN, trainable_layers: int) -> list[str]:
+    """Freeze all but the last ``trainable_layers`` (0-5) backbone stages; returns the frozen modules.
+
+    Only over pretrained weights: a frozen random layer stays random for the whole run.
+    BatchNorm statistics of frozen stages still follow the data (ImageNet's do not fit
+    radiographs; FrozenBatchNorm with AdamW 2e-3 diverged in issue 14's experiment).
+    """
+    stages = backbone_stages(model)
+    if not 0 <= trainable_layers <= len(stages):
+        raise InvalidOptionError(f"trainable backbone layers must be in 0..{len(stages)}, got {trainable_layers}")
+    frozen = [name for stage in stages[: len(stages) - trainable_layers] for name in stage]
+    freeze_modules(model, frozen)
+    return frozen
+
+
+def freeze_modules(model: FasterRCNN, names: list[str]) -> None:
+    """Freeze these top-level modules of the backbone body (as recorded in a checkpoint: a resumed
+    run must optimise exactly the parameters its saved optimizer state holds)."""
+    for name in names:
+        getattr(model.backbone.body, name).requires_grad_(False)
+
+
+def load_pretrained(model: FasterRCNN, path: str | Path, *, arch: str | None = None) -> dict:
     """Load a local weights file into ``model`` for transfer learning.
 
     Accepts a torchvision ImageNet classification state dict (ResNet/MobileNet: goes
-    into the backbone body), a torchvision detection state dict (COCO), or a cxr
-    checkpoint.  Tensors whose shapes differ (the class head when class counts
-    differ) are skipped and stay freshly initialised.  Returns a report of what was
-    loaded; raises with a clear message if the file is missing or nothing matches.
+    into the backbone body, which it must fill entirely), a torchvision detection state
+    dict (COCO), or a cxr checkpoint; of a detector only the class head may differ in
+    shape (other class counts: it stays freshly initialised).  Returns a report of what
+    was loaded; raises with a clear message if the file is missing, unreadable or for
+    another architecture.
     """
+    from cxr.weights import TORCHVISION_FILES
+
     path = Path(path)
+    takes = TORCHVISION_FILES.get(arch or "", "torchvision's ImageNet file for its backbone")
     if not path.is_file():
         raise MissingFileError(
             f"--weights file not found: {path}. Nothing is downloaded at run time; pass a local file "
@@ -164,13 +277,15 @@ def load_pretrained(model: FasterRCNN, path: str | Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise InvalidFileError(f"--weights {path} is not a PyTorch weights file readable with weights_only=True: {exc}") from exc
+        raise InvalidFileError(f"--weights {path} is not a PyTorch weights file readable with weights_only=True "
+                               f"(truncated or corrupt? {path.stat().st_size:,} bytes): {exc}") from exc
     state = obj.get("model", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InvalidFileError(f"--weights {path} does not hold a state dict of tensors")
 
     own, n_file = model.state_dict(), len(state)
-    if not any(k.startswith(("backbone.", "rpn.", "roi_heads.")) for k in state):
+    classifier = not any(k.startswith(("backbone.", "rpn.", "roi_heads.")) for k in state)
+    if classifier:
         # A classification network: its layers are the detector's backbone body.
         # (MobileNet's body is its "features" sequence, so that prefix goes.)
         prefix = "backbone.body."
@@ -185,7 +300,18 @@ def load_pretrained(model: FasterRCNN, path: str | Path) -> dict:
     if not loaded:
         raise InvalidFileError(
             f"--weights {path}: none of its {n_file} tensors match the {len(own)} of this architecture; "
-            "is it for a different backbone?"
+            f"is it for a different backbone? {arch or 'this model'} takes {takes}"
         )
+    body = [k for k in own if k.startswith("backbone.body.")]
+    missing_body = [k for k in body if k not in loaded]
+    wrong = skipped if not classifier else []
+    wrong = [k for k in wrong if not k.startswith("roi_heads.box_predictor.")]  # another class count: re-initialised
+    if (classifier and missing_body) or wrong:
+        bad = (skipped or missing_body or wrong)[0]
+        shapes = f": {list(state[bad].shape)} in the file, {list(own[bad].shape)} here" if bad in state else " is not in the file"
+        raise InvalidFileError(
+            f"--weights {path} is for another architecture: it fills {len(loaded)} of the {len(body)} backbone tensors "
+            f"of {arch or 'this model'}, {len(skipped)} with other shapes (e.g. {bad.removeprefix('backbone.body.')}{shapes}). "
+            f"{arch or 'This model'} takes {takes}; `cxr weights list` shows the files cxr fetches")
     model.load_state_dict(loaded, strict=False)
     return {"file": str(path), "loaded": len(loaded), "of": len(own), "skipped_shape_mismatch": skipped}

@@ -170,7 +170,12 @@ def plot_examples(
         raise ValueError("plot_examples needs at least one image")
     cols = min(n, 4)
     rows = math.ceil(n / cols)
-    fig = _figure(4 * cols, 4.3 * rows)
+    panel = 5.0  # inches per film
+    fig = _figure(panel * cols, (panel + 0.35) * rows)
+    # Label text 1/30 of the panel high (12 pt, ~17 px), whatever the film's own pixel count: a
+    # 1024 px film shown in a 500 px panel at 7 pt gave ~10 px text, unreadable at normal zoom.
+    text_pt = panel * 72 / 30
+    label_box = {"pad": 0.25, "edgecolor": "none", "boxstyle": "square"}
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).reshape(-1)
 
     def name(label) -> str:
@@ -180,20 +185,30 @@ def plot_examples(
     for ax, img, p, g in zip(axes, images[:n], preds[:n], gts[:n]):
         ax.imshow(np.asarray(img, dtype=np.float32), cmap="gray", vmin=0.0, vmax=1.0)
         for b, lab in zip(np.asarray(g["boxes"]).reshape(-1, 4), np.asarray(g["labels"]).reshape(-1)):
-            ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, edgecolor="lime", linestyle="--", linewidth=1.5))
-            ax.text(b[0], b[3], name(lab), color="lime", fontsize=7, va="top", clip_on=True,
-                    bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "edgecolor": "none"})
+            ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, edgecolor="lime", linestyle="--", linewidth=2))
+            ax.text(b[0], b[3], name(lab), color="lime", fontsize=text_pt, va="top", clip_on=True,
+                    bbox={**label_box, "facecolor": "black", "alpha": 0.75})
         scores = np.asarray(p["scores"]).reshape(-1)
         keep = [i for i in np.argsort(-scores, kind="stable") if scores[i] >= min_score][:max_boxes]
         boxes, labels = np.asarray(p["boxes"]).reshape(-1, 4), np.asarray(p["labels"]).reshape(-1)
+        # Label boxes in the film's pixels (a panel is 100 dpi * panel inches wide): each label
+        # moves up past those already placed, so several findings on one spot stay readable.
+        px = max(np.asarray(img).shape) / (panel * 100)
+        line = 1.6 * text_pt * 100 / 72 * px
+        placed: list[tuple[float, float, float, float]] = []
         for i in keep:
             b = boxes[i]
-            ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, edgecolor="orange", linewidth=1.5))
-            ax.text(b[0], b[1], f"{name(labels[i])} {scores[i]:.2f}", color="black", fontsize=7, va="bottom", clip_on=True,
-                    bbox={"facecolor": "orange", "alpha": 0.8, "pad": 1, "edgecolor": "none"})
-        ax.set_title(f"{len(np.asarray(g['labels']).reshape(-1))} GT, {len(keep)} pred ≥ {min_score:g}", fontsize=9)
+            text = f"{name(labels[i])} {scores[i]:.2f}"
+            w, y = 0.62 * line * len(text), float(b[1])
+            while any(b[0] < x2 and x1 < b[0] + w and y - line < y2 and y1 < y for x1, y1, x2, y2 in placed):
+                y -= line
+            placed.append((b[0], y - line, b[0] + w, y))
+            ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, edgecolor="orange", linewidth=2))
+            ax.text(b[0], y, text, color="black", fontsize=text_pt, va="bottom", clip_on=True,
+                    bbox={**label_box, "facecolor": "orange", "alpha": 0.9})
+        ax.set_title(f"{len(np.asarray(g['labels']).reshape(-1))} GT, {len(keep)} pred ≥ {min_score:g}", fontsize=text_pt)
         ax.set_axis_off()
     for ax in axes[n:]:
         ax.set_axis_off()
-    fig.suptitle("ground truth: green dashed    prediction: orange (score)", fontsize=10)
+    fig.suptitle("ground truth: green dashed    prediction: orange (score)", fontsize=text_pt * 1.2)
     return _save(fig, path)

@@ -75,8 +75,8 @@ def exported(tmp_path_factory):
     return ckpt, export_onnx(ckpt, tmp / "model.onnx"), path
 
 
-# MobileNet's FPN pools from one level; ResNet FPNs spread ROIs over four (scatter path).
-@pytest.mark.parametrize("arch", ["fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_resnet18_fpn"])
+# Every FPN spreads ROIs over several levels (NonZero/ScatterND path): MobileNets over strides 8-32, ResNets 4-32.
+@pytest.mark.parametrize("arch", ["fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_mobilenet_v2_fpn", "fasterrcnn_resnet18_fpn"])
 def test_serving_graph_equals_the_torchvision_model(arch):
     torch.manual_seed(0)
     model = build_model(ModelConfig(**{**TINY, "arch": arch})).eval()
@@ -114,13 +114,15 @@ def test_onnx_equals_pytorch(exported):
         assert_same_candidates((r[0][i], r[1][i], r[2][i]), (o[0][i], o[1][i], o[2][i]), n, score_tol=1e-4, box_tol=1e-2)
 
 
-def test_multilevel_onnx_batch_equals_pytorch_per_image(tmp_path):
-    """ResNet-18 FPN: ROIs pooled on four levels (NonZero/ScatterND in ONNX), batch of 3."""
-    path = _checkpoint(tmp_path, arch="fasterrcnn_resnet18_fpn", seed=3)
+@pytest.mark.parametrize("arch", ["fasterrcnn_resnet18_fpn", "fasterrcnn_mobilenet_v2_fpn"])
+def test_multilevel_onnx_batch_equals_pytorch_per_image(tmp_path, arch):
+    """ROIs pooled on several levels (NonZero/ScatterND in ONNX), batch of 3: ResNet-18 FPN (strides 4-32)
+    and MobileNetV2 FPN (strides 8-32)."""
+    path = _checkpoint(tmp_path, arch=arch, seed=3)
     ckpt = load_checkpoint(path)
     graph = ServingGraph(build_model(ckpt.model_config).eval(), 128)
     assert graph.mapper.k_max > graph.mapper.k_min, "the test needs ROIs on several levels"
-    onnx_path = export_onnx(ckpt, tmp_path / "r18.onnx")
+    onnx_path = export_onnx(ckpt, tmp_path / "multilevel.onnx")
     x = _films(3, seed=4)
     o, r = OrtDetector(onnx_path, threads=1)(x), TorchDetector(ckpt)(x)
     for i in range(3):
@@ -281,3 +283,16 @@ def test_int8_budget_outside_0_1_is_refused(exported, tiny_data):
     _, _, ckpt_path = exported
     with pytest.raises(ValueError, match="--int8-budget is a fraction"):
         run_export("onnx-int8", ckpt_path, out="x.onnx", data=tiny_data, int8_budget=5.0)
+
+
+def test_mobilenet_v2_exports_checks_quantizes_and_fills_a_repository(tmp_path, tiny_data):
+    """The demo's architecture through every CPU artifact: ONNX with parity, INT8, the Triton repository."""
+    ckpt_path = _checkpoint(tmp_path, arch="fasterrcnn_mobilenet_v2_fpn", seed=5)
+    repo = tmp_path / "repo"
+    res = run_export("onnx", ckpt_path, repository=repo, data=tiny_data, check=True, check_images=3)
+    assert res.parity.passed and res.path.is_file()
+    res8 = run_export("onnx-int8", ckpt_path, repository=repo, data=tiny_data, calibration_images=3, int8_budget=None)
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(res8.path)).graph.node)
+    meta = read_repository_metadata(repo)
+    assert meta["model"]["arch"] == "fasterrcnn_mobilenet_v2_fpn" and {"onnx", "onnx-int8"} <= set(meta["artifacts"])
+    assert (repo / "cxr_detector" / "config.pbtxt").is_file() and (repo / "detector" / "config.pbtxt").is_file()

@@ -61,7 +61,7 @@ def _torchrun(args: list[str], *, env: dict, cwd: Path) -> subprocess.CompletedP
 
 
 def _train_args(data: Path, run: Path, *options: str) -> list[str]:
-    return ["-m", "cxr.cli", "train", "--data", str(data), "--preset", "cpu-demo", "--out", str(run), "--size", "128",
+    return ["-m", "cxr.cli", "train", "--data", str(data), "--preset", "cpu-demo", "--weights", "none", "--out", str(run), "--size", "128",
             "--batch-size", "2", *options]
 
 

@@ -177,7 +177,7 @@ def test_dataset_targets_are_in_the_letterbox_frame(tiny_dataset):
 
 def test_train_and_evaluate_cli_end_to_end(tiny_dataset, tmp_path, capsys):
     run = tmp_path / "run"
-    rc = main(["train", "--data", str(tiny_dataset), "--preset", "cpu-demo", "--out", str(run), "--epochs", "1",
+    rc = main(["train", "--data", str(tiny_dataset), "--preset", "cpu-demo", "--weights", "none", "--out", str(run), "--epochs", "1",
                "--size", "128", "--batch-size", "4"])
     assert rc == 0 and (run / "best.pt").is_file() and (run / "last.pt").is_file()
     ckpt = load_checkpoint(run / "best.pt")
@@ -198,7 +198,7 @@ def test_train_and_evaluate_cli_end_to_end(tiny_dataset, tmp_path, capsys):
     assert header == "image,label,score,x1,y1,x2,y2"
 
     # resume continues from the saved epoch
-    rc = main(["train", "--data", str(tiny_dataset), "--preset", "cpu-demo", "--out", str(run), "--epochs", "2",
+    rc = main(["train", "--data", str(tiny_dataset), "--preset", "cpu-demo", "--weights", "none", "--out", str(run), "--epochs", "2",
                "--size", "128", "--batch-size", "4", "--resume", str(run / "last.pt")])
     assert rc == 0 and len(load_checkpoint(run / "last.pt").meta["history"]) == 2
 
