@@ -93,17 +93,12 @@ def untrained_checkpoint(arch: str, size: int, *, seed: int = UNTRAINED_SEED):
     from cxr.labels import get_labelset
     from cxr.preprocess import PreprocessConfig
     from cxr.training.checkpoint import Checkpoint
-    from cxr.training.model import ModelConfig, build_model
-    from cxr.training.train import make_config
+    from cxr.training.model import build_model
+    from cxr.training.train import make_config, model_config
 
     cfg = make_config(preset_for(arch), arch=arch, size=size)
     labels = get_labelset(NIH_LABELS)
-    mcfg = ModelConfig(
-        arch=arch, num_classes=labels.num_classes, size=size, anchor_sizes=tuple(cfg.anchor_sizes),
-        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
-        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
-        box_batch_size_per_image=cfg.box_batch_size_per_image, representation_size=cfg.representation_size,
-    )
+    mcfg = model_config(cfg, labels.num_classes)  # exactly what `cxr train --preset P --size S` builds
     torch.manual_seed(seed)  # same weights every run, so runs on different machines time the same model
     model = build_model(mcfg).eval()
     ckpt = Checkpoint(state=model.state_dict(), model_config=mcfg, preprocess=PreprocessConfig(size=size),

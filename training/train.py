@@ -100,6 +100,19 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def model_config(cfg: TrainConfig, num_classes: int):
+    """The network a training configuration builds (also what `cxr bench --arch PRESET` times)."""
+    from cxr.training.model import ModelConfig
+
+    return ModelConfig(
+        arch=cfg.arch, num_classes=num_classes, size=cfg.size, anchor_sizes=tuple(cfg.anchor_sizes),
+        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
+        box_batch_size_per_image=cfg.box_batch_size_per_image, representation_size=cfg.representation_size,
+        fpn_channels=cfg.fpn_channels,
+    )
+
+
 def make_config(preset: str = "r50-fpn", **overrides) -> TrainConfig:
     """A :class:`TrainConfig` from a preset name plus explicit overrides (``None`` = keep)."""
     if preset not in PRESETS:
@@ -234,7 +247,7 @@ def _train(cfg: TrainConfig, device: torch.device) -> Path:
     from cxr.training.annotations import NIHDataset
     from cxr.training.engine import ground_truth, predict, train_one_epoch
     from cxr.training.metrics import choose_thresholds, evaluate_detections
-    from cxr.training.model import ModelConfig, build_model, freeze_backbone, freeze_modules, load_pretrained
+    from cxr.training.model import build_model, freeze_backbone, freeze_modules, load_pretrained
     from cxr.weights import resolve as resolve_weights
 
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -252,13 +265,7 @@ def _train(cfg: TrainConfig, device: torch.device) -> Path:
     weights = resolve_weights(cfg.weights, arch=cfg.arch) if prev is None else None  # resumed: the checkpoint's
     pre = PreprocessConfig(size=cfg.size)
     check_normalisation(weights, pre)
-    mcfg = ModelConfig(
-        arch=cfg.arch, num_classes=labelset.num_classes, size=cfg.size, anchor_sizes=tuple(cfg.anchor_sizes),
-        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
-        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
-        box_batch_size_per_image=cfg.box_batch_size_per_image, representation_size=cfg.representation_size,
-        fpn_channels=cfg.fpn_channels,
-    )
+    mcfg = model_config(cfg, labelset.num_classes)
     model = build_model(mcfg)
     weights_meta = {"name": "none"}
     if weights is not None:

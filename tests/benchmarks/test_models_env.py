@@ -12,6 +12,9 @@ from cxr.benchmarks.cli import config_from_args
 from cxr.benchmarks.models import parse_spec, untrained_checkpoint
 from cxr.cli import build_parser
 from cxr.errors import InvalidOptionError, UsageError
+from cxr.training.train import PRESETS
+
+DEMO_ARCH = PRESETS["cpu-demo"]["arch"]  # `--arch cpu-demo` is whatever the preset trains
 
 
 def parse(*argv: str):
@@ -19,7 +22,7 @@ def parse(*argv: str):
 
 
 def test_arch_specs_take_presets_sizes_and_the_full_run_adds_800():
-    assert parse_spec("cpu-demo", ()) == [("fasterrcnn_mobilenet_v3_large_fpn", 256)]
+    assert parse_spec("cpu-demo", ()) == [(DEMO_ARCH, 256)]
     assert parse_spec("fasterrcnn_resnet50_fpn@512", (640,)) == [("fasterrcnn_resnet50_fpn", 512)]
     assert parse_spec("r50-fpn", (512, 800)) == [("fasterrcnn_resnet50_fpn", 512), ("fasterrcnn_resnet50_fpn", 800)]
     with pytest.raises(InvalidOptionError, match="unknown architecture or preset; choose one of: cpu-demo, r50-fpn"):
@@ -28,7 +31,7 @@ def test_arch_specs_take_presets_sizes_and_the_full_run_adds_800():
         parse_spec("r50-fpn@big", ())
     quick = parse("--quick", "--arch", "cpu-demo,fasterrcnn_resnet50_fpn", "--out", "o")
     assert quick.checkpoint is None
-    assert quick.untrained_specs() == [("fasterrcnn_mobilenet_v3_large_fpn", 256), ("fasterrcnn_resnet50_fpn", 512)]
+    assert quick.untrained_specs() == [(DEMO_ARCH, 256), ("fasterrcnn_resnet50_fpn", 512)]
     full = parse("--arch", "fasterrcnn_resnet50_fpn", "--out", "o")
     assert full.untrained_specs() == [("fasterrcnn_resnet50_fpn", 512), ("fasterrcnn_resnet50_fpn", 800)]  # 800: full only
     assert parse("--arch", "r50-fpn", "--size", "512", "--out", "o").untrained_specs() == [("fasterrcnn_resnet50_fpn", 512)]
@@ -43,12 +46,13 @@ def test_arch_specs_take_presets_sizes_and_the_full_run_adds_800():
 
 
 def test_untrained_weights_are_deterministic_and_carry_the_preset_fields():
-    a, _ = untrained_checkpoint("fasterrcnn_mobilenet_v3_large_fpn", 64)
-    b, _ = untrained_checkpoint("fasterrcnn_mobilenet_v3_large_fpn", 64)
+    a, _ = untrained_checkpoint(DEMO_ARCH, 64)
+    b, _ = untrained_checkpoint(DEMO_ARCH, 64)
     assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
     assert a.meta["untrained"] is True and a.preprocess.size == a.model_config.size == 64
     assert a.model_config.representation_size == 256 and a.model_config.rpn_post_nms_top_n_test == 150  # cpu-demo's
-    assert a.model_version == "untrained-fasterrcnn_mobilenet_v3_large_fpn-64-seed0"
+    assert a.model_config.fpn_channels == PRESETS["cpu-demo"]["fpn_channels"]
+    assert a.model_version == f"untrained-{DEMO_ARCH}-64-seed0"
 
 
 def test_gemm_peaks_name_each_precision_and_what_was_timed():
