@@ -114,7 +114,3 @@ def preprocess_batch(
     batch = np.stack(tensors) if tensors else np.zeros((0, config.channels, config.size, config.size), np.float32)
     return batch, list(records)
 
-
-def denormalize(tensor: np.ndarray, config: PreprocessConfig) -> np.ndarray:
-    """Model input ``[C, S, S]`` -> display pixels ``[S, S]`` in [0, 1] (first channel)."""
-    return np.clip(tensor[0] * config.std[0] + config.mean[0], 0.0, 1.0).astype(np.float32)
