@@ -381,3 +381,13 @@ def test_cli_parser_wiring(capsys):
     with pytest.raises(SystemExit) as exc:
         parser.parse_args(["pacs", "--forward", "pacs-only"])
     assert exc.value.code == 2 and "HOST:PORT:AE" in capsys.readouterr().err
+
+
+def test_the_pacs_bridge_does_not_import_the_cli_back():
+    """Issue 12: client/pacs.py imported cxr.cli, which imports it back; TLS options now live in client/tls.py."""
+    import subprocess
+    import sys
+
+    code = ("import sys, cxr.client.pacs, cxr.client.pacs_cli, cxr.client.tls; "
+            "sys.exit('cxr.cli' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
