@@ -42,3 +42,19 @@ def send(port: int, datasets, *, calling: str = SENDER, called: str = "CXR"):
             else:
                 files.append(Path(item))
         return storescu(port, files, calling=calling, called=called)
+
+
+def referenced_uids(ds: pydicom.Dataset) -> set[str]:
+    """Every ReferencedSOPInstanceUID anywhere in ``ds`` (evidence, image library, regions)."""
+    found: set[str] = set()
+
+    def visit(d: pydicom.Dataset) -> None:
+        for elem in d:
+            if elem.keyword == "ReferencedSOPInstanceUID":
+                found.add(str(elem.value))
+            elif elem.VR == "SQ":
+                for item in elem.value:
+                    visit(item)
+
+    visit(ds)
+    return found

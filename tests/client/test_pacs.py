@@ -37,7 +37,7 @@ from cxr.client.pacs_cli import add_pacs_parser, parse_forward  # noqa: E402
 from cxr.client.pacs_queue import study_id  # noqa: E402
 from cxr.client.results import StudyResult  # noqa: E402
 from cxr.triton_server import TritonServer, free_port, stable_port  # noqa: E402
-from dicomnet import SENDER, Destination, send  # noqa: E402  (tests/dicomnet.py)
+from dicomnet import SENDER, Destination, referenced_uids, send  # noqa: E402  (tests/dicomnet.py)
 
 pytestmark = pytest.mark.e2e
 
@@ -51,22 +51,6 @@ def wait_for(predicate, timeout: float = WAIT_S) -> bool:
             return True
         time.sleep(0.05)
     return predicate()
-
-
-def referenced_uids(ds: pydicom.Dataset) -> set[str]:
-    """Every ReferencedSOPInstanceUID anywhere in ``ds`` (evidence, image library, regions)."""
-    found: set[str] = set()
-
-    def visit(d: pydicom.Dataset) -> None:
-        for elem in d:
-            if elem.keyword == "ReferencedSOPInstanceUID":
-                found.add(str(elem.value))
-            elif elem.VR == "SQ":
-                for item in elem.value:
-                    visit(item)
-
-    visit(ds)
-    return found
 
 
 def _by_modality(synth_data: Path, modality: str) -> list[Path]:

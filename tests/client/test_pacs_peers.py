@@ -30,6 +30,7 @@ from cxr.client.destinations import read_auth  # noqa: E402
 from cxr.client.pacs import COMPREHENSIVE_3D_SR, GSPS, PacsBridge, PacsConfig  # noqa: E402
 from cxr.transfer_syntaxes import BY_UID, SYNTAXES  # noqa: E402
 from cxr.triton_server import stable_port  # noqa: E402
+from dicomnet import referenced_uids  # noqa: E402
 from peers import (  # noqa: E402
     Orthanc, StoreSCP, assert_valid_iod, base_films, dcmtk_profile, echoscu, film_source, make_film, qido_values,
     storescu, wait_port,
@@ -74,24 +75,9 @@ def results_of(orthanc: Orthanc, study: str, source_sop: str) -> list[pydicom.Da
     for inst in orthanc.qido_instances(study):
         if qido_values(inst, SOP_CLASS)[0] in (COMPREHENSIVE_3D_SR, GSPS):
             ds = orthanc.instance(qido_values(inst, SOP_INSTANCE)[0])
-            if source_sop in _referenced(ds):
+            if source_sop in referenced_uids(ds):
                 found.append(ds)
     return found
-
-
-def _referenced(ds: pydicom.Dataset) -> set[str]:
-    uids: set[str] = set()
-
-    def visit(d):
-        for elem in d:
-            if elem.keyword == "ReferencedSOPInstanceUID":
-                uids.add(str(elem.value))
-            elif elem.VR == "SQ":
-                for item in elem.value:
-                    visit(item)
-
-    visit(ds)
-    return uids
 
 
 def check_iods(datasets, folder: Path) -> None:
@@ -212,7 +198,7 @@ def test_dcmtk_storescu_sends_each_syntax_and_storescp_receives_the_results(synt
             assert bridge.wait_idle(WAIT_S) and bridge.stats["delivered"] == 1, bridge.stats
         received = archive.received
     assert sorted(ds.SOPClassUID for ds in received) == sorted([COMPREHENSIVE_3D_SR, GSPS])
-    assert all(sop in _referenced(ds) for ds in received)
+    assert all(sop in referenced_uids(ds) for ds in received)
     for path in archive.files:
         assert_valid_iod(path)
 
