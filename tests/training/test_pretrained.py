@@ -15,15 +15,6 @@ from cxr.weights import KNOWN
 SPEC = KNOWN["mobilenet_v2"]
 
 
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    from cxr.training.synth import SynthConfig, generate
-
-    out = tmp_path_factory.mktemp("synth") / "data"
-    generate(out, SynthConfig(images=16, seed=5, size=256, no_finding_fraction=0.25), progress=False)
-    return out
-
-
 def test_the_cached_file_is_torchvisions_mobilenet_v2(imagenet_weights):
     from torchvision.models import mobilenet_v2
 

@@ -155,15 +155,6 @@ def test_augmentation_moves_boxes_with_the_content():
         assert abs(ys.min() - y1) <= 1.5 and abs(ys.max() + 1 - y2) <= 1.5
 
 
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    from cxr.training.synth import SynthConfig, generate
-
-    out = tmp_path_factory.mktemp("synth") / "data"
-    generate(out, SynthConfig(images=16, seed=5, size=256, no_finding_fraction=0.25), progress=False)
-    return out
-
-
 def test_dataset_targets_are_in_the_letterbox_frame(tiny_dataset):
     from cxr.training.annotations import NIHDataset
 
