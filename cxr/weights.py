@@ -11,9 +11,8 @@ hashes the file again, so a truncated or replaced cache entry is caught before i
 initialises a model.
 
 torchvision names its files ``NAME-HHHHHHHH.pth``, where the eight hex digits are the
-start of the file's SHA-256 (``torch.hub.download_url_to_file(check_hash=True)``
-checks that prefix); cxr pins the full SHA-256 measured on the file and checks the
-name's prefix of any local file named that way too.
+start of the file's SHA-256; cxr pins the full SHA-256 measured on the file and checks
+the name's prefix of any local file named that way too.
 """
 
 from __future__ import annotations

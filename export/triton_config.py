@@ -34,9 +34,6 @@ GPU_QUEUE_DELAY_US = 2000
 # default) or sleep ("0"); see cxr.export.runtime.ort_session.  The served default is "0":
 # spinning threads take the cores the preprocess/postprocess stubs and gRPC need.
 SERVED_SPINNING = False
-# Detector parameter: the in-process runtime of the CPU detector, "onnxruntime" (default) or
-# "openvino" (needs the openvino package in the server's environment; faster on the CPUs
-# measured so far, same ONNX files -- benchmarks/README.md, "Runtimes").
 # Tensors inside the ensemble: the preprocess outputs and the detector's raw outputs.
 _IMAGES, _RECORD = DETECTOR_INPUT, "record"
 _RAW = {name: f"raw_{name}" for name in RAW_OUTPUTS}
@@ -96,7 +93,9 @@ def render(meta: dict, *, cpu_threads: int = 0, queue_delay_us: dict | None = No
     CPU detector (0 = all cores).  queue_delay_us: per step, over :data:`QUEUE_DELAY_US`
     (the levers ``cxr bench`` measures; benchmarks/README.md).  spinning: the CPU
     detector's :data:`ConfigKey.INTRA_OP_SPINNING` parameter (None: not written, ORT's default).
-    runtime: the CPU detector's :data:`ConfigKey.RUNTIME` (a :class:`~cxr.contract.DetectorRuntime`).
+    runtime: the CPU detector's :data:`ConfigKey.RUNTIME` (a :class:`~cxr.contract.DetectorRuntime`):
+    ONNX Runtime (the default) or OpenVINO's CPU plugin on the same ONNX files (needs the
+    ``openvino`` package in the server's environment; benchmarks/README.md, "Runtimes").
     """
     try:
         runtime = DetectorRuntime(runtime)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr.boxes import label_slot
 from cxr.training.metrics import FROC_FP_RATES, FROC_IOU, _coco_ap, _Data, _Fast, _froc_points
 
 
@@ -199,10 +200,7 @@ def plot_examples(
         for i in keep:
             b = boxes[i]
             text = f"{name(labels[i])} {scores[i]:.2f}"
-            w, y = 0.62 * line * len(text), float(b[1])
-            while any(b[0] < x2 and x1 < b[0] + w and y - line < y2 and y1 < y for x1, y1, x2, y2 in placed):
-                y -= line
-            placed.append((b[0], y - line, b[0] + w, y))
+            y = label_slot(float(b[0]), float(b[1]) - line, 0.62 * line * len(text), line, placed) + line  # its bottom
             ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, edgecolor="orange", linewidth=2))
             ax.text(b[0], y, text, color="black", fontsize=text_pt, va="bottom", clip_on=True,
                     bbox={**label_box, "facecolor": "orange", "alpha": 0.9})

@@ -36,6 +36,7 @@ from cxr.client.pacs import (  # noqa: E402
 from cxr.client.pacs_cli import add_pacs_parser, parse_forward  # noqa: E402
 from cxr.client.pacs_queue import study_id  # noqa: E402
 from cxr.client.results import StudyResult  # noqa: E402
+import peers  # noqa: E402  (tests/peers.py)
 from cxr.triton_server import TritonServer, free_port, stable_port  # noqa: E402
 from dicomnet import SENDER, Destination, referenced_uids, send  # noqa: E402  (tests/dicomnet.py)
 
@@ -45,12 +46,7 @@ WAIT_S = 60.0  # generous: the 2-core CI box also runs the server
 
 
 def wait_for(predicate, timeout: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
+    return peers.wait_for(predicate, timeout)
 
 
 def _by_modality(synth_data: Path, modality: str) -> list[Path]:

@@ -29,6 +29,7 @@ from pydicom.uid import generate_uid  # noqa: E402
 from cxr.client.destinations import read_auth  # noqa: E402
 from cxr.client.pacs import COMPREHENSIVE_3D_SR, GSPS, PacsBridge, PacsConfig  # noqa: E402
 from cxr.transfer_syntaxes import BY_UID, SYNTAXES  # noqa: E402
+import peers  # noqa: E402  (tests/peers.py)
 from cxr.triton_server import stable_port  # noqa: E402
 from dicomnet import referenced_uids  # noqa: E402
 from peers import (  # noqa: E402
@@ -48,12 +49,7 @@ ROUTED = [s.uid for s in SYNTAXES if s.uid not in HTJ2K]
 
 
 def wait_for(predicate, timeout: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
+    return peers.wait_for(predicate, timeout)
 
 
 @pytest.fixture(scope="module")
