@@ -3,7 +3,7 @@
 Every backend turns a list of studies into a list of
 :class:`~cxr.postprocess.DetectionArrays` (boxes in ORIGINAL pixels, 1-based class ids)
 and includes decoding, preprocessing and postprocessing, so the comparison is end
-to end.  In process that is :class:`cxr.export.runtime.Pipeline` around a detector
+to end.  In process that is :class:`cxr.serving.runtime.Pipeline` around a detector
 (PyTorch eager, ONNX Runtime FP32 / INT8, TensorRT FP16); served it is the
 ``cxr_detector`` ensemble through :class:`cxr.client.DetectorClient` with encoded
 bytes (``triton``) or raw pixels through system shared memory (``triton-shm``).
@@ -139,7 +139,7 @@ def _mb(path: Path) -> float | None:
 
 
 def _pipeline_backend(name: str, detector, ckpt, *, size_mb: float | None, detail: str, batches: tuple[int, ...]) -> Backend:
-    from cxr.export.pipeline import Pipeline
+    from cxr.serving.pipeline import Pipeline
 
     timer = CallTimer(detector)
     pipe = Pipeline(timer, ckpt.preprocess, ckpt.postprocess)
@@ -157,7 +157,7 @@ def open_variant(name: str, ckpt, *, checkpoint: Path, repository: Path, batches
     runtime, artifact, _ = VARIANTS[name]
     engine, _, mode = runtime.partition(":")
     if engine == "torch":
-        from cxr.export.runtime import TorchDetector
+        from cxr.export.torch_detector import TorchDetector
 
         return _pipeline_backend(name, TorchDetector(ckpt, mode=mode), ckpt, size_mb=_mb(Path(checkpoint)),
                                  detail=f"{checkpoint} (PyTorch {mode})", batches=batches)
@@ -165,7 +165,7 @@ def open_variant(name: str, ckpt, *, checkpoint: Path, repository: Path, batches
     if not path.is_file():
         return Unavailable(name, f"not exported: {path} is missing (run `cxr export {artifact} --checkpoint CKPT --repository {repository}`)")
     try:
-        from cxr.export.runtime import OpenVinoDetector
+        from cxr.serving.runtime import OpenVinoDetector
 
         detector = OpenVinoDetector(path, precision=mode)
     except ImportError as exc:
@@ -182,7 +182,7 @@ def open_in_process(name: str, ckpt, *, checkpoint: Path, repository: Path, batc
     if name in VARIANTS:
         return open_variant(name, ckpt, checkpoint=checkpoint, repository=repository, batches=batches)
     if BenchBackend(name) is BenchBackend.PYTORCH:
-        from cxr.export.runtime import TorchDetector
+        from cxr.export.torch_detector import TorchDetector
 
         return _pipeline_backend(name, TorchDetector(ckpt), ckpt, size_mb=_mb(Path(checkpoint)), detail=str(checkpoint), batches=batches)
     kind = BenchBackend(name).artifact
@@ -202,7 +202,7 @@ def open_in_process(name: str, ckpt, *, checkpoint: Path, repository: Path, batc
 
             detector = TrtDetector(path)
         else:
-            from cxr.export.runtime import OrtDetector
+            from cxr.serving.runtime import OrtDetector
 
             detector = OrtDetector(path)
     except Exception as exc:  # noqa: BLE001 - e.g. an engine built on another GPU: report, do not crash

@@ -147,7 +147,7 @@ def _short_arch(arch: str) -> str:
 
 def calibration_arrays(ckpt, studies) -> list:
     """One ``[1, C, S, S]`` model input per encoded study, through the serving preprocessing."""
-    from cxr.imaging import decode_image
+    from cxr.decode.image import decode_image
     from cxr.preprocess import preprocess
 
     return [preprocess(decode_image(data), ckpt.preprocess)[0][None] for data in studies]

@@ -22,7 +22,7 @@ def _server(cfg, needed: bool, repository: Path, url: str | None):
     if url is not None or not needed:
         yield url
         return
-    from cxr.triton_server import TritonServer
+    from cxr.server.launcher import TritonServer
 
     cfg.out.mkdir(parents=True, exist_ok=True)
     log_file = cfg.out / ("tritonserver.log" if repository == cfg.repository else f"tritonserver-{repository.parent.name}.log")

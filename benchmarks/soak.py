@@ -36,7 +36,7 @@ from cxr.benchmarks.load import Call, run_load
 from cxr.benchmarks.procmem import MB, RssSampler, listener_pid, rss_summary
 from cxr.benchmarks.stats import percentile_ms
 from cxr.errors import InvalidOptionError, MissingFileError
-from cxr.image_header import STUDY_SUFFIXES
+from cxr.decode.header import STUDY_SUFFIXES
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0")
 
@@ -223,7 +223,7 @@ def run_soak(cfg: SoakConfig) -> dict:
     with contextlib.ExitStack() as stack:
         url, embedded = cfg.url, None
         if url is None:
-            from cxr.triton_server import TritonServer
+            from cxr.server.launcher import TritonServer
 
             server = stack.enter_context(  # stopped on every exit path
                 TritonServer.on_free_ports(cfg.repository, log_file=cfg.out / "tritonserver.log"))

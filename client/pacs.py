@@ -11,7 +11,7 @@ stored with DICOMweb STOW-RS (``forward_dicomweb``)::
 
 Association: for each chest storage class (CR, DX for presentation and for
 processing, Secondary Capture) every transfer syntax this install decodes
-(:func:`cxr.transfer_syntaxes.decodable`), so a PACS sends what it stores without
+(:func:`cxr.decode.transfer_syntaxes.decodable`), so a PACS sends what it stores without
 transcoding; every other storage class is accepted only to answer its C-STORE with
 0x0122 "SOP class not supported" and a comment saying what the bridge takes, so a
 misrouted MR is a clear failure at the sender, and nothing is spooled.
@@ -43,7 +43,7 @@ from cxr.client.destinations import RESULT_SYNTAXES, CStoreDestination, StowDest
 from cxr.client.pacs_queue import (COMPREHENSIVE_3D_SR, GSPS, QueueState, Spool, WorkQueue, Worker, is_valid_uid,
                                    study_id)
 from cxr.errors import InvalidOptionError
-from cxr.transfer_syntaxes import decodable
+from cxr.decode.transfer_syntaxes import decodable
 
 __all__ = ["COMPREHENSIVE_3D_SR", "GSPS", "STORAGE_CLASSES", "PacsBridge", "PacsConfig", "accepted_syntaxes",
            "skip_reason"]

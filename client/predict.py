@@ -21,7 +21,7 @@ from tqdm import tqdm
 from cxr.client.errors import DetectorError
 from cxr.client.results import StudyResult
 from cxr.errors import InvalidOptionError, MissingFileError
-from cxr.image_header import SNIFF_BYTES, STUDY_SUFFIXES, sniff_format
+from cxr.decode.header import SNIFF_BYTES, STUDY_SUFFIXES, sniff_format
 
 log = logging.getLogger("cxr.client")
 
@@ -91,7 +91,7 @@ def annotated_png(path: Path, result: StudyResult, out: Path, *, min_score: floa
     scale with the film: readable at normal zoom on 256 px and 3000 px films alike)."""
     from PIL import Image, ImageDraw
 
-    from cxr.imaging import decode_image
+    from cxr.decode.image import decode_image
 
     pixels = decode_image(path).pixels
     img = Image.fromarray((pixels * 255).round().astype("uint8")).convert("RGB")

@@ -29,9 +29,9 @@ from cxr import contract
 from cxr.client.errors import DetectorError, client_error
 from cxr.client.results import Detection, StudyResult
 from cxr.errors import InvalidImageError
-from cxr.image_header import check_size
-from cxr.imaging import probe
-from cxr.triton_models import MAX_REQUEST_BYTES
+from cxr.decode.header import check_size
+from cxr.decode.image import probe
+from cxr.contract import MAX_REQUEST_BYTES
 
 # The served contract (cxr.contract).  These names are checked against the server's
 # model config on first use, so a server with another contract fails loudly, once.

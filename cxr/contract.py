@@ -88,6 +88,8 @@ _NUMPY = {"TYPE_FP32": "float32", "TYPE_FP16": "float16", "TYPE_INT64": "int64",
           "TYPE_UINT8": "uint8", "TYPE_STRING": "object"}
 
 ENSEMBLE = "cxr_detector"  # the only model clients call
+# Largest encoded study accepted in one request (a 4300x4300 16-bit DICOM is ~37 MB).
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
 MAX_BATCH = 8  # every model's max_batch_size: dynamic batches of up to 8 studies
 
 # The ensemble: exactly one of the two inputs per request.

@@ -17,7 +17,7 @@ import numpy as np
 
 from cxr.boxes import LetterboxRecord
 from cxr.errors import InvalidOptionError
-from cxr.imaging import DecodedImage
+from cxr.decode.types import DecodedImage
 
 # ImageNet statistics: backbones pretrained on ImageNet (the usual transfer-learning
 # start) expect them; the grayscale film is replicated into the three channels.

@@ -59,8 +59,8 @@ def _labelset_name(ckpt) -> str:
 
 def check_parity(ckpt, detector, studies, *, tolerance: Tolerance, batch_size: int = 4) -> ParityReport:
     """PyTorch vs ``detector`` on ``studies`` through the same pre/postprocessing."""
-    from cxr.export.pipeline import Pipeline
-    from cxr.export.runtime import TorchDetector
+    from cxr.serving.pipeline import Pipeline
+    from cxr.export.torch_detector import TorchDetector
     from cxr.training.engine import ground_truth
 
     paths = [s.path for s in studies]
@@ -72,7 +72,7 @@ def check_parity(ckpt, detector, studies, *, tolerance: Tolerance, batch_size: i
 
 def calibration_batches(ckpt, studies) -> list[np.ndarray]:
     """One ``[1, C, S, S]`` model input per study, through the serving preprocessing."""
-    from cxr.imaging import decode_image
+    from cxr.decode.image import decode_image
     from cxr.preprocess import preprocess
 
     return [preprocess(decode_image(s.path), ckpt.preprocess)[0][None] for s in studies]
@@ -93,9 +93,9 @@ class Int8Disagreement:
     """
 
     def __init__(self, ckpt, fp32_path: str | Path, studies, *, score_step: float = 0.05, seed: int = 0) -> None:
-        from cxr.export.pipeline import Pipeline
-        from cxr.export.runtime import OrtDetector
-        from cxr.imaging import decode_image
+        from cxr.serving.pipeline import Pipeline
+        from cxr.serving.runtime import OrtDetector
+        from cxr.decode.image import decode_image
 
         self.ckpt, self.score_step = ckpt, score_step
         self.images = [decode_image(s.path) for s in studies]
@@ -107,7 +107,7 @@ class Int8Disagreement:
 
     def _changed(self, detector) -> float:
         from cxr.export.parity import match_detections
-        from cxr.export.pipeline import Pipeline
+        from cxr.serving.pipeline import Pipeline
 
         report = self.ckpt.postprocess.score_threshold
         margin = min(TOLERANCES[Precision.INT8].score_margin, report)
@@ -120,7 +120,7 @@ class Int8Disagreement:
         return changed / total if total else 0.0
 
     def __call__(self, path: Path) -> float:
-        from cxr.export.runtime import OrtDetector
+        from cxr.serving.runtime import OrtDetector
 
         return self._changed(OrtDetector(path))
 
@@ -174,7 +174,7 @@ def run_export(
             make_detector = TrtDetector
         elif kind is Artifact.ONNX_INT8:
             from cxr.export.quantize import quantize_int8
-            from cxr.export.runtime import OrtDetector
+            from cxr.serving.runtime import OrtDetector
 
             export_onnx(ckpt, fp32)
             calib = calibration_batches(ckpt, _studies(data, "train", calibration_images, labelset))
@@ -184,7 +184,7 @@ def run_export(
                                   budget=int8_budget or 0.0, progress=progress)
             make_detector = OrtDetector
         else:
-            from cxr.export.runtime import OrtDetector
+            from cxr.serving.runtime import OrtDetector
 
             built = export_onnx(ckpt, fp32)
             make_detector = OrtDetector

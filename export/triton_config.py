@@ -31,7 +31,7 @@ QUEUE_DELAY_US = {Step.PREPROCESS: 0, Step.DETECTOR: 0, Step.POSTPROCESS: 0}
 # The NGC GPU detector configs keep their 2 ms: not measured on a GPU yet (no GPU here).
 GPU_QUEUE_DELAY_US = 2000
 # Detector parameter: ONNX Runtime's intra-op threads busy-wait between kernels ("1", its
-# default) or sleep ("0"); see cxr.export.runtime.ort_session.  The served default is "0":
+# default) or sleep ("0"); see cxr.serving.runtime.ort_session.  The served default is "0":
 # spinning threads take the cores the preprocess/postprocess stubs and gRPC need.
 SERVED_SPINNING = False
 # Tensors inside the ensemble: the preprocess outputs and the detector's raw outputs.

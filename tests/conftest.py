@@ -38,7 +38,7 @@ def imagenet_weights():
     import os
 
     from cxr.errors import UsageError
-    from cxr.weights import resolve
+    from cxr.training.weights import resolve
 
     try:
         return resolve("imagenet", arch="fasterrcnn_mobilenet_v2_fpn")
@@ -79,7 +79,7 @@ def repository(checkpoint, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def server(repository):
     pytest.importorskip("pytriton")
-    from cxr.triton_server import TritonServer
+    from cxr.server.launcher import TritonServer
 
     srv = TritonServer.on_free_ports(repository, log_file=repository / "tritonserver.log")
     with srv:
@@ -90,8 +90,8 @@ def server(repository):
 @pytest.fixture(scope="session")
 def reference(checkpoint, repository):
     """The in-process pipeline: cxr preprocess -> ORT (same ONNX) -> cxr postprocess."""
-    from cxr.export.pipeline import Pipeline
-    from cxr.export.runtime import OrtDetector
+    from cxr.serving.pipeline import Pipeline
+    from cxr.serving.runtime import OrtDetector
     from cxr.training.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)

@@ -30,7 +30,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from cxr.triton_server import stable_port
+from cxr.server.net import stable_port
 
 PACKAGES = {"Orthanc": "orthanc orthanc-dicomweb", "storescp": "dcmtk", "storescu": "dcmtk", "echoscu": "dcmtk",
             "dcmconv": "dcmtk", "dcmcjpeg": "dcmtk", "dcmcjpls": "dcmtk", "dcmcrle": "dcmtk",

@@ -43,7 +43,7 @@ def evaluate_checkpoint(
     """Evaluate ``checkpoint`` on ``split`` of the NIH-layout folder ``data``; returns the metrics."""
     from torch.utils.data import DataLoader
 
-    from cxr.imaging import decode_image
+    from cxr.decode.image import decode_image
     from cxr.training.checkpoint import load_checkpoint
     from cxr.training.torch_dataset import DetectionDataset, collate
     from cxr.training.annotations import NIHDataset

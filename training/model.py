@@ -13,7 +13,7 @@ backbone levels from stride 32, which leaves a 15 px nodule at 256 px no feature
 that can see it (issue 14).  ``anchor_sizes`` are one size per level (or a multiple
 of five, split evenly), finest level first.
 
-Pretrained weights (:mod:`cxr.weights`) go in with :func:`load_pretrained`; only over
+Pretrained weights (:mod:`cxr.training.weights`) go in with :func:`load_pretrained`; only over
 them does :func:`freeze_backbone` freeze early stages -- frozen random layers stay
 random for the whole run.
 """
@@ -265,7 +265,7 @@ def load_pretrained(model: FasterRCNN, path: str | Path, *, arch: str | None = N
     was loaded; raises with a clear message if the file is missing, unreadable or for
     another architecture.
     """
-    from cxr.weights import TORCHVISION_FILES
+    from cxr.training.weights import TORCHVISION_FILES
 
     path = Path(path)
     takes = TORCHVISION_FILES.get(arch or "", "torchvision's ImageNet file for its backbone")

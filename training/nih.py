@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 
 from cxr.errors import InvalidFileError, InvalidOptionError, MissingFileError
-from cxr.image_header import STUDY_SUFFIXES as IMAGE_SUFFIXES
+from cxr.decode.header import STUDY_SUFFIXES as IMAGE_SUFFIXES
 from cxr.labels import NIH_NO_FINDING, LabelSet, get_labelset
 from cxr.training.nih_csv import read_data_entry_columns, read_nih_bbox_list, read_nih_data_entry
 from cxr.training.studies import SPLITS, Study, assign_patients, gc_paused

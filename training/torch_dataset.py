@@ -1,7 +1,7 @@
 """PyTorch datasets over :class:`~cxr.training.studies.Study` lists, with box-safe augmentation.
 
 Every image goes through the same core functions that serving uses:
-``cxr.imaging.decode_image`` -> ``cxr.preprocess.letterbox`` -> (augmentation, in
+``cxr.decode.image.decode_image`` -> ``cxr.preprocess.letterbox`` -> (augmentation, in
 training only) -> ``cxr.preprocess.normalize``.  Targets are xyxy boxes in the
 letterbox frame, which is the frame the model predicts in.
 """
@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from cxr.boxes import LetterboxRecord, valid_boxes
 from cxr.errors import MissingFileError
-from cxr.imaging import decode_image
+from cxr.decode.image import decode_image
 from cxr.labels import LabelSet
 from cxr.preprocess import PreprocessConfig, letterbox, normalize
 

@@ -50,7 +50,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision, CUDA only
     workers: int = 4
     seed: int = 0
-    weights: str = "none"  # "none" (from scratch), "imagenet", a cxr.weights name, or a local file
+    weights: str = "none"  # "none" (from scratch), "imagenet", a cxr.training.weights name, or a local file
     trainable_backbone_layers: int = 3  # over pretrained weights only (torchvision's default); 5 = all
     backbone_lr_mult: float = 1.0  # backbone body learning rate = lr x this (FPN and heads: lr)
     resume: Path | None = None
@@ -248,7 +248,7 @@ def _train(cfg: TrainConfig, device: torch.device) -> Path:
     from cxr.training.engine import ground_truth, predict, train_one_epoch
     from cxr.training.metrics import choose_thresholds, evaluate_detections
     from cxr.training.model import build_model, freeze_backbone, freeze_modules, load_pretrained
-    from cxr.weights import resolve as resolve_weights
+    from cxr.training.weights import resolve as resolve_weights
 
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)

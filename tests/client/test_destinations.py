@@ -15,7 +15,7 @@ from cxr.client.destinations import AUTH_ENV, StowDestination, _status_is_transi
 from cxr.client.pacs import PacsBridge, PacsConfig  # noqa: E402
 from cxr.client.pacs_cli import add_pacs_parser  # noqa: E402
 from cxr.errors import InvalidFileError, InvalidOptionError, MissingFileError  # noqa: E402
-from cxr.triton_server import stable_port  # noqa: E402
+from cxr.server.net import stable_port  # noqa: E402
 
 
 def _secret(tmp_path, text: str, mode: int = 0o600):

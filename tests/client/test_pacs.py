@@ -37,7 +37,8 @@ from cxr.client.pacs_cli import add_pacs_parser, parse_forward  # noqa: E402
 from cxr.client.pacs_queue import study_id  # noqa: E402
 from cxr.client.results import StudyResult  # noqa: E402
 import peers  # noqa: E402  (tests/peers.py)
-from cxr.triton_server import TritonServer, free_port, stable_port  # noqa: E402
+from cxr.server.launcher import TritonServer  # noqa: E402
+from cxr.server.net import free_port, stable_port
 from dicomnet import SENDER, Destination, referenced_uids, send  # noqa: E402  (tests/dicomnet.py)
 
 pytestmark = pytest.mark.e2e

@@ -28,9 +28,9 @@ from pydicom.uid import generate_uid  # noqa: E402
 
 from cxr.client.destinations import read_auth  # noqa: E402
 from cxr.client.pacs import COMPREHENSIVE_3D_SR, GSPS, PacsBridge, PacsConfig  # noqa: E402
-from cxr.transfer_syntaxes import BY_UID, SYNTAXES  # noqa: E402
+from cxr.decode.transfer_syntaxes import BY_UID, SYNTAXES  # noqa: E402
 import peers  # noqa: E402  (tests/peers.py)
-from cxr.triton_server import stable_port  # noqa: E402
+from cxr.server.net import stable_port  # noqa: E402
 from dicomnet import referenced_uids  # noqa: E402
 from peers import (  # noqa: E402
     Orthanc, StoreSCP, assert_valid_iod, base_films, dcmtk_profile, echoscu, film_source, make_film, qido_values,

@@ -51,7 +51,7 @@ def test_predict_table_and_failures(server, synth_data, tmp_path, capsys):
 
 
 def test_predict_unreachable_server_is_one_line(tmp_path, synth_data, capsys):
-    from cxr.triton_server import free_port
+    from cxr.server.net import free_port
 
     good = sorted((synth_data / "images").glob("*.png"))[0]
     rc = main(["predict", str(good), "--url", f"127.0.0.1:{free_port()}", "--timeout", "2"])

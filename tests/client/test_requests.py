@@ -58,7 +58,7 @@ def test_header_only_checks_leave_damaged_pixels_to_the_server():
 
 @pytest.mark.parametrize("entry", [e for e in MANIFEST if e["expect"] == "ok"], ids=lambda e: e["file"])
 def test_accepted_corpus_files_get_the_decoded_size_and_uid(entry):
-    from cxr.imaging import decode_image
+    from cxr.decode.image import decode_image
 
     request = build_request(HOSTILE / entry["file"])
     if "decoder" not in entry:  # the decoded size only where this host can decode the syntax

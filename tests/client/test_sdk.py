@@ -22,7 +22,8 @@ import tritonclient.grpc  # noqa: E402  (after the skips)
 from PIL import Image  # noqa: E402
 
 from cxr.client import AsyncDetectorClient, DetectorClient, DetectorError, Pixels, StudyResult  # noqa: E402
-from cxr.triton_server import TritonServer, free_port  # noqa: E402
+from cxr.server.launcher import TritonServer  # noqa: E402
+from cxr.server.net import free_port
 
 pytestmark = pytest.mark.e2e
 FAST = {"timeout_s": 120.0, "retries": 0}  # a warm local server: no reason to retry

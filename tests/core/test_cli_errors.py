@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from cxr import cli
+from cxr.training import cli as training_cli  # owns `cxr data info`
 from cxr.errors import InvalidImageError, InvalidOptionError, MissingFileError, UsageError
 
 
@@ -14,7 +15,7 @@ def _run(monkeypatch, capsys, exc: BaseException, *flags: str) -> tuple[int, str
     def command(args):
         raise exc
 
-    monkeypatch.setattr(cli, "cmd_data_info", command)
+    monkeypatch.setattr(training_cli, "cmd_data_info", command)
     code = cli.main([*flags, "data", "info", "somewhere"])
     return code, capsys.readouterr().err
 
@@ -44,7 +45,7 @@ def test_v_turns_on_debug_logging_of_cxr_only_and_vv_of_everything(monkeypatch, 
         seen[args.verbose] = (logging.getLogger("cxr.x").getEffectiveLevel(), logging.getLogger("onnxruntime").getEffectiveLevel())
         return 0
 
-    monkeypatch.setattr(cli, "cmd_data_info", command)
+    monkeypatch.setattr(training_cli, "cmd_data_info", command)
     for flags in ((), ("-v",), ("-vv",)):
         assert cli.main([*flags, "data", "info", "x"]) == 0
     assert seen == {0: (logging.INFO, logging.WARNING), 1: (logging.DEBUG, logging.WARNING), 2: (logging.DEBUG, logging.DEBUG)}

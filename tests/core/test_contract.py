@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 GRAPH_READERS = ["export/triton_config.py", "model_repository/preprocess/1/model.py",
                  "model_repository/detector/1/model.py", "model_repository/postprocess/1/model.py",
                  "export/onnx_export.py", "export/tensorrt.py"]
-READERS = [*GRAPH_READERS, "cxr/triton_models.py", "client/requests.py", "cxr/triton_server.py",
+READERS = [*GRAPH_READERS, "cxr/serving/boundary.py", "client/requests.py", "cxr/server/launcher.py",
            "benchmarks/perf_data.py", "export/repository.py", "export/commands.py", "benchmarks/backends.py"]
 
 

@@ -1,7 +1,7 @@
 """Hostile inputs: every bad study gives one clear error type, never a crash or a memory blow-up.
 
 The corpus (tests/data/hostile, rebuilt by its make_corpus.py) holds one file per
-rule of the input policy in :mod:`cxr.imaging`; MANIFEST.json says what each file
+rule of the input policy in :mod:`cxr.decode.image`; MANIFEST.json says what each file
 must produce.  Arrays are built here.  Hypothesis then throws random and mutated
 bytes, random DICOM headers and random arrays at the same decode + preprocess path:
 the only allowed outcomes are a finite float32 ``[C, S, S]`` tensor or
@@ -31,8 +31,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID
 
 from cxr.errors import InvalidImageError
-from cxr.dicom_guards import RLE_SEGMENT_SLACK, rle_segment_length
-from cxr.imaging import decode_image
+from cxr.decode.guards import RLE_SEGMENT_SLACK, rle_segment_length
+from cxr.decode.image import decode_image
 from cxr.preprocess import PreprocessConfig, preprocess
 
 HOSTILE = Path(__file__).resolve().parents[1] / "data" / "hostile"
@@ -158,7 +158,7 @@ def test_array(arr, expect):
 _RSS_PROBE = textwrap.dedent("""
     import sys
     from cxr.errors import InvalidImageError
-    from cxr.imaging import decode_image
+    from cxr.decode.image import decode_image
     from cxr.preprocess import PreprocessConfig, preprocess
     import pydicom.pixels, PIL.PngImagePlugin, PIL.JpegImagePlugin, PIL.Jpeg2KImagePlugin  # warm imports
 
@@ -496,7 +496,7 @@ def test_corrupt_frame_with_a_working_decoder_is_called_corrupt_not_undecodable(
 
 def test_rle_segment_longer_than_any_encoding_is_refused_without_walking():
     """No-op headers (0x80) add bytes but no pixels: refused by length, before the O(n) walk."""
-    from cxr.dicom_guards import check_rle_frame
+    from cxr.decode.guards import check_rle_frame
 
     header = (1).to_bytes(4, "little") + (64).to_bytes(4, "little") + bytes(56)
     noop_padding = header + b"\x80" * 100_000 + b"\x00\x00"  # 64x64 8-bit needs 4,096 bytes

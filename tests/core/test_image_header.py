@@ -18,10 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cxr.dicom_guards import FRAME_GUARDS, codestream_size
+from cxr.decode.guards import FRAME_GUARDS, codestream_size
 from cxr.errors import InvalidImageError
-from cxr.image_header import invalid_image, jpeg_frame_size
-from cxr.imaging import ImageHeader, decode_image, probe
+from cxr.decode.header import invalid_image, jpeg_frame_size
+from cxr.decode.image import decode_image, probe
+from cxr.decode.types import ImageHeader
 
 HOSTILE = Path(__file__).resolve().parents[1] / "data" / "hostile"
 MANIFEST = json.loads((HOSTILE / "MANIFEST.json").read_text())
@@ -170,7 +171,7 @@ def test_syntaxes_without_a_guard_of_their_own_get_the_codestream_check(name):
 
 def test_the_bytes_travel_one_way():
     # header and guard modules are leaves: they never import the decoders that call them
-    code = ("import sys, cxr.dicom_guards; "
-            "print(sorted(m for m in ('cxr.imaging', 'cxr.dicom', 'PIL', 'numpy') if m in sys.modules))")
+    code = ("import sys, cxr.decode.guards; "
+            "print(sorted(m for m in ('cxr.decode.image', 'cxr.decode.dicom', 'PIL', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from cxr.errors import InvalidImageError
-from cxr.imaging import decode_image, decode_pixels
+from cxr.decode.image import decode_image, decode_pixels
 
 
 def _png(arr: np.ndarray, mode: str | None = None) -> bytes:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cxr.imaging import decode_pixels
+from cxr.decode.image import decode_pixels
 from cxr.preprocess import IMAGENET_MEAN, PreprocessConfig, letterbox, preprocess, preprocess_batch
 
 

@@ -12,8 +12,8 @@ import pydicom
 import pytest
 
 from cxr.errors import InvalidImageError
-from cxr.imaging import decode_image
-from cxr.transfer_syntaxes import BY_UID, SYNTAXES, available_plugins, decodable, decode_stored
+from cxr.decode.image import decode_image
+from cxr.decode.transfer_syntaxes import BY_UID, SYNTAXES, available_plugins, decodable, decode_stored
 from peers import base_films, film_source, make_film, reference_decode
 
 # Lossy encodings as made here (peers.ENCODERS) and how far their decoded films may be from the

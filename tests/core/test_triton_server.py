@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from cxr.errors import UsageError
-from cxr.triton_server import TritonInstall, TritonServer, host_port, is_loopback, stable_port
+from cxr.server.install import TritonInstall
+from cxr.server.launcher import TritonServer
+from cxr.server.net import host_port, is_loopback, stable_port
 
 INSTALL = TritonInstall(Path("/opt/tritonserver"), Path("/opt/lib"), Path("/opt/backends"))
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"

@@ -24,7 +24,8 @@ import tritonclient.grpc as grpcclient
 
 from cxr.client import DetectorClient, DetectorError, StudyResult
 from cxr.errors import UsageError
-from cxr.triton_server import TritonServer, free_port, stable_port
+from cxr.server.launcher import TritonServer
+from cxr.server.net import free_port, stable_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

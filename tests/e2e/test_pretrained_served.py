@@ -36,7 +36,7 @@ def pretrained(imagenet_weights, synth_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def served(pretrained):
-    from cxr.triton_server import TritonServer
+    from cxr.server.launcher import TritonServer
 
     _, repo = pretrained
     with TritonServer.on_free_ports(repo, log_file=repo / "tritonserver.log") as srv:
@@ -94,8 +94,8 @@ def test_another_normalisation_would_change_the_answers(pretrained, served, synt
     """The check above can fail: the same network fed unnormalised [0, 1] pixels answers otherwise."""
     from dataclasses import replace
 
-    from cxr.export.pipeline import Pipeline
-    from cxr.export.runtime import TorchDetector
+    from cxr.serving.pipeline import Pipeline
+    from cxr.export.torch_detector import TorchDetector
     from cxr.training.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(pretrained[0])

@@ -41,7 +41,8 @@ from pydicom.uid import generate_uid  # noqa: E402
 from cxr.client import AsyncDetectorClient, DetectorClient, DetectorError  # noqa: E402
 from cxr.client.errors import tls_hint  # noqa: E402
 from cxr.client.pacs import PacsBridge, PacsConfig  # noqa: E402
-from cxr.triton_server import TritonServer, free_port  # noqa: E402
+from cxr.server.launcher import TritonServer  # noqa: E402
+from cxr.server.net import free_port
 from dicomnet import Destination, send  # noqa: E402  (tests/dicomnet.py)
 
 pytestmark = pytest.mark.e2e

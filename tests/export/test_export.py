@@ -24,7 +24,8 @@ from cxr.export.graph import ServingGraph  # noqa: E402
 from cxr.export.onnx_export import export_onnx, read_metadata  # noqa: E402
 from cxr.export.parity import TOLERANCES  # noqa: E402
 from cxr.export.repository import RepositoryConflict, read_repository_metadata  # noqa: E402
-from cxr.export.runtime import OrtDetector, TorchDetector  # noqa: E402
+from cxr.export.torch_detector import TorchDetector  # noqa: E402
+from cxr.serving.runtime import OrtDetector
 
 TINY = dict(arch="fasterrcnn_mobilenet_v3_large_fpn", size=128, anchor_sizes=(16, 32, 64, 128, 256),
             rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50, representation_size=64, candidates=60)

@@ -12,7 +12,8 @@ pytest.importorskip("onnxruntime")
 
 from cxr.export.onnx_export import export_onnx, read_metadata  # noqa: E402
 from cxr.export.quantize import NETWORK_SCOPE, Int8Options, quantize_int8  # noqa: E402
-from cxr.export.runtime import OpenVinoDetector, OrtDetector, TorchDetector, ort_session  # noqa: E402
+from cxr.export.torch_detector import TorchDetector  # noqa: E402
+from cxr.serving.runtime import OpenVinoDetector, OrtDetector, ort_session
 from cxr.labels import get_labelset  # noqa: E402
 from cxr.preprocess import PreprocessConfig  # noqa: E402
 from cxr.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E402

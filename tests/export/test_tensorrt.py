@@ -54,7 +54,7 @@ def test_fp16_engine_builds_and_keeps_parity(tmp_path):
     import torch
 
     from cxr.export.onnx_export import export_onnx
-    from cxr.export.runtime import TorchDetector
+    from cxr.export.torch_detector import TorchDetector
     from cxr.export.tensorrt import TrtDetector, build_engine
     from cxr.labels import get_labelset
     from cxr.preprocess import PreprocessConfig

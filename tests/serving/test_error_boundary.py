@@ -1,4 +1,4 @@
-"""The serving layer's one error boundary (cxr.triton_models.respond / respond_batched),
+"""The serving layer's one error boundary (cxr.serving.boundary.respond / respond_batched),
 through the three real model.py adapters.
 
 Triton's ``triton_python_backend_utils`` exists only inside the Python-backend stub, so
@@ -21,7 +21,7 @@ import pytest
 from cxr.boxes import LetterboxRecord
 from cxr.contract import RAW_OUTPUTS, Step
 from cxr.errors import InvalidImageError, InvalidRequestError
-from cxr.triton_models import respond, respond_batched
+from cxr.serving.boundary import respond, respond_batched
 
 REPO = Path(__file__).resolve().parents[2] / "model_repository"
 

@@ -14,7 +14,7 @@ import pytest
 
 
 def test_arena_option_reaches_the_session_and_changes_no_output(repository):
-    from cxr.export.runtime import OrtDetector
+    from cxr.serving.runtime import OrtDetector
 
     path = repository / "detector/1/model.onnx"
     with_arena, without = OrtDetector(path, threads=1), OrtDetector(path, threads=1, memory_arena=False)

@@ -12,7 +12,8 @@ from cxr.errors import InvalidImageError
 from cxr.labels import get_labelset
 from cxr.postprocess import DetectionArrays, PostprocessConfig
 from cxr.preprocess import PreprocessConfig
-from cxr.triton_models import decode_request_image, detection_tensors, model_parameters, postprocess_overrides
+from cxr.serving.boundary import model_parameters
+from cxr.serving.steps import decode_request_image, detection_tensors, postprocess_overrides
 
 REPO = Path(__file__).resolve().parents[2] / "model_repository"
 
@@ -67,10 +68,10 @@ def test_pixels_with_bits_and_spacing():
 
 
 def test_oversized_request_refused():
-    from cxr import triton_models as serving
+    from cxr.contract import MAX_REQUEST_BYTES
 
     with pytest.raises(InvalidImageError, match="above the"):
-        decode_request_image(b"\0" * (serving.MAX_REQUEST_BYTES + 1), None, {})
+        decode_request_image(b"\0" * (MAX_REQUEST_BYTES + 1), None, {})
 
 
 @pytest.mark.parametrize("params,message", [
@@ -99,7 +100,8 @@ def test_detection_tensors_pad_and_label():
 
 
 def test_server_command_is_loopback_and_explicit(tmp_path):
-    from cxr.triton_server import TritonInstall, TritonServer
+    from cxr.server.install import TritonInstall
+    from cxr.server.launcher import TritonServer
 
     srv = TritonServer(model_repository=tmp_path, target="gpu-trt")
     cmd = srv.command(TritonInstall(Path("/bin/tritonserver"), Path("/lib"), Path("/backends")))
@@ -112,7 +114,7 @@ def test_server_command_is_loopback_and_explicit(tmp_path):
 def test_serve_refuses_a_repository_without_a_model(tmp_path):
     from cxr.errors import UsageError
     from cxr.export.repository import ensure_repository
-    from cxr.triton_server import TritonServer
+    from cxr.server.launcher import TritonServer
 
     ensure_repository(tmp_path / "repo", _default_meta())
     with pytest.raises(UsageError, match="no exported model: run `cxr export onnx"):
@@ -124,7 +126,7 @@ def test_serve_refuses_a_repository_without_a_model(tmp_path):
 def test_gpu_target_on_the_embedded_server_is_refused(tmp_path):
     from cxr.errors import UsageError
     from cxr.export.repository import ensure_repository
-    from cxr.triton_server import TritonServer
+    from cxr.server.launcher import TritonServer
 
     repo = ensure_repository(tmp_path / "repo", _default_meta())
     (repo / "detector" / "1" / "model.onnx").write_bytes(b"placeholder")

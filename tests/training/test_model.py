@@ -81,7 +81,7 @@ def resnet50_file(tmp_path_factory):
 
 @pytest.mark.parametrize("arch", ["fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2"])
 def test_resnet50_imagenet_layout_fills_the_whole_backbone(resnet50_file, arch):
-    from cxr.weights import resolve
+    from cxr.training.weights import resolve
 
     resolved = resolve(str(resnet50_file), arch=arch)  # the name's hash prefix checks out
     model = build_model(ModelConfig(arch=arch, **SMALL))

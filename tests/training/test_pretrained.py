@@ -10,7 +10,7 @@ import torch
 
 from cxr.cli import main
 from cxr.training.checkpoint import load_checkpoint
-from cxr.weights import KNOWN
+from cxr.training.weights import KNOWN
 
 SPEC = KNOWN["mobilenet_v2"]
 

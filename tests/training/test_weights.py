@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import pytest
 
-from cxr import weights
+from cxr.training import weights
 from cxr.errors import InvalidFileError, InvalidOptionError, MissingFileError
 
 PAYLOAD = b"not really a network, but 4 KiB of bytes with a pinned hash " * 64

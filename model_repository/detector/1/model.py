@@ -5,7 +5,7 @@ instead (needs the ``openvino`` package).  The NGC GPU server uses the native
 ``onnxruntime_onnx`` / ``tensorrt_plan`` backends
 instead (``configs/gpu-*.pbtxt``); inputs and outputs are identical (``cxr.contract``).
 The requests of a dynamic batch run as one ONNX Runtime call
-(``cxr.triton_models.respond_batched``).  ``CXR_DETECTOR_PRECISION`` (``fp32`` |
+(``cxr.serving.boundary.respond_batched``).  ``CXR_DETECTOR_PRECISION`` (``fp32`` |
 ``int8``, set by ``cxr serve --precision``) picks the ONNX file.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from cxr.contract import DETECTOR_INPUT, PRECISION_ENV, RAW_OUTPUTS, Artifact, ConfigKey, DetectorRuntime, Precision, Step
-from cxr.export.runtime import OpenVinoDetector, OrtDetector
-from cxr.triton_models import model_parameters, respond_batched
+from cxr.serving.runtime import OpenVinoDetector, OrtDetector
+from cxr.serving.boundary import model_parameters, respond_batched
 
 
 class TritonPythonModel:

@@ -9,10 +9,10 @@ config by ``cxr export``; a malformed one fails its request with INVALID_ARG.
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from cxr.boxes import LetterboxRecord
 from cxr.contract import MODEL_VERSION, RAW_OUTPUTS, RECORD, ConfigKey, Step
-from cxr.postprocess import PostprocessConfig, postprocess
-from cxr.triton_models import detection_tensors, model_parameters, postprocess_overrides, request_parameters, respond
+from cxr.postprocess import PostprocessConfig
+from cxr.serving.boundary import model_parameters, request_parameters, respond
+from cxr.serving.steps import detection_tensors, postprocess_overrides, unmap_detections
 
 
 class TritonPythonModel:
@@ -28,10 +28,7 @@ class TritonPythonModel:
     def _one(self, request):
         config = postprocess_overrides(self.config, request_parameters(request))
         t = {n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in (*RAW_OUTPUTS, RECORD.name)}
-        boxes, scores, labels, valid = (t[n] for n in RAW_OUTPUTS)
-        dets = [postprocess(boxes[i], scores[i], labels[i], LetterboxRecord.from_array(t[RECORD.name][i]), config,
-                            valid_count=int(valid[i].reshape(-1)[0]))
-                for i in range(len(boxes))]
+        dets = unmap_detections(tuple(t[n] for n in RAW_OUTPUTS), t[RECORD.name], config)
         out = detection_tensors(dets, self.class_names)
         out[MODEL_VERSION.name] = np.full((len(dets), 1), self.version, dtype=object)
         return out

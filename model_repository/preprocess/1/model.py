@@ -1,16 +1,16 @@
 """Triton Python model ``preprocess``: encoded study (or raw pixels) -> model input.
 
-Adapter only: decoding and preprocessing are ``cxr.imaging`` / ``cxr.preprocess``;
-tensor names come from ``cxr.contract``; ``cxr.triton_models.respond`` answers each
+Adapter only: decoding and preprocessing are ``cxr.decode.image`` / ``cxr.preprocess``;
+tensor names come from ``cxr.contract``; ``cxr.serving.boundary.respond`` answers each
 request on its own (a study that cannot be read fails its request with INVALID_ARG).
 """
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from cxr.contract import IMAGE_BYTES, PIXELS, ConfigKey, Step, preprocess_outputs
-from cxr.preprocess import PreprocessConfig, preprocess_batch
-from cxr.triton_models import decode_request_image, model_parameters, request_parameters, respond
+from cxr.preprocess import PreprocessConfig
+from cxr.serving.boundary import model_parameters, request_parameters, respond
+from cxr.serving.steps import decode_request_image, prepare_batch
 
 
 class TritonPythonModel:
@@ -31,5 +31,5 @@ class TritonPythonModel:
         batch = len(data) if data is not None else len(pixels)
         decoded = [decode_request_image(None if data is None else bytes(data[i]), None if pixels is None else pixels[i],
                                         params) for i in range(batch)]
-        images, records = preprocess_batch(decoded, self.config)
-        return {self.images: images, self.record: np.stack([r.to_array() for r in records])}
+        images, records = prepare_batch(decoded, self.config)
+        return {self.images: images, self.record: records}

@@ -1,10 +1,10 @@
 """DICOM radiographs: read, check the header, guard the pixel data, decode, grayscale pipeline.
 
-The bytes travel one way.  :mod:`cxr.imaging` recognises a DICOM file and hands it
+The bytes travel one way.  :mod:`cxr.decode.image` recognises a DICOM file and hands it
 here; :func:`read_dicom` refuses a deflate bomb and parses the dataset;
 :func:`check_header` holds the header to what a grayscale radiograph is;
-:func:`cxr.dicom_guards.check_before_decode` holds the pixel data to the header;
-the syntax's own pydicom plugin decodes the one frame (:mod:`cxr.transfer_syntaxes`:
+:func:`cxr.decode.guards.check_before_decode` holds the pixel data to the header;
+the syntax's own pydicom plugin decodes the one frame (:mod:`cxr.decode.transfer_syntaxes`:
 every syntax a PACS sends for chest films, bit-exact for the lossless ones); :func:`grayscale` applies PS3.4's Grayscale
 Transformations: stored values -> Modality LUT (RescaleSlope/Intercept or Modality
 LUT Sequence) -> VOI LUT (VOI LUT Sequence preferred, else Window Center/Width, else
@@ -20,32 +20,18 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cxr.dicom_guards import FrameSpec, check_before_decode, check_deflate_bomb
+from cxr.decode.guards import FrameSpec, check_before_decode, check_deflate_bomb
 from cxr.errors import InvalidImageError
-from cxr.image_header import MAX_PIXELS, check_size, invalid_image
-from cxr.transfer_syntaxes import cannot_decode, decode_stored
+from cxr.decode.header import MAX_PIXELS, check_size, invalid_image
+from cxr.decode.transfer_syntaxes import cannot_decode, decode_stored
+from cxr.decode.types import DecodedImage, DicomInfo
 
 if TYPE_CHECKING:
     from pydicom import Dataset
-
-
-@dataclass(frozen=True)
-class DicomInfo:
-    """Non-PHI identifiers of a DICOM source, kept for results and SR references."""
-
-    sop_instance_uid: str | None = None
-    sop_class_uid: str | None = None
-    study_instance_uid: str | None = None
-    series_instance_uid: str | None = None
-    modality: str | None = None
-    photometric_interpretation: str | None = None
-    view_position: str | None = None
-    body_part: str | None = None
-    transfer_syntax: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,15 +42,6 @@ class GrayscaleHeader:
     bits_stored: int
     signed: bool
     frame: FrameSpec
-
-
-class DicomPixels(NamedTuple):
-    """A decoded DICOM: pixels float64 ``[H, W]`` in ``[0, 1]``, 0 = black, 1 = white."""
-
-    pixels: np.ndarray
-    bits_stored: int
-    spacing_mm: tuple[float, float] | None
-    info: DicomInfo
 
 
 def read_dicom(data: bytes, *, header_only: bool = False) -> Dataset:
@@ -86,14 +63,13 @@ def probe_dicom(source: bytes | Dataset) -> tuple[int, int, DicomInfo]:
         return int(rows), int(cols), dicom_info(ds)
 
 
-def decode_dataset(ds: Dataset, *, max_pixels: int = MAX_PIXELS) -> DicomPixels:
-    """The grayscale radiograph in a ``pydicom.Dataset``, or InvalidImageError."""
+def decode_dataset(ds: Dataset, *, max_pixels: int = MAX_PIXELS) -> DecodedImage:
+    """The grayscale radiograph in a ``pydicom.Dataset`` (pixels float32 in [0, 1], 0 = black), or InvalidImageError."""
     with invalid_image(lambda exc: f"corrupt DICOM ({type(exc).__name__}: {exc})"):
         header = check_header(ds, max_pixels)
         check_before_decode(ds, header.frame, max_pixels)
         pixels = grayscale(_decode_frame(ds, header.frame, header.bits_stored), ds, header)
-        info = dicom_info(ds)
-        return DicomPixels(pixels, header.bits_stored, _spacing(ds), info)
+        return DecodedImage(pixels.astype(np.float32), "dicom", header.bits_stored, _spacing(ds), dicom_info(ds))
 
 
 def check_header(ds: Dataset, max_pixels: int = MAX_PIXELS) -> GrayscaleHeader:
@@ -133,7 +109,7 @@ def check_header(ds: Dataset, max_pixels: int = MAX_PIXELS) -> GrayscaleHeader:
 
 
 def _decode_frame(ds, frame: FrameSpec, bits_stored: int) -> np.ndarray:
-    stored = decode_stored(ds, frame.transfer_syntax, bits_stored)  # the syntax's own plugin (cxr.transfer_syntaxes)
+    stored = decode_stored(ds, frame.transfer_syntax, bits_stored)  # the syntax's own plugin (cxr.decode.transfer_syntaxes)
     if stored.shape != (frame.rows, frame.cols):
         raise InvalidImageError(
             f"DICOM pixel data decoded to shape {stored.shape}; Rows/Columns say one {frame.rows}x{frame.cols} "

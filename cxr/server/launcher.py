@@ -1,10 +1,5 @@
-"""Start and stop the embedded ``tritonserver`` that the ``nvidia-pytriton`` wheel ships.
-
-The wheel carries Triton 2.51 (Python backend, ensembles; CPU) under
-``pytriton/tritonserver/``.  It needs its bundled libraries on ``LD_LIBRARY_PATH``
-and the Python backend stub built for the running Python next to the backend, so
-:func:`prepare_backends` assembles a backend directory in a cache folder (the wheel
-itself is never modified).  The Python models import ``cxr`` and the venv's
+"""Start and stop the embedded ``tritonserver`` that the ``nvidia-pytriton`` wheel ships
+(:mod:`cxr.server.install` finds it).  The Python models import ``cxr`` and the venv's
 packages, so the server gets this interpreter's ``sys.path`` as ``PYTHONPATH``.
 
 Exposure: every endpoint binds to loopback unless ``host`` says otherwise.  gRPC
@@ -17,13 +12,9 @@ the encrypted one.  Binding a non-loopback address without TLS logs a warning.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
-import random
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,132 +23,15 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cxr.contract import ENSEMBLE, PRECISION_ENV, Artifact, Precision, ServeTarget, ClosedVocabulary
+from cxr.contract import ENSEMBLE, PRECISION_ENV, Artifact, Precision, ServeTarget
 from cxr.errors import InvalidOptionError, UsageError
+from cxr.server.install import TritonInstall, prepare_backends
+from cxr.server.net import free_ports, host_port, is_loopback
+from cxr.server.tls import TlsMode, check_pem
 
 log = logging.getLogger(__name__)
 
 TARGETS = ServeTarget.values()
-
-
-class TlsMode(ClosedVocabulary):
-    """TLS mode: the gRPC endpoint's transport security."""
-
-    OFF = "off"  # plaintext: loopback, or behind a TLS proxy
-    TLS = "tls"  # server certificate only
-    MTLS = "mtls"  # mutual: clients must present a certificate the client CA signed
-
-    @property
-    def description(self) -> str:
-        return {TlsMode.OFF: "plaintext", TlsMode.TLS: "TLS",
-                TlsMode.MTLS: "mutual TLS: client certificates required"}[self]
-
-
-@dataclass(frozen=True)
-class TritonInstall:
-    binary: Path
-    lib_dir: Path
-    backend_dir: Path
-
-
-def _pytriton_root() -> Path:
-    try:
-        import pytriton
-    except ImportError as exc:
-        raise UsageError("the embedded Triton server needs the serve extra: pip install 'cxr-triton[serve]'") from exc
-    return Path(pytriton.__file__).resolve().parent
-
-
-def prepare_backends(cache: Path | None = None) -> TritonInstall:
-    """Locate the wheel's tritonserver and assemble ``backends/python`` with our stub."""
-    root = _pytriton_root()
-    server = root / "tritonserver"
-    binary = server / "bin" / "tritonserver"
-    libs = root.parent / "nvidia_pytriton.libs"
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = server / "python_backend_stubs" / version / "triton_python_backend_stub"
-    if not binary.is_file():
-        raise UsageError(f"tritonserver binary not found at {binary}; reinstall nvidia-pytriton")
-    if not stub.is_file():
-        raise UsageError(f"no Triton Python backend stub for Python {version} in {stub.parent.parent}")
-    cache = cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cxr-triton" / f"backends-py{version}"
-    target = cache / "python"
-    target.mkdir(parents=True, exist_ok=True)
-    for src in [*(server / "backends" / "python").glob("*.*"), stub]:
-        dst = target / src.name
-        if not dst.exists() or dst.stat().st_size != src.stat().st_size:
-            shutil.copy2(src, dst)
-    return TritonInstall(binary=binary, lib_dir=libs, backend_dir=cache)
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and ``localhost``: addresses only this machine can reach."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:  # a host name: it may resolve to anything
-        return False
-
-
-def _check_pem(path: Path | str, what: str, flag: str) -> Path:
-    """``path`` resolved, after checking it is a readable PEM file; UsageError names ``flag``."""
-    p = Path(path).expanduser().resolve()
-    if not p.is_file():
-        raise UsageError(f"{flag}: {what} file not found: {p}")
-    if not os.access(p, os.R_OK):
-        raise UsageError(f"{flag}: {what} file {p} is not readable by this user")
-    with open(p, "rb") as f:
-        head = f.read(64 * 1024)
-    if b"-----BEGIN " not in head:
-        raise UsageError(f"{flag}: {what} file {p} is not PEM (no '-----BEGIN' line); Triton reads PEM only")
-    return p
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free loopback ports: bound together, so the kernel cannot hand one out twice."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
-
-
-def stable_port(low: int = 10000) -> int:
-    """A free loopback port outside the kernel's ephemeral range.
-
-    :func:`free_port` hands out an ephemeral port; once released, any outgoing
-    connection may get it as its local port.  A server that is stopped and restarted
-    on the same ports (fault drills) needs ports no client socket can take meanwhile.
-    """
-    try:
-        first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return free_port()
-    if first_ephemeral <= low + 100:
-        return free_port()
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(low, first_ephemeral)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    return free_port()
-
-
-def host_port(host: str, port: int) -> str:
-    """``host:port``, with an IPv6 literal in brackets."""
-    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 @dataclass
@@ -239,12 +113,12 @@ class TritonServer:
         if self.tls_cert is None or self.tls_key is None:
             missing = "--tls-key" if self.tls_key is None else "--tls-cert"
             raise UsageError(f"gRPC TLS needs both --tls-cert and --tls-key; {missing} is missing")
-        cert = _check_pem(self.tls_cert, "server certificate", "--tls-cert")
-        key = _check_pem(self.tls_key, "server private key", "--tls-key")
+        cert = check_pem(self.tls_cert, "server certificate", "--tls-cert")
+        key = check_pem(self.tls_key, "server private key", "--tls-key")
         flags = ["--grpc-use-ssl=true", f"--grpc-server-cert={cert}", f"--grpc-server-key={key}"]
         if self.tls_ca is not None:
             flags += ["--grpc-use-ssl-mutual=true",
-                      f"--grpc-root-cert={_check_pem(self.tls_ca, 'client CA certificate', '--tls-ca')}"]
+                      f"--grpc-root-cert={check_pem(self.tls_ca, 'client CA certificate', '--tls-ca')}"]
         return flags
 
     def command(self, install: TritonInstall) -> list[str]:

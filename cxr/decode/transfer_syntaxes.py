@@ -14,7 +14,7 @@ uncompressed, Deflated       pydicom itself                            MIT
 RLE Lossless                 pydicom's own (after cxr's RLE walk)       MIT
 JPEG Baseline, 8-bit         Pillow (libjpeg-turbo)                     MIT-CMU / BSD
 JPEG Extended, 8-bit         Pillow                                     MIT-CMU / BSD
-JPEG Extended, 12-bit        GDCM, called by :mod:`cxr.gdcm_codec`      Apache-2.0 (BSD GDCM)
+JPEG Extended, 12-bit        GDCM, called by :mod:`cxr.decode.gdcm_codec`      Apache-2.0 (BSD GDCM)
 JPEG Lossless (P14, SV1-7)   GDCM (python-gdcm)                         Apache-2.0
 JPEG-LS (near-)lossless      pyjpegls (CharLS)                          MIT / BSD-3
 JPEG 2000, HTJ2K             pylibjpeg-openjpeg (OpenJPEG)              MIT / BSD-2
@@ -23,7 +23,7 @@ JPEG 2000, HTJ2K             pylibjpeg-openjpeg (OpenJPEG)              MIT / BS
 ``pylibjpeg-libjpeg`` (GPL-3) is deliberately not used, nor is ``pylibjpeg-rle``: it
 panics (a Rust panic, which is not even an ``Exception``) on segments padded past
 Rows x Columns, which real encoders write and pydicom's own decoder trims.  pydicom's own GDCM plugin
-refuses 12-bit JPEG Extended although GDCM decodes it; :mod:`cxr.gdcm_codec` is a
+refuses 12-bit JPEG Extended although GDCM decodes it; :mod:`cxr.decode.gdcm_codec` is a
 plugin that lets GDCM do so.
 
 :func:`decode_stored` decodes a dataset's pixel data with the right plugin and turns
@@ -100,10 +100,10 @@ def _decoder(uid: str):
 
     decoder = get_decoder(uid)
     if uid == "1.2.840.10008.1.2.4.51" and "cxr-gdcm" not in decoder.available_plugins:
-        from cxr import gdcm_codec
+        from cxr.decode import gdcm_codec
 
         if gdcm_codec.is_available(uid):  # register once per process; GDCM may be absent
-            decoder.add_plugin("cxr-gdcm", ("cxr.gdcm_codec", "decode_frame"))
+            decoder.add_plugin("cxr-gdcm", ("cxr.decode.gdcm_codec", "decode_frame"))
     return decoder
 
 

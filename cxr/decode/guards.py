@@ -3,7 +3,7 @@
 pydicom decodes whatever a file claims: a deflated dataset inflates without limit,
 an RLE segment expands up to 64x its encoded size, a codestream may declare a size
 other than Rows/Columns, and an offset table may hold frames NumberOfFrames does
-not admit.  :mod:`cxr.dicom` calls :func:`check_before_decode` once its header
+not admit.  :mod:`cxr.decode.dicom` calls :func:`check_before_decode` once its header
 checks have passed (and :func:`check_deflate_bomb` before reading the file at all),
 so a decompression bomb is refused from its headers, before anything large is
 allocated.  Everything here raises :class:`~cxr.errors.InvalidImageError`, and
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 from cxr.errors import InvalidImageError
-from cxr.image_header import MAX_PIXELS, check_size, invalid_image, jpeg_frame_size
+from cxr.decode.header import MAX_PIXELS, check_size, invalid_image, jpeg_frame_size
 
 if TYPE_CHECKING:
     from pydicom.uid import UID
@@ -41,7 +41,7 @@ RLE_SEGMENT_SLACK = 128
 
 @dataclass(frozen=True)
 class FrameSpec:
-    """What a DICOM header promises about its one frame (already checked by :mod:`cxr.dicom`).
+    """What a DICOM header promises about its one frame (already checked by :mod:`cxr.decode.dicom`).
 
     transfer_syntax: the file meta's TransferSyntaxUID, or None when the dataset has none.
     """

@@ -1,4 +1,4 @@
-"""What the three Triton Python models share, kept free of Triton so it is unit-tested.
+"""The one error boundary of the Triton Python models, kept free of Triton so it is unit-tested.
 
 The ``model.py`` files under ``model_repository/`` are adapters: they read tensors by
 the names in :mod:`cxr.contract`, call these functions and :mod:`cxr` numerics, and
@@ -14,25 +14,15 @@ without Triton.)
 from __future__ import annotations
 
 import json
-import math
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from cxr.contract import (
-    BITS_STORED, BOXES, BOXES_MM, IMAGE_BYTES, LABELS, PIXELS, POSTPROCESS_OVERRIDES, SCORES, SPACING_COL_MM,
-    SPACING_ROW_MM,
-)
 from cxr.errors import InvalidImageError, InvalidRequestError
-from cxr.imaging import DecodedImage, decode_image, decode_pixels
-from cxr.postprocess import DetectionArrays, PostprocessConfig
 
 BAD_INPUT = (InvalidImageError, InvalidRequestError)  # INVALID_ARG; anything else is INTERNAL
-
-# Largest encoded study accepted in one request (a 4300x4300 16-bit DICOM is ~37 MB).
-MAX_REQUEST_BYTES = 64 * 1024 * 1024
 
 
 def model_parameters(model_config: str | dict) -> dict:
@@ -46,72 +36,6 @@ def model_parameters(model_config: str | dict) -> dict:
         except json.JSONDecodeError:
             out[key] = text
     return out
-
-
-def decode_request_image(data: bytes | None, pixels: np.ndarray | None, params: dict) -> DecodedImage:
-    """One study from a request: encoded bytes (PNG/JPEG/DICOM) or a raw UINT16 array.
-
-    Request parameters: ``bits_stored`` (for pixels), ``spacing_row_mm`` /
-    ``spacing_col_mm`` (for pixels; DICOM carries its own).
-    """
-    if (data is None) == (pixels is None):
-        raise InvalidImageError(
-            f"send exactly one of {IMAGE_BYTES.name} (encoded PNG/JPEG/DICOM) or {PIXELS.name} (uint16 [H, W])")
-    if data is not None:
-        if len(data) > MAX_REQUEST_BYTES:
-            raise InvalidImageError(f"study is {len(data) / 1e6:.1f} MB, above the {MAX_REQUEST_BYTES / 1e6:.0f} MB limit")
-        return decode_image(data)
-    spacing = None
-    if SPACING_ROW_MM.name in params and SPACING_COL_MM.name in params:
-        spacing = (_number(params, SPACING_ROW_MM), _number(params, SPACING_COL_MM))
-    bits = params.get(BITS_STORED.name)
-    return decode_pixels(pixels, bits_stored=None if bits is None else _number(params, BITS_STORED), spacing_mm=spacing)
-
-
-def _number(params: dict, parameter) -> float | int:
-    """``params[parameter.name]`` as the parameter's type; InvalidRequestError if it is not a finite number."""
-    value = params[parameter.name]
-    try:
-        number = parameter.kind(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidRequestError(f"request parameter {parameter.name}={value!r} is not a number") from exc
-    if isinstance(number, float) and not math.isfinite(number):
-        raise InvalidRequestError(f"request parameter {parameter.name}={value!r} is not finite")
-    return number
-
-
-def postprocess_overrides(base: PostprocessConfig, params: dict) -> PostprocessConfig:
-    """Per-request ``score_threshold`` / ``iou_threshold`` / ``top_k`` over the model's defaults.
-
-    Raises InvalidRequestError naming the bad parameter (answered INVALID_ARG).
-    """
-    values = {field: _number(params, parameter) for parameter, field in POSTPROCESS_OVERRIDES.items()
-              if parameter.name in params}
-    try:
-        return base.replace(**values)
-    except ValueError as exc:
-        raise InvalidRequestError(f"bad request parameter: {exc}") from exc
-
-
-def detection_tensors(dets: list[DetectionArrays], class_names) -> dict[str, np.ndarray]:
-    """Postprocess outputs of one request (``b`` images) as padded arrays.
-
-    With several images in one request the shorter lists are padded: padding rows
-    have score -1 and an empty label.
-    """
-    n = max((len(d) for d in dets), default=0)
-    b = len(dets)
-    boxes = np.zeros((b, n, 4), np.float32)
-    mm = np.full((b, n, 4), np.nan, np.float32)
-    scores = np.full((b, n), -1.0, np.float32)
-    labels = np.full((b, n), b"", dtype=object)
-    for i, d in enumerate(dets):
-        k = len(d)
-        boxes[i, :k], scores[i, :k] = d.boxes, d.scores
-        if d.boxes_mm is not None:
-            mm[i, :k] = d.boxes_mm
-        labels[i, :k] = [class_names[int(c) - 1].encode() for c in d.labels]
-    return {BOXES.name: boxes, BOXES_MM.name: mm, SCORES.name: scores, LABELS.name: labels}
 
 
 def error_response(pb_utils, message: str, code: str = "INVALID_ARG"):

@@ -6,8 +6,8 @@ in ``[0, 1]`` with the display convention of a film: 0 is black (air), 1 is whit
 model, so the two cannot drift apart.
 
 The bytes travel one way: :func:`decode_image` recognises the format by its magic
-bytes (:mod:`cxr.image_header`) and hands a DICOM to :mod:`cxr.dicom` (header
-checks, then the pre-decode guards of :mod:`cxr.dicom_guards`, then the PS3.4
+bytes (:mod:`cxr.decode.header`) and hands a DICOM to :mod:`cxr.decode.dicom` (header
+checks, then the pre-decode guards of :mod:`cxr.decode.guards`, then the PS3.4
 grayscale pipeline); PNG and JPEG are decoded here, raw arrays too.
 :func:`probe` reads what a study's header declares without decoding it (the client
 checks a request with it before sending).
@@ -22,12 +22,12 @@ Input policy (tests/data/hostile/MANIFEST.json lists one file per rule):
   JPEG SOF, DICOM Rows/Columns and the codestream header of a compressed DICOM
   frame (which must agree with Rows/Columns); a deflated DICOM is inflated with a
   cap.  Above :data:`MAX_PIXELS` is refused as a possible decompression bomb.
-  The checks on compressed DICOM live in :mod:`cxr.dicom_guards`.
+  The checks on compressed DICOM live in :mod:`cxr.decode.guards`.
 - An RLE Lossless frame is walked run by run before pydicom decodes it (pydicom
   expands each segment without a limit, up to 64x the encoded size): its header
   must list BitsAllocated/8 segments at increasing offsets inside the frame, and
   each segment must decode to Rows x Columns bytes (plus at most
-  :data:`~cxr.dicom_guards.RLE_SEGMENT_SLACK`), neither more nor less.
+  :data:`~cxr.decode.guards.RLE_SEGMENT_SLACK`), neither more nor less.
 - A compressed single-frame DICOM whose offset tables split the pixel data into
   more than one frame is refused (pydicom would decode the extra frames unchecked).
 - Grayscale stored as RGB (R = G = B, within JPEG chroma noise) is accepted as
@@ -45,77 +45,24 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cxr.dicom import DicomInfo, decode_dataset, probe_dicom, read_dicom
-from cxr.dicom_guards import MAX_INFLATED_DICOM_BYTES
+from cxr.decode.types import DecodedImage, ImageHeader
+from cxr.decode.dicom import decode_dataset, probe_dicom, read_dicom
+from cxr.decode.guards import MAX_INFLATED_DICOM_BYTES
 from cxr.errors import InvalidImageError, MissingFileError
-from cxr.image_header import (
-    JPEG_MAGIC,
-    MAX_PIXELS,
-    MIN_SIDE,
-    PNG_MAGIC,
-    STUDY_SUFFIXES,
-    check_size,
-    describe,
-    image_format,
-    invalid_image,
-    jpeg_size,
-    png_size,
-)
+from cxr.decode.header import JPEG_MAGIC, MAX_PIXELS, MIN_SIDE, PNG_MAGIC, STUDY_SUFFIXES, check_size, describe, image_format, invalid_image, jpeg_size, png_size
 
 if TYPE_CHECKING:
     from pydicom import Dataset
 
-__all__ = [
-    "JPEG_MAGIC", "MAX_INFLATED_DICOM_BYTES", "MAX_PIXELS", "MIN_SIDE", "PNG_MAGIC", "STUDY_SUFFIXES",
-    "DecodedImage", "DicomInfo", "ImageHeader", "decode_dicom_bytes", "decode_dicom_dataset", "decode_image",
-    "decode_pixels", "probe", "read_source",
-]
 
 # Grayscale stored as RGB (common for NIH PNGs and JPEG exports) has equal channels;
 # JPEG chroma subsampling leaves a few grey levels of difference.
 _MAX_CHANNEL_SPREAD = 12
-
-
-@dataclass(frozen=True)
-class DecodedImage:
-    """A decoded radiograph.
-
-    pixels: float32 ``[H, W]`` in ``[0, 1]``, 0 = black (air), 1 = white (bone).
-    spacing_mm: (row, column) pixel spacing in mm, or ``None`` when unknown.
-    """
-
-    pixels: np.ndarray
-    source_format: str
-    bits_stored: int
-    spacing_mm: tuple[float, float] | None = None
-    dicom: DicomInfo | None = field(default=None, repr=False)
-
-    @property
-    def height(self) -> int:
-        return int(self.pixels.shape[0])
-
-    @property
-    def width(self) -> int:
-        return int(self.pixels.shape[1])
-
-
-class ImageHeader(NamedTuple):
-    """What a study's header declares: format ("PNG", "JPEG", "DICOM") and size in pixels.
-
-    dicom: the non-PHI identifiers of a DICOM (its SOPInstanceUID for results), read
-    from the same header parse; None for PNG and JPEG.
-    """
-
-    format: str
-    height: int
-    width: int
-    dicom: DicomInfo | None = None
 
 
 _SIZE_FROM_HEADER = {"PNG": png_size, "JPEG": jpeg_size}
@@ -127,7 +74,7 @@ def probe(source: bytes | Dataset) -> ImageHeader:
     Never decodes pixels (DICOM bytes are parsed up to the pixel data, a deflated
     file inflated only under the cap); garbage raises InvalidImageError.  The size is
     not checked against the limits here: callers pass it to
-    :func:`~cxr.image_header.check_size`.
+    :func:`~cxr.decode.header.check_size`.
     """
     if _is_dataset(source):
         return ImageHeader("DICOM", *probe_dicom(source))
@@ -282,11 +229,10 @@ def decode_pixels(
 
 
 def decode_dicom_bytes(data: bytes, *, max_pixels: int = MAX_PIXELS) -> DecodedImage:
-    """Decode DICOM Part 10 bytes (see :mod:`cxr.dicom` for the pipeline)."""
+    """Decode DICOM Part 10 bytes (see :mod:`cxr.decode.dicom` for the pipeline)."""
     return decode_dicom_dataset(read_dicom(data), max_pixels=max_pixels)
 
 
 def decode_dicom_dataset(ds, *, max_pixels: int = MAX_PIXELS) -> DecodedImage:
     """Apply the DICOM grayscale pipeline to a ``pydicom.Dataset``."""
-    out = decode_dataset(ds, max_pixels=max_pixels)
-    return DecodedImage(out.pixels.astype(np.float32), "dicom", out.bits_stored, out.spacing_mm, out.info)
+    return decode_dataset(ds, max_pixels=max_pixels)

@@ -4,7 +4,7 @@ CR and DX films are often stored as 12-bit JPEG Extended.  pydicom's GDCM and Pi
 plugins both refuse BitsStored > 8 for this syntax before looking at the data, and
 the only other pydicom plugin that decodes it (pylibjpeg-libjpeg) is GPL-3.  GDCM
 itself decodes 12-bit JPEG (its libjpeg is built for 8, 12 and 16 bits), so this
-plugin hands the frame to GDCM directly.  :mod:`cxr.transfer_syntaxes` registers it
+plugin hands the frame to GDCM directly.  :mod:`cxr.decode.transfer_syntaxes` registers it
 under the label ``cxr-gdcm`` and uses it for 12-bit data only.
 
 The plugin interface (pydicom 3, "decoder plugins"): ``is_available(uid)``,

@@ -1,0 +1,98 @@
+"""The client wing's commands: ``cxr predict`` and (with the client extra's DICOM stack) ``cxr pacs``.
+
+Only argparse at import time: tritonclient, pynetdicom and highdicom are imported by the
+command that runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cxr.client.tls import add_tls_arguments, tls_options
+from cxr.errors import UsageError
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from cxr.client import DetectorClient
+    from cxr.client.predict import format_table, outcomes_json, run_predict
+
+    import contextlib
+
+    tls = tls_options(args)
+    if args.serve is not None and tls:
+        raise UsageError("--serve starts a plaintext server on loopback for this run: drop --ssl/--tls-* (or use --url)")
+    server = contextlib.nullcontext()
+    url = args.url
+    if args.serve is not None:  # one-shot: an embedded server on free loopback ports for this run
+        from cxr.server.launcher import TritonServer
+
+        server = TritonServer.on_free_ports(args.serve, log_file=Path(args.serve) / "tritonserver.log")
+        url = server.url
+    stow = None
+    if args.stow is not None:
+        from cxr.client.destinations import StowDestination, read_auth
+
+        stow = StowDestination(args.stow, headers=read_auth(args.dicomweb_auth), timeout_s=args.timeout)
+    with server, DetectorClient(url=url, timeout_s=args.timeout, score_threshold=args.score_threshold, **tls) as client:
+        outcomes = run_predict(args.paths, client, png=args.png, sr=args.sr, gsps=args.gsps,
+                               min_score=args.min_score, progress=not args.json, stow=stow)
+    if args.json:
+        print(outcomes_json(outcomes))
+    else:
+        print(format_table(outcomes, min_score=args.min_score))
+        written = [p for o in outcomes for p in o.written]
+        for label, folder in (("annotated PNGs", args.png), ("DICOM SR", args.sr), ("DICOM GSPS", args.gsps)):
+            if folder is not None:
+                n = sum(1 for p in written if p.parent == folder)
+                print(f"{label:<15} {n} written to {folder}")
+        if stow is not None:
+            print(f"{'STOW-RS':<15} {sum(len(o.stored) for o in outcomes)} results stored at {stow}")
+    not_stored = [o for o in outcomes if o.stow_error]
+    for o in not_stored:
+        print(f"cxr predict: {o.path.name}: results not stored: {o.stow_error}", file=sys.stderr)
+    failed = sum(o.error is not None for o in outcomes)
+    if failed:
+        print(f"cxr predict: {failed} of {len(outcomes)} studies failed", file=sys.stderr)
+        # The SDK names the likely TLS/mTLS fix when it gives up on a refused handshake.
+        hint = next((o.error.hint for o in outcomes if getattr(o.error, "hint", "")), None)
+        if hint:
+            print(f"cxr predict: hint: {hint}", file=sys.stderr)
+    return 1 if failed or not_stored else 0
+
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register ``predict`` (and ``pacs`` when its packages are installed)."""
+    p = sub.add_parser(
+        "predict",
+        help="send studies to a running server and show the findings",
+        description="Send PNG/JPEG/DICOM studies (files or folders) to the cxr_detector ensemble over gRPC. Prints a "
+        "table (or --json); --png writes annotated images, --sr DICOM Structured Reports (TID 1500) and --gsps "
+        "presentation states for DICOM inputs. Needs only the client extra (no torch).",
+    )
+    p.add_argument("paths", type=Path, nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("--url", default="127.0.0.1:8001", help="server gRPC address host:port (default 127.0.0.1:8001)")
+    p.add_argument("--serve", type=Path, default=None, metavar="MODEL_REPOSITORY",
+                   help="start the embedded server on this repository for the run (needs the serve extra) instead of --url")
+    p.add_argument("--json", action="store_true", help="print results as JSON on stdout")
+    p.add_argument("--png", type=Path, default=None, metavar="DIR", help="write annotated PNGs into DIR")
+    p.add_argument("--sr", type=Path, default=None, metavar="DIR", help="write DICOM SR (TID 1500) files into DIR")
+    p.add_argument("--gsps", type=Path, default=None, metavar="DIR", help="write DICOM GSPS overlays into DIR")
+    p.add_argument("--stow", default=None, metavar="URL",
+                   help="also store each DICOM study's SR (and GSPS with --gsps) with DICOMweb STOW-RS at this service "
+                   "root, e.g. http://pacs:8042/dicom-web")
+    p.add_argument("--dicomweb-auth", type=Path, default=None, metavar="FILE",
+                   help="file (mode 600) with 'basic USER:PASSWORD' or 'bearer TOKEN' for --stow; else "
+                   "$CXR_DICOMWEB_AUTH if set. Never on the command line")
+    p.add_argument("--score-threshold", type=float, default=None, help="server-side score threshold for this call")
+    p.add_argument("--min-score", type=float, default=0.3, help="only show/draw findings at or above this score (default 0.3)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per study, retries included")
+    add_tls_arguments(p)
+    p.set_defaults(func=cmd_predict)
+    try:
+        from cxr.client.pacs_cli import add_pacs_parser  # needs the client extra (pynetdicom, highdicom)
+    except ImportError:
+        return
+    add_pacs_parser(sub)

@@ -1,0 +1,111 @@
+"""The numeric steps of the served models between the wire and ``cxr``: a request's study in, its detections out.
+
+The Triton ``model.py`` adapters and the in-process :class:`~cxr.serving.pipeline.Pipeline`
+call these same functions, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from cxr.contract import (
+    BITS_STORED, BOXES, BOXES_MM, IMAGE_BYTES, LABELS, MAX_REQUEST_BYTES, PIXELS, POSTPROCESS_OVERRIDES, SCORES,
+    SPACING_COL_MM, SPACING_ROW_MM,
+)
+from cxr.decode.image import decode_image, decode_pixels
+from cxr.decode.types import DecodedImage
+from cxr.errors import InvalidImageError, InvalidRequestError
+from cxr.boxes import LetterboxRecord
+from cxr.contract import RAW_OUTPUTS
+from cxr.postprocess import DetectionArrays, PostprocessConfig, postprocess
+from cxr.preprocess import PreprocessConfig, preprocess_batch
+
+RawOutput = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # boxes, scores, labels, valid: the graph's outputs
+
+
+def decode_request_image(data: bytes | None, pixels: np.ndarray | None, params: dict) -> DecodedImage:
+    """One study from a request: encoded bytes (PNG/JPEG/DICOM) or a raw UINT16 array.
+
+    Request parameters: ``bits_stored`` (for pixels), ``spacing_row_mm`` /
+    ``spacing_col_mm`` (for pixels; DICOM carries its own).
+    """
+    if (data is None) == (pixels is None):
+        raise InvalidImageError(
+            f"send exactly one of {IMAGE_BYTES.name} (encoded PNG/JPEG/DICOM) or {PIXELS.name} (uint16 [H, W])")
+    if data is not None:
+        if len(data) > MAX_REQUEST_BYTES:
+            raise InvalidImageError(f"study is {len(data) / 1e6:.1f} MB, above the {MAX_REQUEST_BYTES / 1e6:.0f} MB limit")
+        return decode_image(data)
+    spacing = None
+    if SPACING_ROW_MM.name in params and SPACING_COL_MM.name in params:
+        spacing = (_number(params, SPACING_ROW_MM), _number(params, SPACING_COL_MM))
+    bits = params.get(BITS_STORED.name)
+    return decode_pixels(pixels, bits_stored=None if bits is None else _number(params, BITS_STORED), spacing_mm=spacing)
+
+
+def _number(params: dict, parameter) -> float | int:
+    """``params[parameter.name]`` as the parameter's type; InvalidRequestError if it is not a finite number."""
+    value = params[parameter.name]
+    try:
+        number = parameter.kind(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequestError(f"request parameter {parameter.name}={value!r} is not a number") from exc
+    if isinstance(number, float) and not math.isfinite(number):
+        raise InvalidRequestError(f"request parameter {parameter.name}={value!r} is not finite")
+    return number
+
+
+def postprocess_overrides(base: PostprocessConfig, params: dict) -> PostprocessConfig:
+    """Per-request ``score_threshold`` / ``iou_threshold`` / ``top_k`` over the model's defaults.
+
+    Raises InvalidRequestError naming the bad parameter (answered INVALID_ARG).
+    """
+    values = {field: _number(params, parameter) for parameter, field in POSTPROCESS_OVERRIDES.items()
+              if parameter.name in params}
+    try:
+        return base.replace(**values)
+    except ValueError as exc:
+        raise InvalidRequestError(f"bad request parameter: {exc}") from exc
+
+
+def detection_tensors(dets: list[DetectionArrays], class_names) -> dict[str, np.ndarray]:
+    """Postprocess outputs of one request (``b`` images) as padded arrays.
+
+    With several images in one request the shorter lists are padded: padding rows
+    have score -1 and an empty label.
+    """
+    n = max((len(d) for d in dets), default=0)
+    b = len(dets)
+    boxes = np.zeros((b, n, 4), np.float32)
+    mm = np.full((b, n, 4), np.nan, np.float32)
+    scores = np.full((b, n), -1.0, np.float32)
+    labels = np.full((b, n), b"", dtype=object)
+    for i, d in enumerate(dets):
+        k = len(d)
+        boxes[i, :k], scores[i, :k] = d.boxes, d.scores
+        if d.boxes_mm is not None:
+            mm[i, :k] = d.boxes_mm
+        labels[i, :k] = [class_names[int(c) - 1].encode() for c in d.labels]
+    return {BOXES.name: boxes, BOXES_MM.name: mm, SCORES.name: scores, LABELS.name: labels}
+
+
+def prepare_batch(decoded: list[DecodedImage], config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded studies -> the detector's input ``[B, C, S, S]`` and their letterbox records ``[B, 8]`` float32.
+
+    The way in of the round trip :func:`unmap_detections` undoes (as torchvision's
+    ``GeneralizedRCNNTransform`` records ``image_sizes``): the records travel as float32
+    between the Triton models, so the in-process pipeline keeps them as float32 too.
+    """
+    images, records = preprocess_batch(decoded, config)
+    return images, np.stack([r.to_array() for r in records]) if records else np.zeros((0, len(LetterboxRecord.ARRAY_FIELDS)), np.float32)
+
+
+def unmap_detections(raw: RawOutput, records: np.ndarray, config: PostprocessConfig) -> list[DetectionArrays]:
+    """The detector's raw batch (``boxes [B, K, 4]`` in the S x S frame, ``scores``, ``labels``, ``valid``)
+    -> per image: thresholds, per-class NMS, boxes back in ORIGINAL pixels (the way out of :func:`prepare_batch`)."""
+    boxes, scores, labels, valid = raw
+    return [postprocess(boxes[i], scores[i], labels[i], LetterboxRecord.from_array(records[i]), config,
+                        valid_count=int(np.asarray(valid[i]).reshape(-1)[0]))
+            for i in range(len(boxes))]

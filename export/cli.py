@@ -1,0 +1,73 @@
+"""The export wing's command: ``cxr export {onnx,onnx-int8,trt}``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cxr.console import print_json
+from cxr.contract import Artifact
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from cxr.export.commands import ParityError, run_export
+
+    profile = None
+    if args.kind == "trt":
+        from cxr.export.tensorrt import BatchProfile
+
+        profile = BatchProfile(args.min_batch, args.opt_batch, args.max_batch)
+    try:
+        result = run_export(
+            args.kind, args.checkpoint, repository=args.repository, out=args.out, data=args.data, check=args.check,
+            check_images=args.check_images, calibration_images=args.calibration_images, force=args.force,
+            batch_profile=profile, int8_budget=None if args.int8_all else args.int8_budget,
+            int8_search_images=args.int8_search_images, progress=not args.json,
+        )
+    except ParityError as exc:
+        if args.json:
+            print_json({"kind": args.kind, "parity": exc.report.to_dict()})
+        print(f"cxr export: error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print_json(result.to_dict())
+    else:
+        if result.parity is not None:
+            print(result.parity.table())
+        print(f"wrote {result.path}")
+    return 0
+
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register ``export`` on the top-level parser's subcommands."""
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint to ONNX, ONNX INT8 or TensorRT FP16",
+        description="Export a checkpoint into the Triton model repository (or --out FILE): onnx (FP32), onnx-int8 "
+        "(static QDQ, calibrated on training images; for CPUs) or trt (TensorRT FP16 engine; needs an NVIDIA GPU "
+        "and TensorRT). --check compares the artifact with PyTorch on held-out studies and fails with a table of "
+        "the worst images when outside tolerance.",
+    )
+    p.add_argument("kind", choices=Artifact.values(), help="artifact to build")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--repository", type=Path, default=Path("model_repository"), help="Triton model repository (default model_repository)")
+    p.add_argument("--out", type=Path, default=None, help="write the artifact to this file instead of the repository")
+    p.add_argument("--data", type=Path, default=None, help="NIH-layout dataset: test split for --check, train split for INT8 "
+                   "calibration, val split for the INT8 layer search")
+    p.add_argument("--check", action="store_true", help="run the parity check against PyTorch")
+    p.add_argument("--check-images", type=int, default=32, help="held-out images for --check (default 32)")
+    p.add_argument("--calibration-images", type=int, default=32, help="training images for INT8 calibration (default 32)")
+    p.add_argument("--int8-budget", type=float, default=0.05, metavar="FRACTION",
+                   help="INT8 mixed precision: quantize only the layer groups that together change at most this "
+                   "fraction of the FP32 model's detections on validation images; the rest stay FP32 (default 0.05)")
+    p.add_argument("--int8-search-images", type=int, default=32, help="validation images for the INT8 layer search (default 32)")
+    p.add_argument("--int8-all", action="store_true", help="quantize the whole network (every op type in the backbone, FPN, RPN and box head; the "
+                   "box predictor, NMS, RoiAlign and top-k stay FP32), no search")
+    p.add_argument("--force", action="store_true", help="replace artifacts of a different model in the repository")
+    p.add_argument("--min-batch", type=int, default=1, help="TensorRT profile: smallest batch")
+    p.add_argument("--opt-batch", type=int, default=4, help="TensorRT profile: batch to optimise for")
+    p.add_argument("--max-batch", type=int, default=8, help="TensorRT profile: largest batch")
+    p.add_argument("--json", action="store_true", help="print the result (with parity figures) as JSON")
+    p.set_defaults(func=cmd_export)
