@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr.boxes import label_slot
-from cxr.training.metrics import FROC_FP_RATES, FROC_IOU, _coco_ap, _Data, _Fast, _froc_points
+from cxr.training.box_metrics import FROC_FP_RATES, FROC_IOU, DetectionTable, PreMatched, coco_ap, froc_points
 
 
 def _figure(width: float, height: float):
@@ -39,15 +39,15 @@ def precision_recall_curves(
 ) -> dict[str, tuple[np.ndarray, np.ndarray, float | None]]:
     """Per class ``(recall, interpolated precision, AP)`` at ``iou``, with the same
     matching as :func:`cxr.training.metrics.evaluate_detections` (AP ``None``: no GT)."""
-    data = _Data(preds, gts, class_names)
-    fast = _Fast(data, iou)
+    data = DetectionTable(preds, gts, class_names)
+    fast = PreMatched(data, iou)
     out = {}
     for c, name in enumerate(data.class_names):
         t, n_gt = fast.tp[iou][fast.cls_order[c]], int(data.n_gt[:, c].sum())
         tps, fps = np.cumsum(t), np.cumsum(~t)
         # The envelope pycocotools integrates: best precision at this recall or higher.
         pr = np.maximum.accumulate((tps / np.maximum(tps + fps, 1))[::-1])[::-1]
-        ap = _coco_ap(t, n_gt)
+        ap = coco_ap(t, n_gt)
         out[name] = (tps / max(n_gt, 1), pr, None if math.isnan(ap) else ap)
     return out
 
@@ -57,9 +57,9 @@ def froc_curve(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The whole FROC curve: (false positives per image, lesion sensitivity), one point per
     score threshold, starting at (0, 0)."""
-    data = _Data(preds, gts, class_names)
-    fast = _Fast(data, iou)
-    fps, tps = _froc_points(data.det_score, fast.tp[iou], data.det_img)
+    data = DetectionTable(preds, gts, class_names)
+    fast = PreMatched(data, iou)
+    fps, tps = froc_points(data.det_score, fast.tp[iou], data.det_img)
     return fps / data.n, tps / max(int(data.n_gt.sum()), 1)
 
 

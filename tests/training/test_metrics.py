@@ -12,6 +12,7 @@ import pytest
 
 pytest.importorskip("pycocotools")
 
+from cxr.training import box_metrics as B  # noqa: E402
 from cxr.training import metrics as M  # noqa: E402
 
 NAMES = ["Mass", "Nodule"]
@@ -93,10 +94,10 @@ def test_hand_made_ap_matches_pycocotools_and_hand_computation():
     assert out["per_class"]["Mass"]["ap50"] == pytest.approx(expected, abs=1e-12)
     assert out["per_class"]["Mass"]["ap40"] == pytest.approx(expected, abs=1e-12)
     assert out["map50"] == pytest.approx(expected, abs=1e-12)  # Nodule has no GT: excluded
-    data = M._Data(preds, gts, NAMES)
-    coco = M._coco_eval(data)
+    data = B.DetectionTable(preds, gts, NAMES)
+    coco = B.coco_eval(data)
     assert coco[1, 0] == pytest.approx(expected, abs=1e-12)
-    assert M._Fast(data, 0.4).ap(0.5)[0] == pytest.approx(expected, abs=1e-12)
+    assert B.PreMatched(data, 0.4).ap(0.5)[0] == pytest.approx(expected, abs=1e-12)
 
 
 def test_class_without_ground_truth_is_none_and_left_out_of_means():
@@ -118,8 +119,8 @@ def test_iou_between_04_and_05_counts_for_map40_only():
 @pytest.mark.parametrize("tie_scores", [False, True], ids=["continuous-scores", "tied-scores"])
 def test_own_ap_agrees_with_pycocotools(tie_scores):
     preds, gts = synth(seed=1, tie_scores=tie_scores)
-    data = M._Data(preds, gts, [f"c{i}" for i in range(8)])
-    coco, fast = M._coco_eval(data), M._Fast(data, M.FROC_IOU)
+    data = B.DetectionTable(preds, gts, [f"c{i}" for i in range(8)])
+    coco, fast = B.coco_eval(data), B.PreMatched(data, M.FROC_IOU)
     np.testing.assert_allclose(fast.ap(0.5), coco[1], atol=1e-12)
     np.testing.assert_allclose(fast.ap(0.4), coco[0], atol=1e-12)
 
@@ -130,9 +131,9 @@ def test_weighted_ap_equals_pycocotools_on_a_resampled_dataset():
     preds, gts = synth(n=60, seed=2)
     names = [f"c{i}" for i in range(8)]
     idx = np.random.default_rng(5).integers(0, 60, 60)
-    coco = M._coco_eval(M._Data([preds[i] for i in idx], [gts[i] for i in idx], names))
+    coco = B.coco_eval(B.DetectionTable([preds[i] for i in idx], [gts[i] for i in idx], names))
     w = np.bincount(idx, minlength=60).astype(float)
-    fast = M._Fast(M._Data(preds, gts, names), M.FROC_IOU)
+    fast = B.PreMatched(B.DetectionTable(preds, gts, names), M.FROC_IOU)
     np.testing.assert_allclose(fast.ap(0.5, w), coco[1], atol=1e-12)
     np.testing.assert_allclose(fast.ap(0.4, w), coco[0], atol=1e-12)
 
