@@ -30,7 +30,7 @@ def train_one_epoch(
     """One pass over ``loader``; returns one row per iteration (losses, lr, images/s).
 
     ``should_stop`` is called after every iteration, on every rank: under DDP it must
-    give all ranks the same answer (:class:`cxr.training.train.TimeBudget` does), or
+    give all ranks the same answer (:class:`cxr.training.schedule.TimeBudget` does), or
     the ranks that go on wait for the others in the next all-reduce.
     Raises ``FloatingPointError`` on a non-finite loss instead of training on NaNs.
     """

@@ -11,7 +11,6 @@ import dataclasses
 import datetime as _dt
 import json
 import logging
-import math
 import os
 import random
 import time
@@ -24,6 +23,7 @@ import torch
 from cxr.errors import InvalidFileError, InvalidOptionError
 from cxr.labels import get_labelset
 from cxr.preprocess import PreprocessConfig
+from cxr.training.schedule import TimeBudget, lr_lambda, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -150,53 +150,6 @@ def _join_process_group(device: torch.device) -> bool:
     return True
 
 
-class TimeBudget:
-    """``--max-minutes`` as one decision for all ranks.
-
-    Each rank reads its own clock, and ranks disagree about the time (their clocks
-    start at different moments, one is slowed by data loading or a busy host).  A rank
-    that stopped alone would leave the others waiting in DDP's next all-reduce, and a
-    learning rate that followed each rank's own clock would step the replicas apart.
-    So :meth:`expired` takes the largest elapsed time over the ranks (one all-reduce
-    of one number per iteration, nothing next to DDP's gradients) and every rank
-    stops after the same iteration; :attr:`fraction` is that agreed value.
-    """
-
-    def __init__(self, minutes: float | None, *, device: torch.device = torch.device("cpu"), clock=time.monotonic) -> None:
-        self.seconds = 60.0 * minutes if minutes else None
-        self.device = device  # NCCL reduces device tensors only
-        self.clock = clock
-        self.start = clock()
-        self.fraction = 0.0  # agreed elapsed share of the budget, as of the last expired()
-
-    def expired(self) -> bool:
-        """Whether any rank is past the budget.  A collective under DDP: every rank calls
-        it at the same points (after each iteration and at each epoch end)."""
-        if self.seconds is None:
-            return False
-        if self.fraction <= 1.0:  # once agreed, expiry stays agreed: no more collectives
-            elapsed = torch.tensor([(self.clock() - self.start) / self.seconds], dtype=torch.float64, device=self.device)
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.all_reduce(elapsed, op=torch.distributed.ReduceOp.MAX)
-            self.fraction = float(elapsed.item())
-        return self.fraction > 1.0
-
-
-def _lr_lambda(cfg: TrainConfig, total_iters: int, elapsed_fraction=lambda: 0.0):
-    """Warm-up then cosine or step decay over iterations -- or over the time budget
-    (``--max-minutes``), whichever runs out first, so a time-boxed run still ends
-    with a decayed learning rate."""
-
-    def f(it: int) -> float:
-        warm = min(1.0, (it + 1) / max(1, cfg.warmup_iters))
-        progress = min(1.0, max(it / max(1, total_iters), elapsed_fraction()))
-        if cfg.schedule == "cosine":
-            return warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
-        return warm * (0.1 ** sum(progress >= m for m in (2 / 3, 8 / 9)))
-
-    return f
-
-
 def check_normalisation(weights, pre: PreprocessConfig) -> None:
     """Pretrained weights expect the normalisation they were trained with; serving runs the
     checkpoint's preprocessing, so the two must agree here, once."""
@@ -206,19 +159,6 @@ def check_normalisation(weights, pre: PreprocessConfig) -> None:
         raise InvalidOptionError(
             f"--weights {weights.name} expects {len(weights.mean)} channels normalised with mean {list(weights.mean)}, "
             f"std {list(weights.std)}; the preprocessing has {pre.channels} channels, mean {list(pre.mean)}, std {list(pre.std)}")
-
-
-def param_groups(model: torch.nn.Module, lr: float, backbone_lr_mult: float) -> list[dict]:
-    """Trainable parameters: FPN and heads at ``lr`` (group 0, the one logged), the
-    backbone body at ``lr * backbone_lr_mult`` (pretrained features move slower)."""
-    heads, body = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (body if name.startswith("backbone.body.") else heads).append(p)
-    groups = [{"params": heads, "lr": lr}]
-    if body:
-        groups.append({"params": body, "lr": lr * backbone_lr_mult})
-    return groups
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -240,80 +180,44 @@ def train(cfg: TrainConfig) -> Path:
 
 
 def _train(cfg: TrainConfig, device: torch.device) -> Path:
-    from torch.utils.data import DataLoader, DistributedSampler
-
-    from cxr.training.checkpoint import Checkpoint, data_fingerprint, load_checkpoint, save_checkpoint
-    from cxr.training.torch_dataset import Augmenter, DetectionDataset, collate
-    from cxr.training.annotations import NIHDataset
-    from cxr.training.engine import ground_truth, predict, train_one_epoch
-    from cxr.training.metrics import choose_thresholds, evaluate_detections
-    from cxr.training.model import build_model, freeze_backbone, freeze_modules, load_pretrained
+    from cxr.training.checkpoint import Checkpoint, data_fingerprint, load_checkpoint
+    from cxr.training.engine import ground_truth, train_one_epoch
     from cxr.training.weights import resolve as resolve_weights
 
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
     seed_everything(cfg.seed + rank)
     labelset = get_labelset(cfg.labelset)
-    ds = NIHDataset.from_dir(cfg.data, labelset=labelset.name, seed=cfg.seed, require_images=True)
-    train_studies, val_studies = ds.detection_studies("train"), ds.detection_studies("val")
-    if not train_studies:
-        raise InvalidFileError(f"{cfg.data}: no training studies with boxes or 'No Finding' (see `cxr data info {cfg.data}`)")
-    if not val_studies:
-        raise InvalidFileError(f"{cfg.data}: the validation split is empty; add images or patients")
+    train_studies, val_studies = _studies(cfg, labelset)
 
     prev = load_checkpoint(cfg.resume) if cfg.resume is not None else None
     weights = resolve_weights(cfg.weights, arch=cfg.arch) if prev is None else None  # resumed: the checkpoint's
     pre = PreprocessConfig(size=cfg.size)
     check_normalisation(weights, pre)
     mcfg = model_config(cfg, labelset.num_classes)
-    model = build_model(mcfg)
-    weights_meta = {"name": "none"}
-    if weights is not None:
-        report = load_pretrained(model, weights.path, arch=cfg.arch)
-        frozen = freeze_backbone(model, cfg.trainable_backbone_layers)
-        weights_meta = {**weights.to_dict(), "loaded": report["loaded"], "of": report["of"], "frozen": frozen}
-        log.info("initialised from %s (%s, sha256 %s): %d/%d tensors; re-initialised: %s; frozen: %s", weights.name, weights.path,
-                 weights.sha256[:12], report["loaded"], report["of"], report["skipped_shape_mismatch"] or "none", frozen or "none")
-    elif prev is not None:
-        freeze_modules(model, list(prev.meta.get("weights", {}).get("frozen", [])))
+    model, weights_meta = _initial_model(cfg, mcfg, weights, prev)
     model = model.to(device)
+    train_loader, val_loader, sampler = _loaders(cfg, train_studies, val_studies, labelset, pre, rank=rank, world=world)
 
-    train_set = DetectionDataset(train_studies, labelset, pre, augment=Augmenter() if cfg.augment else None, seed=cfg.seed + rank)
-    val_set = DetectionDataset(val_studies, labelset, pre)
-    sampler = DistributedSampler(train_set, seed=cfg.seed) if world > 1 else None
-    loader_gen = torch.Generator().manual_seed(cfg.seed)
-    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                              num_workers=cfg.workers, collate_fn=collate, generator=loader_gen, drop_last=len(train_set) > cfg.batch_size)
-    val_loader = DataLoader(val_set, batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=collate)
-
-    params = param_groups(model, cfg.lr, cfg.backbone_lr_mult)
-    if cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(cfg, model)
     total_iters = cfg.epochs * max(1, len(train_loader))
     t_start = time.monotonic()
     budget = TimeBudget(cfg.max_minutes, device=device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total_iters, lambda: budget.fraction))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_iters, lambda: budget.fraction))
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     history, start_epoch, best = [], 0, float("-inf")  # the first validated epoch is always kept
     if prev is not None:
-        model.load_state_dict(prev.state)
-        if prev.train_state:
-            optimizer.load_state_dict(prev.train_state["optimizer"])
-            scheduler.load_state_dict(prev.train_state["scheduler"])
-            start_epoch = int(prev.train_state["epoch"]) + 1
-            best = float(prev.train_state.get("best", float("-inf")))
-        history = list(prev.meta.get("history", []))
-        weights_meta = prev.meta.get("weights", {"name": "unknown (checkpoint written before cxr recorded it)"})
+        history, start_epoch, best, weights_meta = _resume(prev, model, optimizer, scheduler)
 
     cfg.out.mkdir(parents=True, exist_ok=True)
     fingerprint = data_fingerprint(train_studies + val_studies)
-    version = f"{_dt.date.today():%Y.%m.%d}+{fingerprint[:8]}"
     run_meta = {"train_config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)), "data_fingerprint": fingerprint,
                 "n_train": len(train_studies), "n_val": len(val_studies), "weights": weights_meta}
+    # What every checkpoint of this run shares; each save adds its epoch's metadata and state.
+    run_ckpt = Checkpoint(state={}, model_config=mcfg, preprocess=pre, class_names=labelset.names, labelset_name=labelset.name,
+                          model_version=f"{_dt.date.today():%Y.%m.%d}+{fingerprint[:8]}", meta=run_meta)
     gts = ground_truth(val_studies, labelset)
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -325,26 +229,17 @@ def _train(cfg: TrainConfig, device: torch.device) -> Path:
         if out_of_time:  # every rank says where it stopped: the same place, or DDP would hang
             log.info("time budget of %g min used up: stopping after iteration %d/%d of epoch %d (rank %d of %d)",
                      cfg.max_minutes, len(rows), len(train_loader), epoch, rank, world)
-        epoch_row = {"epoch": epoch, "iterations": len(rows), "loss": float(np.mean([r["loss"] for r in rows])),
-                     "lr": rows[-1]["lr"],
-                     "images_per_s": float(np.median([r["images_per_s"] for r in rows])),
-                     **{k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k.startswith("loss_")}}
+        epoch_row = _epoch_row(epoch, rows)
         last = epoch == cfg.epochs - 1 or out_of_time
         if rank == 0 and (last or (epoch + 1) % cfg.val_every == 0):
-            preds = predict(model, val_loader, device, progress=cfg.progress, desc="validate")
-            m = evaluate_detections(preds, gts, labelset.names, bootstrap=0)
+            m, thresholds = _validate(model, val_loader, gts, labelset.names, device=device, progress=cfg.progress)
             epoch_row.update(val_map50=m["map50"], val_map40=m["map40"], val_froc_mean=m["froc_mean"])
             score = m["map50"] if m["map50"] is not None else -1.0
-            thresholds = choose_thresholds(preds, gts, labelset.names)
             meta = {**run_meta, "history": history + [epoch_row], "val_metrics": {k: m[k] for k in ("map50", "map40", "map50_95", "froc_mean")},
                     "thresholds": thresholds, "epoch": epoch}
             state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch, "best": max(best, score)}
-            ckpt = Checkpoint(state={}, model_config=mcfg, preprocess=pre, class_names=labelset.names,
-                              labelset_name=labelset.name, model_version=version, meta=meta, train_state=state)
-            save_checkpoint(cfg.out / "last.pt", model, ckpt)
-            if score > best:
-                best = score
-                save_checkpoint(cfg.out / "best.pt", model, dataclasses.replace(ckpt, train_state=None))
+            _save(cfg.out, model, dataclasses.replace(run_ckpt, meta=meta, train_state=state), is_best=score > best)
+            best = max(best, score)
             log.info("epoch %d: loss %.3f, val mAP@0.5 %.3f (best %.3f), %.1f img/s, %.1f min",
                         epoch, epoch_row["loss"], score, best, epoch_row["images_per_s"], (time.monotonic() - t_start) / 60)
         history.append(epoch_row)
@@ -353,3 +248,94 @@ def _train(cfg: TrainConfig, device: torch.device) -> Path:
     if rank == 0:
         (cfg.out / "history.json").write_text(json.dumps(history, indent=1))
     return cfg.out / "best.pt"
+
+
+def _studies(cfg: TrainConfig, labelset) -> tuple[list, list]:
+    """The training and validation studies of ``cfg.data`` (patient-level split); neither may be empty."""
+    from cxr.training.annotations import NIHDataset
+
+    ds = NIHDataset.from_dir(cfg.data, labelset=labelset.name, seed=cfg.seed, require_images=True)
+    train_studies, val_studies = ds.detection_studies("train"), ds.detection_studies("val")
+    if not train_studies:
+        raise InvalidFileError(f"{cfg.data}: no training studies with boxes or 'No Finding' (see `cxr data info {cfg.data}`)")
+    if not val_studies:
+        raise InvalidFileError(f"{cfg.data}: the validation split is empty; add images or patients")
+    return train_studies, val_studies
+
+
+def _initial_model(cfg: TrainConfig, mcfg, weights, prev) -> tuple[torch.nn.Module, dict]:
+    """The network before training and the record of what initialised it (``meta["weights"]``).
+
+    A new run loads the resolved ``weights`` and freezes over them; a resumed run (``prev``)
+    freezes the layers its checkpoint froze (its saved optimizer state holds exactly the
+    others) and gets its weights from the checkpoint later, in :func:`_resume`.
+    """
+    from cxr.training.model import build_model, freeze_backbone, freeze_modules, load_pretrained
+
+    model = build_model(mcfg)
+    weights_meta = {"name": "none"}
+    if weights is not None:
+        report = load_pretrained(model, weights.path, arch=cfg.arch)
+        frozen = freeze_backbone(model, cfg.trainable_backbone_layers)
+        weights_meta = {**weights.to_dict(), "loaded": report["loaded"], "of": report["of"], "frozen": frozen}
+        log.info("initialised from %s (%s, sha256 %s): %d/%d tensors; re-initialised: %s; frozen: %s", weights.name, weights.path,
+                 weights.sha256[:12], report["loaded"], report["of"], report["skipped_shape_mismatch"] or "none", frozen or "none")
+    elif prev is not None:
+        freeze_modules(model, list(prev.meta.get("weights", {}).get("frozen", [])))
+    return model, weights_meta
+
+
+def _loaders(cfg: TrainConfig, train_studies, val_studies, labelset, pre: PreprocessConfig, *, rank: int, world: int):
+    """``(train_loader, val_loader, sampler)``: the sampler is the training loader's DistributedSampler under
+    DDP (its epoch must be set each epoch), else None."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from cxr.training.torch_dataset import Augmenter, DetectionDataset, collate
+
+    train_set = DetectionDataset(train_studies, labelset, pre, augment=Augmenter() if cfg.augment else None, seed=cfg.seed + rank)
+    val_set = DetectionDataset(val_studies, labelset, pre)
+    sampler = DistributedSampler(train_set, seed=cfg.seed) if world > 1 else None
+    loader_gen = torch.Generator().manual_seed(cfg.seed)
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                              num_workers=cfg.workers, collate_fn=collate, generator=loader_gen, drop_last=len(train_set) > cfg.batch_size)
+    val_loader = DataLoader(val_set, batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=collate)
+    return train_loader, val_loader, sampler
+
+
+def _resume(prev, model: torch.nn.Module, optimizer, scheduler) -> tuple[list, int, float, dict]:
+    """Load ``prev`` into the run: ``(history, start_epoch, best, weights_meta)`` to continue from."""
+    start_epoch, best = 0, float("-inf")
+    model.load_state_dict(prev.state)
+    if prev.train_state:
+        optimizer.load_state_dict(prev.train_state["optimizer"])
+        scheduler.load_state_dict(prev.train_state["scheduler"])
+        start_epoch = int(prev.train_state["epoch"]) + 1
+        best = float(prev.train_state.get("best", float("-inf")))
+    weights_meta = prev.meta.get("weights", {"name": "unknown (checkpoint written before cxr recorded it)"})
+    return list(prev.meta.get("history", [])), start_epoch, best, weights_meta
+
+
+def _epoch_row(epoch: int, rows: list[dict]) -> dict:
+    """One history entry from an epoch's per-iteration rows: mean losses, last lr, median images/s."""
+    return {"epoch": epoch, "iterations": len(rows), "loss": float(np.mean([r["loss"] for r in rows])),
+            "lr": rows[-1]["lr"],
+            "images_per_s": float(np.median([r["images_per_s"] for r in rows])),
+            **{k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k.startswith("loss_")}}
+
+
+def _validate(model: torch.nn.Module, loader, gts: list, class_names, *, device: torch.device, progress: bool) -> tuple[dict, dict]:
+    """Validation metrics (no bootstrap) and the image-level thresholds chosen on the same predictions."""
+    from cxr.training.engine import predict
+    from cxr.training.metrics import choose_thresholds, evaluate_detections
+
+    preds = predict(model, loader, device, progress=progress, desc="validate")
+    return evaluate_detections(preds, gts, class_names, bootstrap=0), choose_thresholds(preds, gts, class_names)
+
+
+def _save(out: Path, model: torch.nn.Module, ckpt, *, is_best: bool) -> None:
+    """``last.pt`` with the state to resume from; ``best.pt`` (without it) when this epoch is the best."""
+    from cxr.training.checkpoint import save_checkpoint
+
+    save_checkpoint(out / "last.pt", model, ckpt)
+    if is_best:
+        save_checkpoint(out / "best.pt", model, dataclasses.replace(ckpt, train_state=None))
