@@ -8,8 +8,8 @@ to end.  In process that is :class:`cxr.serving.runtime.Pipeline` around a detec
 ``cxr_detector`` ensemble through :class:`cxr.client.DetectorClient` with encoded
 bytes (``triton``) or raw pixels through system shared memory (``triton-shm``).
 
-Besides the contract's backends (:class:`cxr.contract.BenchBackend`) the bench measures
-*runtime variants* (:data:`VARIANTS`): other in-process runtimes of the same model --
+Besides the contract's backends (:class:`~cxr.benchmarks.vocab.BenchBackend`) the bench measures
+*runtime variants* (:class:`~cxr.benchmarks.vocab.RuntimeVariant`): other in-process runtimes of the same model --
 PyTorch in bfloat16 (channels-last bf16 network, or plain autocast) and OpenVINO's CPU
 plugin on the same ONNX files (FP32, bf16 inference precision, the INT8 QDQ model).
 They are rows of the report, not serving options: one becomes a serving option only when
@@ -36,25 +36,18 @@ from pathlib import Path
 import numpy as np
 
 from cxr.benchmarks.stats import CallTimer
-from cxr.contract import Artifact, BenchBackend, Precision
+from cxr.benchmarks.vocab import BenchBackend, BenchStatus, RuntimeVariant
+from cxr.contract import Artifact, Precision
 from cxr.errors import InvalidOptionError
 from cxr.postprocess import DetectionArrays
 
 log = logging.getLogger(__name__)
 
-# Runtime variants: name -> (runtime, artifact it runs, precision it computes in).
-VARIANTS: dict[str, tuple[str, Artifact | None, str]] = {
-    "pytorch-bf16": ("torch:bf16", None, "bf16"),
-    "pytorch-autocast": ("torch:autocast", None, "bf16"),
-    "openvino": ("openvino:f32", Artifact.ONNX, "fp32"),
-    "openvino-bf16": ("openvino:bf16", Artifact.ONNX, "bf16"),
-    "openvino-int8": ("openvino:f32", Artifact.ONNX_INT8, "int8"),
-}
-_AFTER = {"pytorch": ("pytorch-bf16", "pytorch-autocast"), "onnx-int8": ("openvino", "openvino-bf16", "openvino-int8")}
-BACKENDS = tuple(n for b in BenchBackend.values() for n in (b, *_AFTER.get(b, ())))  # report order
-IN_PROCESS = tuple(n for n in BACKENDS if n in VARIANTS or BenchBackend(n).in_process)
+# Report order: each contract backend, then the runtime variants that follow it.
+BACKENDS = tuple(n for b in BenchBackend for n in (b.value, *(v.value for v in RuntimeVariant if v.follows is b)))
+IN_PROCESS = tuple(n for n in BACKENDS if n in RuntimeVariant.values() or BenchBackend(n).in_process)
 # Measured slower than plain FP32 eager (NCHW autocast; benchmarks/README.md): only when asked for.
-OPT_IN = ("pytorch-autocast",)
+OPT_IN = (RuntimeVariant.PYTORCH_AUTOCAST.value,)
 DEFAULT_BACKENDS = tuple(n for n in BACKENDS if n not in OPT_IN)
 # What "% of peak" divides by: the measured GEMM peak of the precision a backend computes in.
 PEAK_OF_PRECISION = {"fp32": "fp32", "bf16": "bf16", "int8": "int8", "fp16": "cuda_fp16"}
@@ -62,8 +55,8 @@ PEAK_OF_PRECISION = {"fp32": "fp32", "bf16": "bf16", "int8": "int8", "fp16": "cu
 
 def precision_of(name: str, served: Precision | str = Precision.FP32) -> str:
     """What backend ``name`` computes in: fp32 | bf16 | int8 | fp16."""
-    if name in VARIANTS:
-        return VARIANTS[name][2]
+    if name in RuntimeVariant.values():
+        return RuntimeVariant(name).precision
     return str(BenchBackend(name).precision(served=served))
 
 
@@ -99,7 +92,7 @@ class Backend:
     triton_stats: TritonStats | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)
 
-    status = "ok"
+    status = BenchStatus.OK
 
     def begin_point(self) -> None:
         if self.timer is not None:
@@ -128,7 +121,7 @@ class Unavailable:
 
     name: str
     reason: str
-    status: str = "unavailable"
+    status: BenchStatus = BenchStatus.UNAVAILABLE
 
     def close(self) -> None:  # uniform with Backend
         pass
@@ -151,12 +144,12 @@ def _pipeline_backend(name: str, detector, ckpt, *, size_mb: float | None, detai
 
 
 def open_variant(name: str, ckpt, *, checkpoint: Path, repository: Path, batches: tuple[int, ...]) -> Backend | Unavailable:
-    """A runtime variant of :data:`VARIANTS` behind the cxr pipeline."""
+    """A :class:`~cxr.benchmarks.vocab.RuntimeVariant` behind the cxr pipeline."""
     from cxr.export.repository import artifact_path
 
-    runtime, artifact, _ = VARIANTS[name]
-    engine, _, mode = runtime.partition(":")
-    if engine == "torch":
+    variant = RuntimeVariant(name)
+    artifact, mode = variant.artifact, variant.mode
+    if variant.engine == "torch":
         from cxr.export.torch_detector import TorchDetector
 
         return _pipeline_backend(name, TorchDetector(ckpt, mode=mode), ckpt, size_mb=_mb(Path(checkpoint)),
@@ -179,7 +172,7 @@ def open_in_process(name: str, ckpt, *, checkpoint: Path, repository: Path, batc
     """PyTorch eager, a runtime variant or an exported artifact of ``repository`` behind the cxr pipeline."""
     from cxr.export.repository import artifact_path
 
-    if name in VARIANTS:
+    if name in RuntimeVariant.values():
         return open_variant(name, ckpt, checkpoint=checkpoint, repository=repository, batches=batches)
     if BenchBackend(name) is BenchBackend.PYTORCH:
         from cxr.export.torch_detector import TorchDetector

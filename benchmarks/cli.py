@@ -37,6 +37,7 @@ import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from cxr.benchmarks.vocab import BenchStatus
 from cxr.contract import CPU_PRECISIONS, Precision
 from cxr.errors import InvalidOptionError, UsageError
 
@@ -119,8 +120,8 @@ class BenchConfig:
 def _ints(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,2,4, got {text!r}") from None
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,2,4, got {text!r}") from exc
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
@@ -301,7 +302,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 print(f"  {t['target']}: {value} (need {t['need']}) - {met}")
         print(f"\nwrote {', '.join(report['written'].values())}")
         print("perf_analyzer: " + "\n               ".join(report["perf_analyzer"]["commands"]) + f"   (files in {cfg.out})")
-    failed = [f"{s['name']}/{r['name']}" for s in report["models"] for r in s["backends"] if r["status"] == "failed-parity"]
+    failed = [f"{s['name']}/{r['name']}" for s in report["models"] for r in s["backends"] if r["status"] == BenchStatus.FAILED_PARITY]
     if failed and cfg.strict:
         print(f"cxr bench: failed parity: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from cxr.benchmarks.backends import Backend, BenchImage, Unavailable
 from cxr.benchmarks.latency import inputs_for
-from cxr.contract import BenchBackend as B
+from cxr.benchmarks.vocab import BenchBackend as B
 from cxr.errors import InvalidOptionError
 from cxr.export.parity import TOLERANCES, compare  # noqa: F401 - TOLERANCES re-exported
 from cxr.postprocess import DetectionArrays

@@ -100,7 +100,7 @@ def write_perf_data(out: Path, studies: Sequence[bytes], pixels: Sequence[np.nda
     return written
 
 
-def command_lines(url: str = "localhost:8001", data: str = "perf_analyzer_data.json",
+def command_lines(url: str = f"localhost:{contract.GRPC_PORT}", data: str = "perf_analyzer_data.json",
                   pixels: str | None = "perf_analyzer_pixels.json", concurrency: str = "1:8") -> list[str]:
     """perf_analyzer invocations matching ``cxr bench``'s served sweep (gRPC, batch 1, p95 stabilised)."""
     base = f"perf_analyzer -m {contract.ENSEMBLE} -u {url} -i grpc -b 1 --concurrency-range {concurrency} --percentile=95"

@@ -24,18 +24,19 @@ from cxr.benchmarks.backends import BACKENDS, PEAK_OF_PRECISION, Backend, Unavai
 from cxr.benchmarks.latency import best_throughput, headline
 from cxr.benchmarks.parity import BackendParity
 from cxr.benchmarks.stats import PointStats
+from cxr.benchmarks.vocab import BenchBackend as B
+from cxr.benchmarks.vocab import BenchStatus, RuntimeVariant
 from cxr.contract import ENSEMBLE, Step
-from cxr.contract import BenchBackend as B
 
 SCHEMA = "cxr-bench/2"
-STATUSES = ("ok", "failed-parity", "unavailable")
+STATUSES = BenchStatus.values()
 UNTRAINED = "untrained"
 # Keys every entry of a section's "backends" has (tests and downstream tools rely on them).
 BACKEND_KEYS = ("name", "status", "reason", "precision", "size_mb", "accuracy", "map50", "delta_map50", "froc_at_1fp",
                 "p50_ms", "p95_ms", "p99_ms", "images_per_s", "images_per_s_c1", "model_ms_per_image",
                 "speedup_vs_pytorch", "achieved_gflops", "peak", "fraction_of_peak", "detail")
 STEPS = (ENSEMBLE, *(str(s) for s in Step))  # the per-step split, in data-path order
-LOW_PRECISION = ("onnx-int8", "openvino-int8", "openvino-bf16", "pytorch-bf16")
+LOW_PRECISION = (B.ONNX_INT8, RuntimeVariant.OPENVINO_INT8, RuntimeVariant.OPENVINO_BF16, RuntimeVariant.PYTORCH_BF16)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -70,7 +71,7 @@ def backend_row(backend: Backend | Unavailable, points: Sequence[PointStats] | N
     if parity is not None and trained:
         row.update(map50=parity.map50, delta_map50=parity.delta_map50, froc_at_1fp=parity.froc_at_1fp, parity=parity.to_dict())
         if not parity.passed:
-            row["status"] = "failed-parity"
+            row["status"] = BenchStatus.FAILED_PARITY
             row["reason"] = "; ".join(parity.failures) or "outside the export tolerance"
     return row
 
@@ -108,7 +109,7 @@ def serving_split(rows: Mapping[str, dict], points: Mapping[str, Sequence[PointS
 
 def _low_precision_best(rows: Mapping[str, dict]) -> dict | None:
     """The fastest low-precision backend at parity (model-only), or None."""
-    ok = [r for r in rows.values() if r["name"] in LOW_PRECISION and r["status"] == "ok" and r["model_ms_per_image"]]
+    ok = [r for r in rows.values() if r["name"] in LOW_PRECISION and r["status"] == BenchStatus.OK and r["model_ms_per_image"]]
     return min(ok, key=lambda r: r["model_ms_per_image"]) if ok else None
 
 
@@ -133,7 +134,7 @@ def targets(rows: Mapping[str, dict], points: Mapping[str, Sequence[PointStats]]
     low = _low_precision_best(rows)
     low_speedup = _ratio(get(B.ONNX, "model_ms_per_image"), low and low["model_ms_per_image"])
     int8_delta = get(B.ONNX_INT8, "delta_map50")
-    measured = [r for r in rows.values() if r["status"] != "unavailable" and r.get("parity") is not None]
+    measured = [r for r in rows.values() if r["status"] != BenchStatus.UNAVAILABLE and r.get("parity") is not None]
     if small:
         overhead = ("serving overhead at concurrency 1 (Triton p50 - ORT p50, ms)", serving.get("overhead_ms"), "<= 2 ms",
                     lambda v: v <= 2.0)
@@ -158,8 +159,8 @@ def targets(rows: Mapping[str, dict], points: Mapping[str, Sequence[PointStats]]
     if trained:
         out += [("ORT INT8 |delta mAP@0.5|", None if int8_delta is None else abs(int8_delta), "<= 0.01", lambda v: v <= 0.01),
                 ("backends within export parity tolerance",
-                 f"{sum(r['status'] == 'ok' for r in measured)}/{len(measured)}" if measured else None, "all",
-                 lambda v: all(r["status"] == "ok" for r in measured))]
+                 f"{sum(r['status'] == BenchStatus.OK for r in measured)}/{len(measured)}" if measured else None, "all",
+                 lambda v: all(r["status"] == BenchStatus.OK for r in measured))]
     else:
         out.append(("INT8 parity", UNTRAINED, "a trained model (cxr bench train-r50)", None))
     return [{"target": t, "value": v, "need": n, "met": None if v is None or ok is None or v == UNTRAINED else bool(ok(v))}

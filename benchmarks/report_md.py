@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from cxr.benchmarks.report import STEPS, UNTRAINED
+from cxr.benchmarks.vocab import BenchStatus
 
 
 def _f(v, fmt: str = ".1f", none: str = "–") -> str:
@@ -20,7 +21,7 @@ def _pct(v) -> str:
 
 
 def _acc(row: Mapping, key: str, fmt: str) -> str:
-    return UNTRAINED if row.get("accuracy") == UNTRAINED and row["status"] != "unavailable" else _f(row[key], fmt)
+    return UNTRAINED if row.get("accuracy") == UNTRAINED and row["status"] != BenchStatus.UNAVAILABLE else _f(row[key], fmt)
 
 
 def _status(r: Mapping) -> str:
@@ -53,9 +54,9 @@ def summary_table(report: Mapping) -> str:
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for section in report["models"]:
         for r in section["backends"]:
-            if r["status"] == "unavailable":
+            if r["status"] == BenchStatus.UNAVAILABLE:
                 continue
-            name = r["name"] + (" (failed parity)" if r["status"] == "failed-parity" else "")
+            name = r["name"] + (" (failed parity)" if r["status"] == BenchStatus.FAILED_PARITY else "")
             lines.append(f"| {section['name']} | {name} | {_f(r['p50_ms'])} | {_f(r['images_per_s'])} | "
                          f"{_f(r['model_ms_per_image'])} | {_f(r['achieved_gflops'], '.0f')} | "
                          f"{_peak_cell(r)} | "
@@ -146,7 +147,7 @@ def _section_md(section: Mapping) -> list[str]:
         f"server side (ensemble) {_f(serving['server_ms'])} ms, client + gRPC {_f(serving['client_ms'])} ms",
     ]
     for r in section["backends"]:
-        if r["status"] != "unavailable" and r["speedup_vs_pytorch"] is not None:
+        if r["status"] != BenchStatus.UNAVAILABLE and r["speedup_vs_pytorch"] is not None:
             derived.append(f"- {r['name']}: ×{_f(r['speedup_vs_pytorch'], '.2f')} vs PyTorch (p50)")
     tgt = ["| target | value | need | met |", "| --- | ---: | --- | --- |"]
     for t in section["targets"]:

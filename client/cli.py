@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from cxr.client.tls import add_tls_arguments, tls_options
+from cxr.contract import LOCAL_URL
 from cxr.errors import UsageError
 
 
@@ -73,7 +74,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "presentation states for DICOM inputs. Needs only the client extra (no torch).",
     )
     p.add_argument("paths", type=Path, nargs="+", help="image files or folders (searched recursively)")
-    p.add_argument("--url", default="127.0.0.1:8001", help="server gRPC address host:port (default 127.0.0.1:8001)")
+    p.add_argument("--url", default=LOCAL_URL, help=f"server gRPC address host:port (default {LOCAL_URL})")
     p.add_argument("--serve", type=Path, default=None, metavar="MODEL_REPOSITORY",
                    help="start the embedded server on this repository for the run (needs the serve extra) instead of --url")
     p.add_argument("--json", action="store_true", help="print results as JSON on stdout")

@@ -1,7 +1,8 @@
 """The served contract, defined once: tensors, request parameters, models, artifacts.
 
 Everything that crosses a process boundary is named here and nowhere else: the
-``cxr_detector`` ensemble's inputs and outputs, the tensors between its three steps,
+``cxr_detector`` ensemble's inputs and outputs, the largest request, the default ports,
+the tensors between its three steps,
 the exported graph's input and outputs, the per-request parameters, the keys of the
 ``parameters`` that ``cxr export`` stamps into every ``config.pbtxt``, and the
 artifact kinds (export kind <-> file <-> precision <-> benchmark backend <-> Triton
@@ -13,43 +14,17 @@ fails a test.
 
 Torch-free and Triton-free (stdlib only): PACS hosts import it with the client.
 
-Closed vocabularies are :class:`ClosedVocabulary` enums: members are their string values,
-constructors take a member or a string (``Precision("int8") is Precision.INT8``),
-and an unknown value raises ``ValueError`` that lists the valid ones, as highdicom
-does.
+Its closed vocabularies (steps, config keys, precisions, artifact kinds, serve targets)
+are :class:`~cxr.vocab.ClosedVocabulary` enums: members are their string values,
+constructors take a member or a string (``Precision("int8") is Precision.INT8``), and an
+unknown value raises :class:`~cxr.errors.InvalidOptionError` that lists the valid ones.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from enum import Enum
 
-
-class ClosedVocabulary(str, Enum):
-    """A closed set of string values; ``Kind(value)`` accepts a member or its string."""
-
-    def __str__(self) -> str:  # "fp32", not "Precision.FP32", in messages and f-strings
-        return self.value
-
-    __format__ = str.__format__
-
-    @classmethod
-    def _missing_(cls, value: object):
-        if isinstance(value, str):
-            for member in cls:
-                if member.value == value.strip().lower():
-                    return member
-        choices = ", ".join(m.value for m in cls)
-        raise ValueError(f"unknown {cls._label()} {value!r}; choose one of: {choices}")
-
-    @classmethod
-    def _label(cls) -> str:
-        return cls.__doc__.split(":")[0].strip().lower() if cls.__doc__ else cls.__name__
-
-    @classmethod
-    def values(cls) -> tuple[str, ...]:
-        """Every value, in definition order (argparse ``choices``)."""
-        return tuple(m.value for m in cls)
+from cxr.vocab import ClosedVocabulary
 
 
 # ------------------------------------------------------------------------ tensors
@@ -91,6 +66,13 @@ ENSEMBLE = "cxr_detector"  # the only model clients call
 # Largest encoded study accepted in one request (a 4300x4300 16-bit DICOM is ~37 MB).
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
 MAX_BATCH = 8  # every model's max_batch_size: dynamic batches of up to 8 studies
+
+# Where a server listens unless told otherwise: Triton's own defaults, so a client,
+# perf_analyzer or a Kubernetes probe written for any Triton finds ours.
+GRPC_PORT = 8001
+HTTP_PORT = 8000
+METRICS_PORT = 8002
+LOCAL_URL = f"127.0.0.1:{GRPC_PORT}"  # the client's default: a server started on this host with the defaults
 
 # The ensemble: exactly one of the two inputs per request.
 IMAGE_BYTES = Tensor("IMAGE_BYTES", "TYPE_STRING", (1,), optional=True)  # one encoded PNG/JPEG/DICOM
@@ -136,8 +118,8 @@ def detector_outputs(candidates: int, *, for_postprocess: bool = False) -> tuple
             Tensor("labels", "TYPE_INT64", (candidates,)), valid)
 
 
-class Step(ClosedVocabulary):
-    """ensemble step: the three models behind ``cxr_detector``, in order."""
+class Step(ClosedVocabulary, label="ensemble step"):
+    """The three models behind ``cxr_detector``, in order."""
 
     PREPROCESS = "preprocess"  # Python: decode + letterbox + normalise
     DETECTOR = "detector"  # Python + ONNX Runtime (CPU) or onnxruntime_onnx / tensorrt_plan (NGC)
@@ -167,8 +149,8 @@ POSTPROCESS_OVERRIDES = {SCORE_THRESHOLD: "score_threshold", IOU_THRESHOLD: "iou
 
 
 # Keys of the ``parameters`` that ``cxr export`` stamps into the model configs.
-class ConfigKey(ClosedVocabulary):
-    """model config parameter: what the Triton adapters read from ``config.pbtxt``."""
+class ConfigKey(ClosedVocabulary, label="model config parameter"):
+    """What the Triton adapters read from ``config.pbtxt``."""
 
     MODEL_VERSION = "model_version"
     CLASS_NAMES = "class_names"
@@ -183,8 +165,8 @@ class ConfigKey(ClosedVocabulary):
     RUNTIME = "runtime"  # CPU detector's in-process runtime: a DetectorRuntime
 
 
-class DetectorRuntime(ClosedVocabulary):
-    """detector runtime: what runs the ONNX file inside the embedded server's CPU detector."""
+class DetectorRuntime(ClosedVocabulary, label="detector runtime"):
+    """What runs the ONNX file inside the embedded server's CPU detector."""
 
     ONNXRUNTIME = "onnxruntime"  # the default
     OPENVINO = "openvino"  # the `openvino` extra; same ONNX files
@@ -196,8 +178,8 @@ PRECISION_ENV = "CXR_DETECTOR_PRECISION"  # set by `cxr serve --precision` for t
 # ------------------------------------------------------------------------ artifacts
 
 
-class Precision(ClosedVocabulary):
-    """precision: the numeric format an artifact or backend computes in."""
+class Precision(ClosedVocabulary, label="precision"):
+    """The numeric format an artifact or backend computes in."""
 
     FP32 = "fp32"
     FP16 = "fp16"
@@ -212,8 +194,8 @@ class _ArtifactRow:
     platform: str  # the Triton platform that serves it natively (NGC server)
 
 
-class Artifact(ClosedVocabulary):
-    """export kind: what ``cxr export KIND`` builds and places in ``detector/1/``."""
+class Artifact(ClosedVocabulary, label="export kind"):
+    """What ``cxr export KIND`` builds and places in ``detector/1/``."""
 
     ONNX = "onnx"
     ONNX_INT8 = "onnx-int8"
@@ -262,8 +244,8 @@ _ARTIFACTS = {
 CPU_PRECISIONS = (Precision.FP32, Precision.INT8)
 
 
-class ServeTarget(ClosedVocabulary):
-    """target: which detector config ``cxr serve --target`` selects."""
+class ServeTarget(ClosedVocabulary, label="target"):
+    """Which detector config ``cxr serve --target`` selects."""
 
     CPU = "cpu"  # embedded server: Python backend + ONNX Runtime (fp32 or int8 ONNX)
     GPU_ONNX = "gpu-onnx"  # NGC server: onnxruntime_onnx on the GPU
@@ -283,28 +265,3 @@ class ServeTarget(ClosedVocabulary):
     def triton_backend(self) -> str:
         """The backend folder tritonserver needs for this target's detector."""
         return {ServeTarget.CPU: "python", ServeTarget.GPU_ONNX: "onnxruntime", ServeTarget.GPU_TRT: "tensorrt"}[self]
-
-
-class BenchBackend(ClosedVocabulary):
-    """benchmark backend: what ``cxr bench --backends`` compares, in report order."""
-
-    PYTORCH = "pytorch"  # the eager serving graph: the parity reference
-    ONNX = "onnx"
-    ONNX_INT8 = "onnx-int8"
-    TENSORRT = "tensorrt"
-    TRITON = "triton"  # the served ensemble, encoded bytes over gRPC
-    TRITON_SHM = "triton-shm"  # the served ensemble, raw pixels through system shared memory
-
-    @property
-    def artifact(self) -> Artifact | None:
-        return next((a for a in Artifact if a.backend == self.value), None)
-
-    @property
-    def in_process(self) -> bool:
-        return self not in (BenchBackend.TRITON, BenchBackend.TRITON_SHM)
-
-    def precision(self, served: Precision | str = Precision.FP32) -> Precision:
-        """What it computes in; the served ones run the server's CPU precision ``served``."""
-        if self.artifact is not None:
-            return self.artifact.precision
-        return Precision.FP32 if self is BenchBackend.PYTORCH else Precision(served)

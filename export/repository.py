@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 from cxr.contract import Artifact, Step
-from cxr.errors import InvalidOptionError, UsageError
+from cxr.errors import UsageError
 
 METADATA_FILE = "cxr-metadata.json"
 # Fields that must agree between artifacts of one repository.
@@ -37,11 +37,7 @@ class RepositoryConflict(UsageError):
 
 
 def artifact_path(repository: str | Path, kind: Artifact | str) -> Path:
-    try:
-        kind = Artifact(kind)
-    except ValueError as exc:
-        raise InvalidOptionError(str(exc)) from exc  # the enum's message lists the kinds
-    return Path(repository) / kind.path
+    return Path(repository) / Artifact(kind).path  # an unknown kind: InvalidOptionError listing the kinds
 
 
 def read_repository_metadata(repository: str | Path) -> dict:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cxr.errors import InvalidOptionError
 from cxr.contract import (
     DETECTOR_INPUT, ENSEMBLE, ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS, MAX_BATCH, RAW_OUTPUTS, RECORD, Artifact, ConfigKey, Precision,
     DetectorRuntime, ServeTarget, Step, Tensor, detector_input, detector_outputs, preprocess_outputs,
@@ -97,10 +96,7 @@ def render(meta: dict, *, cpu_threads: int = 0, queue_delay_us: dict | None = No
     ONNX Runtime (the default) or OpenVINO's CPU plugin on the same ONNX files (needs the
     ``openvino`` package in the server's environment; benchmarks/README.md, "Runtimes").
     """
-    try:
-        runtime = DetectorRuntime(runtime)
-    except ValueError as exc:
-        raise InvalidOptionError(str(exc)) from exc
+    runtime = DetectorRuntime(runtime)  # an unknown one: InvalidOptionError listing the runtimes
     delays = _delays(queue_delay_us)
     pre, post = meta["preprocess"], meta["postprocess"]
     size, channels = int(pre["size"]), int(pre["channels"])

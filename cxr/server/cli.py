@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cxr.contract import CPU_PRECISIONS, ServeTarget
+from cxr.contract import CPU_PRECISIONS, ENSEMBLE, GRPC_PORT, HTTP_PORT, METRICS_PORT, ServeTarget
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -27,9 +27,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     server.start(timeout=args.timeout)  # logs the exposure warnings (non-loopback bind)
     security = server.tls.description
-    print(f"Triton is serving cxr_detector ({args.target}, {args.precision}) from {args.model_repository}")
+    print(f"Triton is serving {ENSEMBLE} ({args.target}, {args.precision}) from {args.model_repository}")
     print(f"  gRPC     {args.host}:{args.grpc_port} ({security})")
-    print(f"  HTTP     http://{server.http_host}:{args.http_port}/v2/models/cxr_detector")
+    print(f"  HTTP     http://{server.http_host}:{args.http_port}/v2/models/{ENSEMBLE}")
     print(f"  metrics  http://{server.http_host}:{args.metrics_port}/metrics")
     print(f"  log      {log_file}")
     print("Ctrl-C to stop.", flush=True)
@@ -71,9 +71,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tls-ca", type=Path, default=None, metavar="PEM",
                    help="CA certificate (PEM) that signs client certificates: turns on mutual TLS, clients without "
                    "a certificate from this CA are refused at the handshake")
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--grpc-port", type=int, default=GRPC_PORT)
+    p.add_argument("--http-port", type=int, default=HTTP_PORT)
+    p.add_argument("--metrics-port", type=int, default=METRICS_PORT)
     p.add_argument("--log-file", type=Path, default=None, help="server log (default MODEL_REPOSITORY/tritonserver.log)")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
     p.set_defaults(func=cmd_serve)

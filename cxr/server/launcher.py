@@ -23,7 +23,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cxr.contract import ENSEMBLE, PRECISION_ENV, Artifact, Precision, ServeTarget
+from cxr.contract import ENSEMBLE, GRPC_PORT, HTTP_PORT, METRICS_PORT, PRECISION_ENV, Artifact, Precision, ServeTarget
 from cxr.errors import InvalidOptionError, UsageError
 from cxr.server.install import TritonInstall, prepare_backends
 from cxr.server.net import free_ports, host_port, is_loopback
@@ -39,9 +39,9 @@ class TritonServer:
     """A tritonserver process; use as a context manager or call start()/stop()."""
 
     model_repository: Path
-    grpc_port: int = 8001
-    http_port: int = 8000
-    metrics_port: int = 8002
+    grpc_port: int = GRPC_PORT
+    http_port: int = HTTP_PORT
+    metrics_port: int = METRICS_PORT
     host: str = "127.0.0.1"
     target: ServeTarget | str = ServeTarget.CPU
     precision: Precision | str = Precision.FP32  # which ONNX the cpu target's detector runs
@@ -57,10 +57,8 @@ class TritonServer:
     log_verbose: int = 0  # Triton's --log-verbose level (0 = off)
 
     def __post_init__(self) -> None:
-        try:  # normalise on entry: a bad target or precision fails here, before anything starts
-            self.target, self.precision = ServeTarget(self.target), Precision(self.precision)
-        except ValueError as exc:
-            raise InvalidOptionError(str(exc)) from exc
+        # Normalise on entry: a bad target or precision fails here (InvalidOptionError), before anything starts.
+        self.target, self.precision = ServeTarget(self.target), Precision(self.precision)
         if self.target is ServeTarget.CPU and self.precision not in (Precision.FP32, Precision.INT8):
             raise InvalidOptionError(f"the cpu target runs fp32 or int8 ONNX, not {self.precision}")
 

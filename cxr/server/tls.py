@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cxr.contract import ClosedVocabulary
 from cxr.errors import UsageError
+from cxr.vocab import ClosedVocabulary
 
 
-class TlsMode(ClosedVocabulary):
-    """TLS mode: the gRPC endpoint's transport security."""
+class TlsMode(ClosedVocabulary, label="tls mode"):
+    """The gRPC endpoint's transport security."""
 
     OFF = "off"  # plaintext: loopback, or behind a TLS proxy
     TLS = "tls"  # server certificate only
