@@ -17,6 +17,7 @@ import numpy as np
 
 from cxr.benchmarks.backends import BenchImage
 from cxr.errors import InvalidFileError
+from cxr.labels import annotation_labelset
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def load_images(ckpt, *, data: str | Path | None, n: int, split: str = "test") -
     """Up to ``n`` held-out studies and a description of where they came from."""
     from cxr.training.annotations import NIHDataset
 
-    labelset = ckpt.labelset_name if ckpt.labelset_name != "custom" else "nih-bbox"
+    labelset = annotation_labelset(ckpt.labelset_name)
     if data is not None:
         ds = NIHDataset.from_dir(data, labelset=labelset, require_images=True)
         studies = ds.detection_studies(split)[:n]

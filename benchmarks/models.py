@@ -26,7 +26,6 @@ from cxr.errors import InvalidOptionError
 log = logging.getLogger(__name__)
 
 UNTRAINED_SEED = 0
-NIH_LABELS = "nih-bbox"
 
 
 @dataclass
@@ -77,8 +76,8 @@ def parse_spec(spec: str, sizes: tuple[int, ...]) -> list[tuple[str, int]]:
     if size_text:
         try:
             return [(arch, int(size_text))]
-        except ValueError:
-            raise InvalidOptionError(f"--arch {spec!r}: the size after @ must be an integer, e.g. {name}@512") from None
+        except ValueError as exc:
+            raise InvalidOptionError(f"--arch {spec!r}: the size after @ must be an integer, e.g. {name}@512") from exc
     return [(arch, s) for s in (sizes or default)]
 
 
@@ -90,14 +89,14 @@ def untrained_checkpoint(arch: str, size: int, *, seed: int = UNTRAINED_SEED):
     """
     import torch
 
-    from cxr.labels import get_labelset
+    from cxr.labels import LabelSetName, get_labelset
     from cxr.preprocess import PreprocessConfig
     from cxr.training.checkpoint import Checkpoint
     from cxr.training.model import build_model
     from cxr.training.train import make_config, model_config
 
     cfg = make_config(preset_for(arch), arch=arch, size=size)
-    labels = get_labelset(NIH_LABELS)
+    labels = get_labelset(LabelSetName.NIH_BBOX)
     mcfg = model_config(cfg, labels.num_classes)  # exactly what `cxr train --preset P --size S` builds
     torch.manual_seed(seed)  # same weights every run, so runs on different machines time the same model
     model = build_model(mcfg).eval()

@@ -1,10 +1,12 @@
-"""Label vocabularies and the mapping from dataset names to model class ids.
+"""Label sets and the mapping from dataset names to model class ids.
 
 Model class ids follow torchvision's detection convention: ``0`` is background and
 the findings of a :class:`LabelSet` are ``1 .. len(labelset)`` in the order listed.
 Dataset spellings ("Infiltrate", "Pleural_Thickening", "Nodule/Mass") are normalised
 on entry; an unknown name raises :class:`~cxr.errors.UnknownLabelError` listing the
-valid ones.
+valid ones.  The label sets cxr knows by name are the :class:`LabelSetName` members;
+a class list stored without one (a checkpoint's, a model config's) is a
+:data:`CUSTOM_LABELSET`.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from cxr.contract import ClosedVocabulary
-from cxr.errors import InvalidOptionError, UnknownLabelError
+from cxr.errors import UnknownLabelError
+from cxr.vocab import ClosedVocabulary
 
 # The 14 image-level labels of NIH ChestX-ray14 (Data_Entry_2017.csv), as spelled there.
 NIH_FINDINGS: tuple[str, ...] = (
@@ -55,6 +57,10 @@ VINDR_CLASSES: tuple[str, ...] = (
     "Pulmonary fibrosis",
 )
 VINDR_NO_FINDING = "No finding"
+
+# The name of a label set rebuilt from a stored class list that matches no named one
+# (:meth:`LabelSet.from_names`); the named ones are :class:`LabelSetName`'s members.
+CUSTOM_LABELSET = "custom"
 
 # Spellings seen in the published files, mapped to the canonical name of each set.
 _NIH_ALIASES = {
@@ -140,39 +146,44 @@ class LabelSet:
         return {"name": self.name, "names": list(self.names)}
 
     @classmethod
-    def from_names(cls, names: Sequence[str], name: str = "custom") -> LabelSet:
+    def from_names(cls, names: Sequence[str], name: str = CUSTOM_LABELSET) -> LabelSet:
         """A label set from a stored class list (checkpoint or model config)."""
-        known = {v.value: get_labelset(v) for v in Vocabulary}
+        known = {v.value: get_labelset(v) for v in LabelSetName}
         if name in known and tuple(names) == known[name].names:
             return known[name]
         return cls(name=name, names=tuple(names))
 
 
-class Vocabulary(ClosedVocabulary):
-    """label vocabulary: the label vocabularies cxr knows by name."""
+class LabelSetName(ClosedVocabulary, label="label set"):
+    """The label sets cxr knows by name (``cxr train --labels``, :func:`get_labelset`)."""
 
-    NIH_BBOX = "nih-bbox"
-    NIH_FINDINGS = "nih-findings"
-    VINDR = "vindr"
-
-    @classmethod
-    def parse(cls, value: str | Vocabulary) -> Vocabulary:
-        """``cls(value)``, raising :class:`~cxr.errors.InvalidOptionError` (a ValueError) that lists the names."""
-        try:
-            return cls(value)
-        except ValueError as exc:
-            raise InvalidOptionError(str(exc)) from exc
+    NIH_BBOX = "nih-bbox"  # the 8 NIH classes with boxes: what cxr trains on by default
+    NIH_FINDINGS = "nih-findings"  # all 14 NIH image-level labels
+    VINDR = "vindr"  # VinDr-CXR's 14 local classes
 
 
 _LABELSETS = {
-    Vocabulary.NIH_BBOX: LabelSet(
-        "nih-bbox", NIH_BBOX_CLASSES, {k: v for k, v in _NIH_ALIASES.items() if v in NIH_BBOX_CLASSES}
+    LabelSetName.NIH_BBOX: LabelSet(
+        LabelSetName.NIH_BBOX.value, NIH_BBOX_CLASSES, {k: v for k, v in _NIH_ALIASES.items() if v in NIH_BBOX_CLASSES}
     ),
-    Vocabulary.NIH_FINDINGS: LabelSet("nih-findings", NIH_FINDINGS, dict(_NIH_ALIASES)),
-    Vocabulary.VINDR: LabelSet("vindr", VINDR_CLASSES, {"nodule": "Nodule/Mass", "mass": "Nodule/Mass"}),
+    LabelSetName.NIH_FINDINGS: LabelSet(LabelSetName.NIH_FINDINGS.value, NIH_FINDINGS, dict(_NIH_ALIASES)),
+    LabelSetName.VINDR: LabelSet(LabelSetName.VINDR.value, VINDR_CLASSES, {"nodule": "Nodule/Mass", "mass": "Nodule/Mass"}),
 }
 
 
-def get_labelset(vocabulary: str | Vocabulary) -> LabelSet:
-    """The :class:`LabelSet` of a named vocabulary (``"nih-bbox"``, ``"vindr"``, ...)."""
-    return _LABELSETS[Vocabulary.parse(vocabulary)]
+def get_labelset(name: str | LabelSetName) -> LabelSet:
+    """The :class:`LabelSet` called ``name`` (``"nih-bbox"``, ``"vindr"``, ...).
+
+    An unknown name raises :class:`~cxr.errors.InvalidOptionError` (a ValueError) that lists the known ones.
+    """
+    return _LABELSETS[LabelSetName(name)]
+
+
+def annotation_labelset(model_labelset: str) -> LabelSetName:
+    """The named label set to read a dataset's annotations with, for a model trained on ``model_labelset``.
+
+    A named set reads its own spellings; a :data:`CUSTOM_LABELSET` model (a class list
+    stored without a name) reads NIH-layout data (``cxr synth``, the NIH release) with
+    ``nih-bbox``'s.
+    """
+    return LabelSetName.NIH_BBOX if model_labelset == CUSTOM_LABELSET else LabelSetName(model_labelset)

@@ -24,7 +24,7 @@ import torch
 
 from cxr import __version__
 from cxr.errors import InvalidFileError, MissingFileError
-from cxr.labels import LabelSet
+from cxr.labels import CUSTOM_LABELSET, LabelSet
 from cxr.postprocess import PostprocessConfig
 from cxr.preprocess import PreprocessConfig
 from cxr.training.model import ModelConfig, build_model
@@ -40,7 +40,7 @@ class Checkpoint:
     model_config: ModelConfig
     preprocess: PreprocessConfig
     class_names: tuple[str, ...]
-    labelset_name: str = "custom"
+    labelset_name: str = CUSTOM_LABELSET
     model_version: str = "0"
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     meta: dict = field(default_factory=dict)
@@ -146,7 +146,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         model_config=model_config,
         preprocess=preprocess,
         class_names=tuple(meta["class_names"]),
-        labelset_name=meta.get("labelset", "custom"),
+        labelset_name=meta.get("labelset", CUSTOM_LABELSET),
         model_version=str(meta.get("model_version", "0")),
         postprocess=PostprocessConfig(**meta.get("postprocess", {})),
         meta=meta,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from cxr.console import print_json
 from cxr.errors import InvalidOptionError
+from cxr.labels import LabelSetName
 from cxr.training import weights
 
 
@@ -55,8 +56,8 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 def _int_tuple(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -204,7 +205,7 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", default=None, help="architecture (see cxr.training.model.ARCHITECTURES)")
     p.add_argument("--anchor-sizes", default=None, type=_int_tuple, metavar="A,B,C,D,E",
                    help="anchor sizes in input pixels, one per FPN level (finest first) or a multiple of five")
-    p.add_argument("--labels", default=None, help="label vocabulary: nih-bbox (default) or vindr")
+    p.add_argument("--labels", default=None, help=f"label set: {LabelSetName.NIH_BBOX} (default) or {LabelSetName.VINDR}")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after the iteration that uses up this many minutes (all ranks alike)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 ...")

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from cxr.errors import InvalidFileError
+from cxr.labels import annotation_labelset
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def evaluate_checkpoint(
     ckpt = load_checkpoint(checkpoint)
     labelset = ckpt.labelset
     seed = int(ckpt.meta.get("train_config", {}).get("seed", 0))
-    ds = NIHDataset.from_dir(data, labelset=labelset.name if labelset.name != "custom" else "nih-bbox", seed=seed, require_images=True)
+    ds = NIHDataset.from_dir(data, labelset=annotation_labelset(labelset.name), seed=seed, require_images=True)
     studies = ds.detection_studies(split)[:max_images]
     if not studies:
         raise InvalidFileError(f"{data}: split {split!r} has no studies usable for detection")

@@ -27,7 +27,7 @@ import numpy as np
 
 from cxr.errors import InvalidFileError, InvalidOptionError, MissingFileError
 from cxr.decode.header import STUDY_SUFFIXES as IMAGE_SUFFIXES
-from cxr.labels import NIH_NO_FINDING, LabelSet, get_labelset
+from cxr.labels import NIH_NO_FINDING, LabelSet, LabelSetName, get_labelset
 from cxr.training.nih_csv import read_data_entry_columns, read_nih_bbox_list, read_nih_data_entry
 from cxr.training.studies import SPLITS, Study, assign_patients, gc_paused
 from cxr.training.summary import summarize
@@ -92,7 +92,7 @@ class NIHDataset:
         cls,
         root: str | Path,
         *,
-        labelset: str | LabelSet = "nih-bbox",
+        labelset: str | LabelSet = LabelSetName.NIH_BBOX,
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
         seed: int = 0,
@@ -199,7 +199,7 @@ def _one_square_size(cols: dict[str, list]) -> bool:
 def _build_studies(cols: dict[str, list], keep: Iterable[int],
                    bboxes: dict[str, list[tuple[str, np.ndarray]]], paths: list[Path | None],
                    where: dict[str, str], labels: LabelSet, released_size: int | None) -> list[Study]:
-    findings_vocab = get_labelset("nih-findings")
+    findings_vocab = get_labelset(LabelSetName.NIH_FINDINGS)
     parsed: dict[str, tuple[str, ...]] = {}  # ~800 distinct label strings over 112k rows
     studies = []
     for i in keep:

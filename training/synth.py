@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from cxr.boxes import as_boxes, xyxy_to_xywh
 from cxr.errors import InvalidOptionError
-from cxr.labels import NIH_NO_FINDING, get_labelset
+from cxr.labels import NIH_NO_FINDING, LabelSetName, get_labelset
 from cxr.training.synth_anatomy import Anatomy, Pose, box_blur, render_anatomy, sigmoid
 from cxr.training.synth_findings import render_finding, sample_findings
 
@@ -106,7 +106,7 @@ def render_study(
     Cardiomegaly box becomes the heart shadow's bounding box.  ``anatomy_seed`` fixes
     the body (same person across follow-ups); without it the body comes from ``rng``.
     """
-    labels = get_labelset("nih-bbox")
+    labels = get_labelset(LabelSetName.NIH_BBOX)
     parsed = []
     for name, box in findings:
         b = as_boxes(box)

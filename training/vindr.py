@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr.errors import InvalidFileError
-from cxr.labels import VINDR_NO_FINDING, get_labelset
+from cxr.labels import VINDR_NO_FINDING, LabelSetName, get_labelset
 from cxr.training.studies import Study, read_csv_rows
 
 _COLUMNS = ("image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max")
@@ -84,7 +84,7 @@ def read_vindr(
     ``findings == ()``.  The CSV has no patient ids, so ``patient_id`` is the
     image id (one image per patient in the Kaggle release).
     """
-    labels = get_labelset("vindr")
+    labels = get_labelset(LabelSetName.VINDR)
     rows = read_csv_rows(csv_path)
     header = [h.strip().lower() for h in next(rows, [])]
     missing = [c for c in _COLUMNS if c not in header]

@@ -1,7 +1,8 @@
 import pytest
 
-from cxr.errors import UnknownLabelError
-from cxr.labels import NIH_BBOX_CLASSES, NIH_FINDINGS, VINDR_CLASSES, LabelSet, Vocabulary, get_labelset
+from cxr.errors import InvalidOptionError, UnknownLabelError
+from cxr.labels import (CUSTOM_LABELSET, NIH_BBOX_CLASSES, NIH_FINDINGS, VINDR_CLASSES, LabelSet, LabelSetName,
+                        annotation_labelset, get_labelset)
 
 
 def test_vocabulary_sizes():
@@ -12,7 +13,7 @@ def test_vocabulary_sizes():
 
 
 def test_infiltrate_in_bbox_csv_is_infiltration():
-    ls = get_labelset(Vocabulary.NIH_BBOX)
+    ls = get_labelset(LabelSetName.NIH_BBOX)
     assert ls.canonical("Infiltrate") == "Infiltration"
     assert ls.class_id("Infiltrate") == ls.class_id("Infiltration") == 4
 
@@ -45,6 +46,13 @@ def test_unknown_class_id():
 def test_unknown_vocabulary_lists_choices():
     with pytest.raises(ValueError, match="nih-bbox, nih-findings, vindr"):
         get_labelset("chexpert")
+    with pytest.raises(InvalidOptionError, match="unknown label set 'chexpert'"):  # the user's option: exit 2
+        get_labelset("chexpert")
+
+
+def test_named_sets_carry_plain_string_names():
+    """Checkpoints store LabelSet.name; an enum member there would need cxr to unpickle."""
+    assert all(type(get_labelset(n).name) is str and get_labelset(n).name == n for n in LabelSetName)
 
 
 def test_vindr_aliases_and_membership():
@@ -57,6 +65,12 @@ def test_from_names_returns_known_set_or_custom():
     assert LabelSet.from_names(list(NIH_BBOX_CLASSES), "nih-bbox") is get_labelset("nih-bbox")
     custom = LabelSet.from_names(["Nodule", "Mass"])
     assert custom.class_id("Mass") == 2
+    assert custom.name == CUSTOM_LABELSET
+
+
+def test_a_custom_model_reads_nih_layout_annotations():
+    assert annotation_labelset(CUSTOM_LABELSET) is LabelSetName.NIH_BBOX
+    assert annotation_labelset("vindr") is LabelSetName.VINDR
 
 
 def test_duplicate_names_rejected():
