@@ -35,10 +35,9 @@ import numpy as np
 from cxr.benchmarks.load import Call, run_load
 from cxr.benchmarks.procmem import MB, RssSampler, listener_pid, rss_summary
 from cxr.benchmarks.stats import percentile_ms
-from cxr.errors import InvalidOptionError, MissingFileError
 from cxr.decode.header import STUDY_SUFFIXES
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0")
+from cxr.errors import InvalidOptionError, MissingFileError
+from cxr.server.net import is_loopback
 
 
 @dataclass(frozen=True)
@@ -193,17 +192,23 @@ def gate_failures(report: dict, cfg: SoakConfig) -> list[str]:
 
 
 def _measured_pid(cfg: SoakConfig, url: str, embedded_pid: int | None) -> tuple[int | None, str]:
+    """(pid whose process tree's RSS is sampled, where it came from), or (None, why not).
+
+    Only a loopback ``url`` (:func:`cxr.server.net.is_loopback`) is looked up among this
+    host's listeners: any other address may be another machine, whose port numbers say
+    nothing about the processes here.
+    """
     if embedded_pid is not None:
         return embedded_pid, "embedded tritonserver"
     if cfg.server_pid is not None:
         return cfg.server_pid, "--server-pid"
     host, _, port = url.rpartition(":")
-    if host in LOOPBACK and port.isdigit():
+    if is_loopback(host) and port.isdigit():
         pid = listener_pid(int(port))
         if pid is not None:
             return pid, f"local listener on port {port}"
         return None, f"no visible local process listens on port {port}; pass --server-pid"
-    return None, f"{host} is not this host; pass --server-pid when it is"
+    return None, f"{host} is not a loopback address; pass --server-pid when the server runs on this host"
 
 
 def run_soak(cfg: SoakConfig) -> dict:

@@ -17,8 +17,8 @@ import pytest
 
 from cxr.benchmarks.procmem import (MB, RssSample, RssSampler, _children_by_ppid, _vm_rss, listener_pid, process_name,
                                     process_tree, rss_summary, tree_rss)
-from cxr.benchmarks.soak import (Outcome, SoakConfig, drive, gate_failures, load_studies, p99_stability, split_windows,
-                                 window_stats, write_soak)
+from cxr.benchmarks.soak import (Outcome, SoakConfig, _measured_pid, drive, gate_failures, load_studies, p99_stability,
+                                 split_windows, window_stats, write_soak)
 from cxr.client.errors import DetectorError
 
 
@@ -181,6 +181,20 @@ def test_listener_pid_finds_the_process_listening_on_a_port():
         assert listener_pid(port) is None  # bound, not listening
         s.listen()
         assert listener_pid(port) == os.getpid()
+
+
+def test_only_a_loopback_url_is_looked_up_among_this_hosts_listeners(tmp_path):
+    """0.0.0.0 is not loopback (cxr.server.net.is_loopback is the one rule); all of 127.0.0.0/8 is."""
+    cfg = SoakConfig(out=tmp_path, url="set-per-call:1")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        for host in ("127.0.0.1", "127.0.0.2", "localhost", "[::1]"):
+            assert _measured_pid(cfg, f"{host}:{port}", None) == (os.getpid(), f"local listener on port {port}"), host
+        for host in ("0.0.0.0", "10.1.2.3", "pacs-gw.example"):
+            pid, source = _measured_pid(cfg, f"{host}:{port}", None)
+            assert pid is None and source.startswith(f"{host} is not a loopback address; pass --server-pid"), host
 
 
 # --------------------------------------------------------------- against a server
