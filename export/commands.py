@@ -142,9 +142,45 @@ def run_export(
     batch_profile=None,
 ) -> ExportResult:
     """Export ``checkpoint`` as ``kind``; write to ``out`` or into ``repository``."""
-    from cxr.export.onnx_export import export_onnx
     from cxr.training.checkpoint import load_checkpoint
 
+    kind = _checked_options(kind, check=check, data=data, int8_budget=int8_budget)
+    ckpt = load_checkpoint(checkpoint)
+    meta = ckpt.metadata()
+    if repository is not None and out is None:
+        check_compatible(repository, meta, force=force)  # fail before minutes of work
+    labelset = _labelset_name(ckpt)
+    held_out = _studies(data, "test", check_images, labelset) if check else None
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if kind is Artifact.TRT:
+            built, make_detector = _build_trt(ckpt, Path(tmp), meta, batch_profile)
+        elif kind is Artifact.ONNX_INT8:
+            calib = calibration_batches(ckpt, _studies(data, "train", calibration_images, labelset))
+            # Mixed precision is chosen on the validation split; parity (--check) runs on test.
+            search = None if int8_budget is None else _studies(data, "val", int8_search_images, labelset)
+            built, make_detector = _build_int8(ckpt, Path(tmp), calib, search, budget=int8_budget, progress=progress)
+        else:
+            from cxr.export.onnx_export import export_onnx
+            from cxr.serving.runtime import OrtDetector
+
+            built, make_detector = export_onnx(ckpt, Path(tmp) / Artifact.ONNX.file), OrtDetector
+
+        report = None
+        if check:
+            report = check_parity(ckpt, make_detector(built), held_out, tolerance=TOLERANCES[kind.precision])
+            log.info("parity on %d images: %s", report.n_images, "PASS" if report.passed else "FAIL")
+            if not report.passed:
+                raise ParityError(report)
+        extra = {"precision": kind.precision.value}
+        if report is not None:
+            extra["parity"] = {k: getattr(report, k) for k in ("n_images", "match_rate", "max_score_delta", "max_box_dev_px", "map_delta")}
+        dest = _deliver(kind, Path(built), out=out, repository=repository, meta=meta, extra=extra, force=force)
+    return ExportResult(kind, dest, report)
+
+
+def _checked_options(kind: Artifact | str, *, check: bool, data, int8_budget: float | None) -> Artifact:
+    """``kind`` as an :class:`Artifact`, after refusing option combinations that cannot work."""
     try:
         kind = Artifact(kind)
     except ValueError as exc:
@@ -155,62 +191,53 @@ def run_export(
         raise InvalidOptionError(f"--int8-budget is a fraction of detections in (0, 1], got {int8_budget}")
     if kind is Artifact.ONNX_INT8 and data is None:
         raise InvalidOptionError("onnx-int8 needs --data DIR: INT8 is calibrated on training images of that dataset")
-    ckpt = load_checkpoint(checkpoint)
-    meta = ckpt.metadata()
-    if repository is not None and out is None:
-        check_compatible(repository, meta, force=force)  # fail before minutes of work
-    labelset = _labelset_name(ckpt)
-    held_out = _studies(data, "test", check_images, labelset) if check else None
+    return kind
 
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32 = Path(tmp) / Artifact.ONNX.file
-        if kind is Artifact.TRT:
-            from cxr.export.tensorrt import BatchProfile, TrtDetector, build_engine, require_tensorrt
 
-            require_tensorrt()  # before spending time on the ONNX export
-            export_onnx(ckpt, fp32)
-            built = build_engine(fp32, Path(tmp) / Artifact.TRT.file, channels=ckpt.preprocess.channels, size=ckpt.preprocess.size,
-                                 profile=batch_profile or BatchProfile(), metadata=meta)
-            make_detector = TrtDetector
-        elif kind is Artifact.ONNX_INT8:
-            from cxr.export.quantize import quantize_int8
-            from cxr.serving.runtime import OrtDetector
+def _build_trt(ckpt, tmp: Path, meta: dict, batch_profile):
+    """A TensorRT FP16 engine in ``tmp`` (via the FP32 ONNX) and the detector that runs it."""
+    from cxr.export.onnx_export import export_onnx
+    from cxr.export.tensorrt import BatchProfile, TrtDetector, build_engine, require_tensorrt
 
-            export_onnx(ckpt, fp32)
-            calib = calibration_batches(ckpt, _studies(data, "train", calibration_images, labelset))
-            # Mixed precision is chosen on the validation split; parity (--check) runs on test.
-            evaluate = None if int8_budget is None else Int8Disagreement(ckpt, fp32, _studies(data, "val", int8_search_images, labelset))
-            built = quantize_int8(fp32, Path(tmp) / Artifact.ONNX_INT8.file, calib, evaluate=evaluate,
-                                  budget=int8_budget or 0.0, progress=progress)
-            make_detector = OrtDetector
-        else:
-            from cxr.serving.runtime import OrtDetector
+    require_tensorrt()  # before spending time on the ONNX export
+    fp32 = tmp / Artifact.ONNX.file
+    export_onnx(ckpt, fp32)
+    built = build_engine(fp32, tmp / Artifact.TRT.file, channels=ckpt.preprocess.channels, size=ckpt.preprocess.size,
+                         profile=batch_profile or BatchProfile(), metadata=meta)
+    return built, TrtDetector
 
-            built = export_onnx(ckpt, fp32)
-            make_detector = OrtDetector
-        tolerance = TOLERANCES[kind.precision]
 
-        report = None
-        if check:
-            report = check_parity(ckpt, make_detector(built), held_out, tolerance=tolerance)
-            log.info("parity on %d images: %s", report.n_images, "PASS" if report.passed else "FAIL")
-            if not report.passed:
-                raise ParityError(report)
-        extra = {"precision": kind.precision.value}
-        if report is not None:
-            extra["parity"] = {k: getattr(report, k) for k in ("n_images", "match_rate", "max_score_delta", "max_box_dev_px", "map_delta")}
-        if out is not None:
-            dest = Path(out)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(Path(built).read_bytes())
-        else:
-            dest = place_artifact(repository, kind, built, meta, force=force, extra=extra)
-            ensure_repository(repository, meta)
-            if kind is Artifact.TRT:
-                from cxr.export.tensorrt import engine_metadata_path
+def _build_int8(ckpt, tmp: Path, calib: list[np.ndarray], search_studies, *, budget: float | None, progress: bool):
+    """An INT8 ONNX in ``tmp`` and the detector that runs it.
 
-                engine_metadata_path(dest).write_text(engine_metadata_path(built).read_text())
-    return ExportResult(kind, dest, report)
+    With ``search_studies`` (a budget was given) the layer groups to quantize are chosen by
+    :class:`Int8Disagreement` on them; without, every group is quantized (``--int8-all``).
+    """
+    from cxr.export.onnx_export import export_onnx
+    from cxr.export.quantize import quantize_int8
+    from cxr.serving.runtime import OrtDetector
+
+    fp32 = tmp / Artifact.ONNX.file
+    export_onnx(ckpt, fp32)
+    evaluate = None if search_studies is None else Int8Disagreement(ckpt, fp32, search_studies)
+    built = quantize_int8(fp32, tmp / Artifact.ONNX_INT8.file, calib, evaluate=evaluate, budget=budget or 0.0, progress=progress)
+    return built, OrtDetector
+
+
+def _deliver(kind: Artifact, built: Path, *, out, repository, meta: dict, extra: dict, force: bool) -> Path:
+    """Copy ``built`` to ``out``, or place it in ``repository`` (with its configs and metadata)."""
+    if out is not None:
+        dest = Path(out)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(built.read_bytes())
+        return dest
+    dest = place_artifact(repository, kind, built, meta, force=force, extra=extra)
+    ensure_repository(repository, meta)
+    if kind is Artifact.TRT:
+        from cxr.export.tensorrt import engine_metadata_path
+
+        engine_metadata_path(dest).write_text(engine_metadata_path(built).read_text())
+    return dest
 
 
 __all__ = ["KINDS", "ExportResult", "ParityError", "artifact_path", "check_parity", "run_export"]
