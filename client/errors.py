@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from cxr.errors import UsageError  # the CLI prints these as one line
+from cxr.errors import ExplainedError  # the CLI prints these as one line
 
 try:
     from tritonclient.utils import InferenceServerException
@@ -29,6 +29,12 @@ CLIENT = "CLIENT"
 # side effects, so sending a request again after a reset is safe.  Everything else
 # would fail the same way again.
 RETRYABLE_STATUSES = frozenset({"UNAVAILABLE"})
+# The caller has to change something: the input (refused here or by the server), the
+# model name, the credentials.  gRPC's HTTP mapping puts exactly these in 4xx, less
+# RESOURCE_EXHAUSTED (an overloaded server: wait).  Every other status -- INTERNAL,
+# UNKNOWN, UNAVAILABLE, DEADLINE_EXCEEDED, ... -- is a failure of the server or the network.
+USER_STATUSES = frozenset({CLIENT, "INVALID_ARGUMENT", "FAILED_PRECONDITION", "OUT_OF_RANGE", "NOT_FOUND",
+                           "PERMISSION_DENIED", "UNAUTHENTICATED"})
 
 # Exceptions the boundary knows how to convert; anything else is a bug in the SDK
 # and must surface with its own traceback.  Empty without tritonclient (``except ()``
@@ -37,13 +43,16 @@ CONVERTIBLE: tuple[type[BaseException], ...] = (
     () if InferenceServerException is None else (InferenceServerException, SharedMemoryException))
 
 
-class DetectorError(UsageError):
+class DetectorError(ExplainedError):
     """Any failure of a detector call.
 
     status: gRPC status name ("UNAVAILABLE", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
     ...) or "CLIENT" when the input was rejected locally before sending.
     message: the server's message (or the local validation message), unchanged.
     retryable: True when the same call may succeed later (server unreachable).
+    user_can_fix: True when the caller has to change the call (:data:`USER_STATUSES`:
+    a refused study or parameter, a wrong model name); False for a failure of the
+    server or the network (INTERNAL, UNAVAILABLE, ...).  ``cxr`` exits 2 or 1 on it.
     attempts: how many times the call was sent before giving up (0 = never sent).
     gave_up: why the client stopped retrying a retryable failure (the deadline or the
     retry budget ran out), "" otherwise; ``str(err)`` ends with it.
@@ -61,6 +70,10 @@ class DetectorError(UsageError):
         self.attempts = attempts
         self.gave_up = gave_up
         self.hint = hint
+
+    @property
+    def user_can_fix(self) -> bool:
+        return self.status in USER_STATUSES
 
     def __str__(self) -> str:
         text = f"{self.status}: {self.message}"

@@ -5,8 +5,10 @@ Each wing owns its commands and their parsers (``training/cli.py``, ``export/cli
 registers them.  Heavy imports (torch, tritonclient, ...) happen inside the command that
 needs them, so ``cxr --help`` and the client commands work on a PACS host without torch.
 Every command exits non-zero on failure with a one-line reason on stderr: 2 for what the
-user can fix (:class:`~cxr.errors.UsageError`, :class:`~cxr.errors.InvalidImageError`),
-1 for a bug in cxr (its traceback with ``-v``).
+user can fix (:class:`~cxr.errors.UsageError`, :class:`~cxr.errors.InvalidImageError`, a
+study or option the server refused), 1 for a failure of the system (a server that is down
+or answered INTERNAL: an :class:`~cxr.errors.ExplainedError` the user cannot fix) and for a
+bug in cxr (its traceback with ``-v``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import traceback
 from cxr import __version__
 from cxr.benchmarks.cli import add_bench_parser
 from cxr.client.cli import add_commands as add_client_commands
-from cxr.errors import InvalidImageError, UsageError
+from cxr.errors import ExplainedError, InvalidImageError
 from cxr.export.cli import add_commands as add_export_commands
 from cxr.server.cli import add_commands as add_server_commands
 from cxr.training.cli import add_commands as add_training_commands
@@ -63,11 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cxr: interrupted", file=sys.stderr)
         return 130
-    except (UsageError, InvalidImageError) as exc:
-        # Errors the user can fix carry their own explanation: one line, no traceback.
+    except (ExplainedError, InvalidImageError) as exc:
+        # They carry their own explanation: one line, no traceback.  Who has to act decides the status.
         log.debug("failed", exc_info=True)
-        print(f"cxr {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        if isinstance(exc, InvalidImageError) or exc.user_can_fix:
+            print(f"cxr {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"cxr {args.command}: failed: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # noqa: BLE001 - anything else is a bug in cxr: say so, traceback with -v
         if args.verbose:
             traceback.print_exc()

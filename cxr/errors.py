@@ -17,9 +17,16 @@ Failures the user of a command or of the Python API can fix, all :class:`UsageEr
 - :class:`UnknownLabelError` — a finding name outside the label vocabulary.
 
 They also derive from the built-in type a caller would expect (``ValueError``,
-``FileNotFoundError``, ``KeyError``).  Any other exception is a bug in cxr: the command
-line reports it as an internal error (with its traceback under ``-v``), and a Triton
-model answers INTERNAL for that request only.
+``FileNotFoundError``, ``KeyError``).
+
+Failures of a system cxr talks to, not of its user nor of this process: an
+:class:`ExplainedError` whose ``user_can_fix`` is False (the client's ``DetectorError``
+for a server that is down or answered INTERNAL).  The command line prints its message
+as one line too, with exit status 1.
+
+Any other exception is a bug in cxr: the command line reports it as an internal error
+(with its traceback under ``-v``), and a Triton model answers INTERNAL for that request
+only.
 """
 
 from __future__ import annotations
@@ -37,11 +44,24 @@ class InvalidRequestError(ValueError):
     """A request parameter is malformed (not a number, out of range, ...)."""
 
 
-class UsageError(RuntimeError):
+class ExplainedError(RuntimeError):
+    """A failure whose message explains it: the command line prints that one line, no traceback.
+
+    ``user_can_fix`` says who has to act, and so the exit status: the user (2: a bad
+    option, a refused study) or the system cxr talks to (1: a server that is down or
+    answered with an internal error).
+    """
+
+    user_can_fix: bool = False
+
+
+class UsageError(ExplainedError):
     """A failure the user can fix (missing GPU, conflicting artifact, bad option, ...).
 
     The command line prints its message as one line instead of a traceback.
     """
+
+    user_can_fix = True
 
 
 class InvalidOptionError(UsageError, ValueError):

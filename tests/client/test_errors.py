@@ -101,6 +101,19 @@ def test_str_ends_with_gave_up_then_the_hint_and_both_survive_pickle():
     assert str(DetectorError("UNAVAILABLE", REFUSED)) == f"UNAVAILABLE: {REFUSED}"  # no hint: nothing appended
 
 
+@pytest.mark.parametrize(("status", "user"), [("CLIENT", True), ("INVALID_ARGUMENT", True), ("NOT_FOUND", True),
+                                            ("FAILED_PRECONDITION", True), ("INTERNAL", False), ("UNKNOWN", False),
+                                            ("UNAVAILABLE", False), ("DEADLINE_EXCEEDED", False),
+                                            ("RESOURCE_EXHAUSTED", False)])
+def test_who_can_fix_a_failure_follows_its_status(status, user):
+    """One exception type; a server-side failure is not the user's (cxr exits 1 on it, not 2)."""
+    from cxr.errors import ExplainedError, UsageError
+
+    err = pickle.loads(pickle.dumps(DetectorError(status, "m")))
+    assert err.user_can_fix is user and isinstance(err, ExplainedError) and not isinstance(err, UsageError)
+    assert (err.status, err.message) == (status, "m") and err.retryable is (status == "UNAVAILABLE")
+
+
 def test_errors_module_and_cli_import_without_tritonclient():
     """errors.py (loaded as a file: the cxr.client package __init__ imports the SDK) works with
     tritonclient unimportable, and importing the CLI does not pull tritonclient in."""

@@ -38,6 +38,34 @@ def test_a_bug_is_reported_as_one_line_and_its_traceback_comes_with_v(monkeypatc
     assert code == 1 and "Traceback (most recent call last)" in err and f"internal error: {type(exc).__name__}" in err
 
 
+@pytest.mark.parametrize("status", ["INTERNAL", "UNKNOWN", "UNAVAILABLE", "DEADLINE_EXCEEDED"])
+def test_a_server_failure_is_a_failure_of_the_system_with_status_1(monkeypatch, capsys, status):
+    """DetectorError was a UsageError: a bug on the server exited 2, as if the user had erred."""
+    from cxr.client.errors import DetectorError
+
+    exc = DetectorError(status, "internal error in postprocess (ZeroDivisionError: division by zero)")
+    for flags in ((), ("-v",)):
+        code, err = _run(monkeypatch, capsys, exc, *flags)
+        assert code == 1 and err == f"cxr data: failed: {exc}\n"
+
+
+@pytest.mark.parametrize("status", ["CLIENT", "INVALID_ARGUMENT", "FAILED_PRECONDITION"])
+def test_a_refused_study_or_option_stays_a_user_error(monkeypatch, capsys, status):
+    from cxr.client.errors import DetectorError
+
+    exc = DetectorError(status, "not a radiograph: 3 bytes")
+    code, err = _run(monkeypatch, capsys, exc)
+    assert code == 2 and err == f"cxr data: error: {exc}\n"
+
+
+def test_a_bad_url_is_refused_by_the_client_with_status_2(capsys):
+    """The real path: cxr predict's client refuses a URL with a scheme before anything is sent."""
+    pytest.importorskip("tritonclient.grpc")
+    code = cli.main(["predict", "study.png", "--url", "http://127.0.0.1:8001"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("cxr predict: error: CLIENT: url must be 'host:port'")
+
+
 def test_v_turns_on_debug_logging_of_cxr_only_and_vv_of_everything(monkeypatch, capsys):
     seen = {}
 
