@@ -33,10 +33,15 @@ def test_committed_configs_are_what_the_generator_renders():
         assert (REPO / rel).read_text() == text, f"{rel} differs from export/triton_config.py's output"
 
 
+# An adapter reads tensors, calls cxr and builds responses: today 35 to 57 lines.  The
+# bound leaves room for one more config key or input, not for a numeric step.
+ADAPTER_MAX_LINES = 70
+
+
 def test_model_adapters_are_thin():
     for model in ("preprocess", "detector", "postprocess"):
         lines = (REPO / model / "1" / "model.py").read_text().splitlines()
-        assert len(lines) < 150, f"{model}/1/model.py has {len(lines)} lines; numerics belong in cxr"
+        assert len(lines) <= ADAPTER_MAX_LINES, f"{model}/1/model.py has {len(lines)} lines; numerics belong in cxr"
 
 
 def test_stamped_parameters_reach_the_configs(tmp_path):
