@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 Clock = Callable[[], float]
 
 
+OK = "OK"  # gRPC's status name for success: a call's status when nothing failed
+
+
 @dataclass(frozen=True)
 class Call:
     """One recorded call: start and end in seconds since recording began."""
@@ -30,7 +33,7 @@ class Call:
     start: float
     end: float
     ok: bool = True
-    status: str = "OK"  # gRPC status name of a failure ("UNAVAILABLE", ...), or the exception type
+    status: str = OK  # gRPC status name of a failure ("UNAVAILABLE", ...), or the exception type
     images: int = 1  # items the call carried
 
     @property
@@ -104,7 +107,7 @@ def run_load(fn: Callable[[list], object], items: Sequence, *, requests: int, co
             start = clock()
             try:
                 fn(chunk)
-                ok, status, error = True, "OK", None
+                ok, status, error = True, OK, None
             except Exception as exc:  # noqa: BLE001 - every failure is a result of the run
                 ok, status, error = False, failure_status(exc), exc
             call = Call(start - origin[0], clock() - origin[0], ok, status, len(chunk))

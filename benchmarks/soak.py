@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.benchmarks.load import Call, run_load
+from cxr.benchmarks.load import OK, Call, run_load
 from cxr.benchmarks.procmem import MB, RssSampler, listener_pid, rss_summary
 from cxr.benchmarks.stats import percentile_ms
 from cxr.decode.header import STUDY_SUFFIXES
@@ -338,7 +338,7 @@ def soak_plot(report: dict, path: Path) -> Path | None:
         return None
     s = report["samples"]
     end = np.array(s["start_s"]) + np.array(s["latency_ms"]) / 1000.0
-    ok = np.array([st == "OK" for st in s["status"]], dtype=bool)
+    ok = np.array([st == OK for st in s["status"]], dtype=bool)
     lat = np.array(s["latency_ms"])
     fig, (ax, bx) = plt.subplots(2, 1, figsize=(8, 6), dpi=110, sharex=True, height_ratios=(2, 1))
     ax.scatter(end[ok], lat[ok], s=3, alpha=0.3, color="0.5", label="request")
