@@ -98,37 +98,35 @@ def reference(checkpoint, repository):
     return Pipeline(OrtDetector(repository / "detector/1/model.onnx", threads=1), ckpt.preprocess, ckpt.postprocess)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def sr_and_gsps_pass_dciodvfy(monkeypatch, tmp_path_factory):
-    """Every SR and GSPS a test builds (cxr.client.dicom_out, also inside the PACS bridge's worker)
-    goes through dicom3tools' dciodvfy when the test ends: 0 errors, and only the warnings the
-    README lists.  Objects built in other processes are checked where they arrive (the peer tests)."""
-    try:
-        import cxr.client.dicom_out as dicom_out
-    except ImportError:  # a client-less install: nothing here builds DICOM outputs
-        yield
-        return
-    built = []
+    """Every SR and GSPS built in this process while the test runs -- by cxr.client.dicom_out,
+    called directly, by `cxr predict` or inside the PACS bridge's worker thread -- goes through
+    dicom3tools' dciodvfy when the test ends: 0 errors, and only the warnings client/README.md
+    lists.  Objects built in other processes are checked where they arrive (the peer tests).
 
-    def recording(build):
-        def wrapper(*args, **kwargs):
-            ds = build(*args, **kwargs)
-            built.append(ds)
-            return ds
+    Every test under tests/client uses it (tests/client/conftest.py); a test elsewhere that
+    builds SR or GSPS names it (tests/e2e/test_security.py, whose PACS bridge sends an SR).
+    The objects are recorded where highdicom constructs them, not where our builders are
+    looked up, so a builder imported by name before the test began is seen too.  Yields the
+    list of recorded objects."""
+    built: list = []
+    try:
+        import highdicom as hd
+    except ImportError:  # a client-less install: nothing here builds DICOM outputs
+        yield built
+        return
+
+    def recording(init):
+        def wrapper(self, *args, **kwargs):
+            init(self, *args, **kwargs)
+            built.append(self)  # list.append is atomic: the bridge's worker thread appends too
 
         return wrapper
 
-    modules = [dicom_out]
-    try:
-        import cxr.client.pacs_queue as pacs_queue  # imported the builders by name
-
-        modules.append(pacs_queue)
-    except ImportError:
-        pass
-    for module in modules:
-        for name in ("structured_report", "presentation_state"):
-            monkeypatch.setattr(module, name, recording(getattr(dicom_out, name)))
-    yield
+    for cls in (hd.sr.Comprehensive3DSR, hd.pr.GrayscaleSoftcopyPresentationState):
+        monkeypatch.setattr(cls, "__init__", recording(cls.__init__))
+    yield built
     import os
     import shutil
 

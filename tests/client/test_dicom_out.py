@@ -291,6 +291,14 @@ def test_gsps_and_sr_share_tracking_uids(dx_source, tmp_path):
     assert [g.TrackingUID for g in graphics] == [str(g.tracking_uid) for g in groups]
 
 
+def test_every_sr_and_gsps_built_here_goes_to_dciodvfy(dx_source, sr_and_gsps_pass_dciodvfy):
+    """tests/conftest.py's guard sees the builders this module imported by name before the
+    test began, not only those looked up on cxr.client.dicom_out when called."""
+    result = _result(dx_source)
+    sr, gsps = structured_report(dx_source, result), presentation_state(dx_source, result)
+    assert [id(o) for o in sr_and_gsps_pass_dciodvfy] == [id(sr), id(gsps)]
+
+
 def test_gsps_real_cr_monochrome1_keeps_window_and_inverts(cr_source, tmp_path):
     dets = (Detection("Cardiomegaly", 0.8, (2.0, 3.0, 10.0, 12.0)),)
     ds = _write_read(presentation_state(cr_source, _result(cr_source, dets)), tmp_path / "cr_ps.dcm")

@@ -408,6 +408,7 @@ def phi_studies(synth_data, tmp_path_factory) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
+@pytest.mark.usefixtures("sr_and_gsps_pass_dciodvfy")  # the PACS bridge builds an SR in this process
 def test_no_phi_in_any_log(server, mtls_server, pki, phi_studies, tmp_path, caplog):
     """SDK (plain and mTLS), the `cxr predict` CLI, an undecodable study and the PACS bridge
     all run on studies full of PHI; then every log line is scanned for it: the test's
