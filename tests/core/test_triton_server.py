@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
+import signal
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -94,11 +98,63 @@ def test_bad_tls_settings_are_usage_errors_naming_the_option(tmp_path, pem, give
         srv.command(INSTALL)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_key_is_a_usage_error(tmp_path, pem):
-    pem["key"].chmod(0)
-    with pytest.raises(UsageError, match="--tls-key: .* is not readable"):
-        TritonServer(model_repository=tmp_path, tls_cert=pem["cert"], tls_key=pem["key"]).command(INSTALL)
+def test_unreadable_key_is_a_usage_error():
+    """Checked by a user who cannot read the key.  Root reads any file, and CI runs as root:
+    there the check runs in a forked child that has become nobody for good before it starts."""
+    outcome = _in_a_child_that_is_not_root(_check_a_key_this_user_cannot_read)
+    assert re.match("UsageError: --tls-key: .* is not readable", outcome), outcome  # the UsageError itself, as before
+
+
+NOBODY = 65534  # the conventional uid and gid of nobody/nogroup
+
+
+def _check_a_key_this_user_cannot_read() -> str:
+    """In the child: the launcher's verdict on a key file of mode 000 that this user owns.
+
+    The files live in a folder of the child's own: tmp_path sits below root's 0700
+    /tmp/pytest-of-root, which nobody cannot enter."""
+    folder = Path(tempfile.mkdtemp(prefix="cxr-unreadable-key-"))
+    try:
+        cert, key = folder / "cert.pem", folder / "key.pem"
+        for path in (cert, key):
+            path.write_text(PEM)
+        key.chmod(0)
+        try:
+            TritonServer(model_repository=folder, tls_cert=cert, tls_key=key).command(INSTALL)
+        except UsageError as exc:
+            return f"UsageError: {exc}"
+        return "no error: the key was read"
+    finally:
+        shutil.rmtree(folder)
+
+
+def _in_a_child_that_is_not_root(check) -> str:
+    """``check()``'s answer, run in a forked child that first drops root (groups, gid, then uid:
+    real, effective and saved, so nothing can take it back); the test process keeps its ids."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: reports through the pipe and never returns into pytest
+        status = 1
+        try:
+            os.close(read_end)
+            signal.alarm(60)  # a child stuck on a lock another thread held at fork dies, failing the test
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+            assert os.geteuid() != 0 and os.getuid() != 0
+            os.write(write_end, check().encode())
+            status = 0
+        except BaseException as exc:  # noqa: BLE001 - whatever it is, the parent reports it
+            os.write(write_end, f"the child failed: {exc!r}".encode())
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        outcome = pipe.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, outcome or f"the child ended with status {status}"
+    return outcome
 
 
 def test_stable_port_is_free_and_below_the_ephemeral_range():
