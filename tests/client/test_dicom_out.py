@@ -358,7 +358,7 @@ def _synthetic_sources(synth_data) -> dict[str, pydicom.Dataset]:
 @pytest.mark.parametrize("detections", [(), DX_DETECTIONS[:2]], ids=["no finding", "two findings"])
 def test_sr_and_gsps_pass_dciodvfy_for_every_kind_of_source(synth_data, detections, tmp_path):
     """dicom3tools' dciodvfy, an independent IOD validator: 0 errors on every source, also those
-    without laterality, view, spacing or patient orientation (README lists the warnings that stay)."""
+    without laterality, view, spacing or patient orientation (client/README.md lists the warnings that stay)."""
     from peers import assert_valid_iod
 
     for name, source in _synthetic_sources(synth_data).items():
