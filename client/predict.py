@@ -72,14 +72,14 @@ def draw_label(draw, xy: tuple[float, float], text: str, colour: str, font, *, i
     above the labels already in ``placed`` that it would cover (which it joins)."""
     from PIL import ImageColor
 
-    from cxr.boxes import label_slot
+    from cxr.boxes import caption_slot
 
     pad = max(2, round(font.size / 6))
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     w, h = right - left + 2 * pad, bottom - top + 2 * pad
     x = min(max(0.0, xy[0]), max(0.0, image_width - w))
     y = xy[1] - h if xy[1] - h >= 0 else xy[1]
-    y = label_slot(x, y, w, h, [] if placed is None else placed, floor=0.0)
+    y = caption_slot(x, y, w, h, [] if placed is None else placed, floor=0.0)
     r, g, b = ImageColor.getrgb(colour)[:3]
     ink = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 140 else "white"
     draw.rectangle((x, y, x + w, y + h), fill=colour)

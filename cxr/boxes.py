@@ -165,10 +165,10 @@ class LetterboxRecord:
         return asdict(self)
 
 
-def label_slot(x: float, top: float, width: float, height: float, placed: list, *, floor: float | None = None) -> float:
-    """Where a ``width`` x ``height`` label at ``x`` goes so that it covers none of the labels
-    in ``placed``: from ``top`` it moves up by its own height while it would cover one (and
-    while it stays at or below ``floor``, when given).  The label joins ``placed`` (as
+def caption_slot(x: float, top: float, width: float, height: float, placed: list, *, floor: float | None = None) -> float:
+    """Where a ``width`` x ``height`` text caption at ``x`` goes so that it covers none of the
+    captions in ``placed``: from ``top`` it moves up by its own height while it would cover one
+    (and while it stays at or below ``floor``, when given).  The caption joins ``placed`` (as
     ``(x1, y1, x2, y2)``); returns its top.  Used by the annotated PNGs and examples.png."""
     def covers(t: float) -> bool:
         return any(x < x2 and x1 < x + width and t < y2 and y1 < t + height for x1, y1, x2, y2 in placed)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.boxes import label_slot
+from cxr.boxes import caption_slot
 from cxr.training.box_metrics import FROC_FP_RATES, FROC_IOU, DetectionTable, PreMatched, coco_ap, froc_points
 
 
@@ -200,7 +200,7 @@ def plot_examples(
         for i in keep:
             b = boxes[i]
             text = f"{name(labels[i])} {scores[i]:.2f}"
-            y = label_slot(float(b[0]), float(b[1]) - line, 0.62 * line * len(text), line, placed) + line  # its bottom
+            y = caption_slot(float(b[0]), float(b[1]) - line, 0.62 * line * len(text), line, placed) + line  # its bottom
             ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, edgecolor="orange", linewidth=2))
             ax.text(b[0], y, text, color="black", fontsize=text_pt, va="bottom", clip_on=True,
                     bbox={**label_box, "facecolor": "orange", "alpha": 0.9})
