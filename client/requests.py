@@ -143,9 +143,9 @@ def _from_bytes(data: bytes, params: dict) -> Request:
         raise client_error(f"study is {len(data) / 1e6:.1f} MB, above the server's {MAX_REQUEST_BYTES / 1e6:.0f} MB limit")
     with _checked_here():
         header = probe(data)  # the header only: damaged pixel data is the server's to report
-        check_size(header.height, header.width, f"{header.format} image")
+        check_size(header.height, header.width, f"{header.format.display_name} image")
     h, w, sop = header.height, header.width, header.dicom.sop_instance_uid if header.dicom else None
-    return Request((_bytes_input(data),), params, (h, w), sop, f"{header.format} {w}x{h}")
+    return Request((_bytes_input(data),), params, (h, w), sop, f"{header.format.display_name} {w}x{h}")
 
 
 def _from_dataset(ds: pydicom.Dataset, params: dict) -> Request:

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cxr.decode.guards import FrameSpec, check_before_decode, check_deflate_bomb
-from cxr.errors import InvalidImageError
 from cxr.decode.header import MAX_PIXELS, check_size, invalid_image
-from cxr.decode.transfer_syntaxes import cannot_decode, decode_stored
-from cxr.decode.types import DecodedImage, DicomInfo
+from cxr.decode.transfer_syntaxes import decode_stored, decoding_plugins
+from cxr.decode.types import DecodedImage, DicomInfo, ImageFormat
+from cxr.errors import InvalidImageError
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -36,12 +36,18 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class GrayscaleHeader:
-    """The header of a DICOM that :func:`check_header` accepted as one grayscale frame."""
+    """The header of a DICOM that :func:`check_header` accepted as one grayscale frame.
+
+    plugins: the decoding plugins its transfer syntax was judged to need, preferred first
+    (:func:`~cxr.decode.transfer_syntaxes.decoding_plugins`), carried to the decoder so
+    that the syntax is judged once.
+    """
 
     photometric: str  # MONOCHROME1 or MONOCHROME2
     bits_stored: int
     signed: bool
     frame: FrameSpec
+    plugins: tuple[str, ...] = ()
 
 
 def read_dicom(data: bytes, *, header_only: bool = False) -> Dataset:
@@ -68,8 +74,9 @@ def decode_dataset(ds: Dataset, *, max_pixels: int = MAX_PIXELS) -> DecodedImage
     with invalid_image(lambda exc: f"corrupt DICOM ({type(exc).__name__}: {exc})"):
         header = check_header(ds, max_pixels)
         check_before_decode(ds, header.frame, max_pixels)
-        pixels = grayscale(_decode_frame(ds, header.frame, header.bits_stored), ds, header)
-        return DecodedImage(pixels.astype(np.float32), "dicom", header.bits_stored, _spacing(ds), dicom_info(ds))
+        pixels = grayscale(_decode_frame(ds, header), ds, header)
+        return DecodedImage(pixels.astype(np.float32), ImageFormat.DICOM, header.bits_stored, _spacing(ds),
+                            dicom_info(ds))
 
 
 def check_header(ds: Dataset, max_pixels: int = MAX_PIXELS) -> GrayscaleHeader:
@@ -101,15 +108,14 @@ def check_header(ds: Dataset, max_pixels: int = MAX_PIXELS) -> GrayscaleHeader:
     if not 1 <= bits <= allocated:
         raise InvalidImageError(f"DICOM BitsStored {bits} is impossible with BitsAllocated {allocated}")
     signed = int(ds.get("PixelRepresentation", 0)) == 1
-    if tsuid is not None:  # a syntax nothing here decodes is named as such, before any guard calls it corrupt
-        reason = cannot_decode(tsuid, bits)
-        if reason is not None:
-            raise InvalidImageError(reason)
-    return GrayscaleHeader(photometric, bits, signed, FrameSpec(rows, cols, allocated, tsuid))
+    # Judged here, once: a syntax nothing here decodes is named as such before any guard calls it corrupt.
+    plugins = decoding_plugins(tsuid, bits)
+    return GrayscaleHeader(photometric, bits, signed, FrameSpec(rows, cols, allocated, tsuid), plugins)
 
 
-def _decode_frame(ds, frame: FrameSpec, bits_stored: int) -> np.ndarray:
-    stored = decode_stored(ds, frame.transfer_syntax, bits_stored)  # the syntax's own plugin (cxr.decode.transfer_syntaxes)
+def _decode_frame(ds, header: GrayscaleHeader) -> np.ndarray:
+    frame = header.frame  # decoded by the plugin judged in check_header (cxr.decode.transfer_syntaxes)
+    stored = decode_stored(ds, frame.transfer_syntax, header.bits_stored, plugins=header.plugins)
     if stored.shape != (frame.rows, frame.cols):
         raise InvalidImageError(
             f"DICOM pixel data decoded to shape {stored.shape}; Rows/Columns say one {frame.rows}x{frame.cols} "

@@ -14,8 +14,9 @@ returns the frame's pixels in little-endian, BitsAllocated-sized samples.
 
 from __future__ import annotations
 
-JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
-DECODER_DEPENDENCIES = {JPEG_EXTENDED: ("gdcm>=3.0.10",)}
+from pydicom.uid import JPEGExtended12Bit
+
+DECODER_DEPENDENCIES = {JPEGExtended12Bit: ("gdcm>=3.0.10",)}
 
 try:
     import gdcm
@@ -28,7 +29,7 @@ except ImportError:  # python-gdcm is not installed: the plugin is unavailable
 
 
 def is_available(uid: str) -> bool:
-    return gdcm is not None and uid == JPEG_EXTENDED
+    return gdcm is not None and uid == JPEGExtended12Bit
 
 
 def decode_frame(src: bytes, runner) -> bytes:
@@ -48,7 +49,7 @@ def decode_frame(src: bytes, runner) -> bytes:
     image.SetDataElement(pixel_data)
     kind = gdcm.PhotometricInterpretation.GetPIType(str(runner.photometric_interpretation))
     image.SetPhotometricInterpretation(gdcm.PhotometricInterpretation(kind))
-    image.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.GetTSType(JPEG_EXTENDED)))
+    image.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.GetTSType(JPEGExtended12Bit)))
     bits = runner.bits_stored
     image.SetPixelFormat(gdcm.PixelFormat(1, 16, bits, bits - 1, runner.pixel_representation))
     runner.set_option("bits_allocated", 16)  # GDCM hands back 16-bit samples for 9..16 bits

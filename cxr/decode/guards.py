@@ -27,8 +27,6 @@ from cxr.decode.header import MAX_PIXELS, check_size, invalid_image, jpeg_frame_
 if TYPE_CHECKING:
     from pydicom.uid import UID
 
-DEFLATED_TS = "1.2.840.10008.1.2.1.99"
-RLE_LOSSLESS_TS = "1.2.840.10008.1.2.5"
 # Cap on an inflated (Deflated Explicit VR Little Endian) DICOM: MAX_PIXELS at
 # 16 bits plus generous room for the header.  pydicom would inflate without limit.
 MAX_INFLATED_DICOM_BYTES = 2 * MAX_PIXELS + 16 * 1024 * 1024
@@ -60,7 +58,7 @@ class FrameSpec:
     def encapsulated(self) -> bool:
         """Compressed pixel data in fragments (Deflated compresses the dataset, not the pixels)."""
         ts = self.transfer_syntax
-        return ts is not None and ts.is_compressed and ts != DEFLATED_TS
+        return ts is not None and ts.is_encapsulated
 
 
 def check_deflate_bomb(data: bytes, max_inflated: int = MAX_INFLATED_DICOM_BYTES) -> None:
@@ -71,8 +69,10 @@ def check_deflate_bomb(data: bytes, max_inflated: int = MAX_INFLATED_DICOM_BYTES
     """
     if len(data) < 144 or data[132:136] != b"\x02\x00\x00\x00" or data[136:138] != b"UL":
         return  # pydicom will report whatever is wrong with the meta group
+    from pydicom.uid import DeflatedExplicitVRLittleEndian  # here: this leaf imports no pydicom at import time
+
     meta_end = 144 + int.from_bytes(data[140:144], "little")
-    if DEFLATED_TS.encode() not in data[132:meta_end]:
+    if DeflatedExplicitVRLittleEndian.encode() not in data[132:meta_end]:
         return
     # Count the inflated size in 1 MB pieces; nothing is kept, so the check itself is cheap.
     inflater, pending, total = zlib.decompressobj(-zlib.MAX_WBITS), data[meta_end:], 0
@@ -100,7 +100,7 @@ def check_before_decode(ds, frame: FrameSpec, max_pixels: int = MAX_PIXELS) -> N
     if not frame.encapsulated:
         check_native_length(len(ds.PixelData), frame)
         return
-    guard = FRAME_GUARDS.get(frame.transfer_syntax, CODESTREAM_GUARD)
+    guard = FRAME_GUARDS.get(frame.transfer_syntax.keyword, CODESTREAM_GUARD)
     guard.check(single_frame(ds, frame.syntax_name, guard.what), frame, max_pixels)
 
 
@@ -184,10 +184,12 @@ def check_rle(fragments: tuple[bytes, ...], frame: FrameSpec, max_pixels: int) -
 
 
 # The codestream-header check suits every syntax whose frame starts with a JPEG, JPEG-LS
-# or JPEG 2000 header (the JPEG family, JPEG-LS, JPEG 2000, HTJ2K); others get an entry.
+# or JPEG 2000 header (the JPEG family, JPEG-LS, JPEG 2000, HTJ2K); others get an entry,
+# keyed by the syntax's name in pydicom.uid (its ``UID.keyword``): a leaf that imported
+# pydicom for the UID itself would pull numpy and Pillow in with it.
 CODESTREAM_GUARD = FrameGuard("compressed pixel data", check_codestream)
 FRAME_GUARDS: dict[str, FrameGuard] = {
-    RLE_LOSSLESS_TS: FrameGuard("RLE pixel data", check_rle),
+    "RLELossless": FrameGuard("RLE pixel data", check_rle),
 }
 
 

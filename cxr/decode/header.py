@@ -4,7 +4,8 @@ The format (by magic bytes, never by file name), the size a PNG IHDR or JPEG SOF
 declares, the limits that size is held to, and the one rule by which a decoder's
 exception becomes :class:`~cxr.errors.InvalidImageError`.  Pure Python, no numpy,
 no pydicom: the client, the server's decoders and the DICOM guards all import it,
-and it imports none of them.
+and it imports none of them (only the leaf :mod:`cxr.decode.types`, for
+:class:`~cxr.decode.types.ImageFormat`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from cxr.decode.types import ImageFormat
 from cxr.errors import InvalidImageError
 
 # Largest flat-panel detectors are ~4300 x 4300 (18.5 Mpx); 2x that is still a
@@ -64,18 +66,18 @@ def invalid_image(message: Callable[[Exception], str]) -> Iterator[None]:
         raise InvalidImageError(message(exc)) from exc
 
 
-def sniff_format(data: bytes) -> str | None:
-    """"PNG", "JPEG" or "DICOM" by magic bytes; None for anything else."""
+def sniff_format(data: bytes) -> ImageFormat | None:
+    """PNG, JPEG or DICOM by magic bytes; None for anything else."""
     if data.startswith(PNG_MAGIC):
-        return "PNG"
+        return ImageFormat.PNG
     if data.startswith(JPEG_MAGIC):
-        return "JPEG"
+        return ImageFormat.JPEG
     if data[DICOM_MAGIC_AT : DICOM_MAGIC_AT + 4] == DICOM_MAGIC:
-        return "DICOM"
+        return ImageFormat.DICOM
     return None
 
 
-def image_format(data: bytes) -> str:
+def image_format(data: bytes) -> ImageFormat:
     """:func:`sniff_format`, refusing empty and unrecognised bytes."""
     if len(data) == 0:
         raise InvalidImageError("empty input (0 bytes): expected a PNG, JPEG or DICOM file")

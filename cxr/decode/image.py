@@ -50,11 +50,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cxr.decode.types import DecodedImage, ImageHeader
 from cxr.decode.dicom import decode_dataset, probe_dicom, read_dicom
 from cxr.decode.guards import MAX_INFLATED_DICOM_BYTES
+from cxr.decode.header import (JPEG_MAGIC, MAX_PIXELS, MIN_SIDE, PNG_MAGIC, STUDY_SUFFIXES, check_size, describe,
+                               image_format, invalid_image, jpeg_size, png_size)
+from cxr.decode.types import DecodedImage, ImageFormat, ImageHeader
 from cxr.errors import InvalidImageError, MissingFileError
-from cxr.decode.header import JPEG_MAGIC, MAX_PIXELS, MIN_SIDE, PNG_MAGIC, STUDY_SUFFIXES, check_size, describe, image_format, invalid_image, jpeg_size, png_size
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -65,7 +66,7 @@ if TYPE_CHECKING:
 _MAX_CHANNEL_SPREAD = 12
 
 
-_SIZE_FROM_HEADER = {"PNG": png_size, "JPEG": jpeg_size}
+_SIZE_FROM_HEADER = {ImageFormat.PNG: png_size, ImageFormat.JPEG: jpeg_size}
 
 
 def probe(source: bytes | Dataset) -> ImageHeader:
@@ -77,10 +78,14 @@ def probe(source: bytes | Dataset) -> ImageHeader:
     :func:`~cxr.decode.header.check_size`.
     """
     if _is_dataset(source):
-        return ImageHeader("DICOM", *probe_dicom(source))
+        return ImageHeader(ImageFormat.DICOM, *probe_dicom(source))
     data = bytes(source)
-    fmt = image_format(data)
-    if fmt == "DICOM":
+    return _probe_bytes(data, image_format(data))
+
+
+def _probe_bytes(data: bytes, fmt: ImageFormat) -> ImageHeader:
+    """:func:`probe` of bytes whose format was already sniffed (by the caller, once)."""
+    if fmt is ImageFormat.DICOM:
         return ImageHeader(fmt, *probe_dicom(data))
     return ImageHeader(fmt, *_SIZE_FROM_HEADER[fmt](data))
 
@@ -99,20 +104,23 @@ def read_source(source: bytes | bytearray | memoryview | str | os.PathLike) -> b
     return path.read_bytes()
 
 
-def decode_image(source: Any, *, max_pixels: int = MAX_PIXELS) -> DecodedImage:
+def decode_image(source: Any, *, max_pixels: int = MAX_PIXELS, header: ImageHeader | None = None) -> DecodedImage:
     """Decode a radiograph from bytes, a path, a ``pydicom.Dataset`` or a pixel array.
 
     The format of bytes is recognised by content (PNG/JPEG magic, DICOM preamble),
-    never by file name.
+    never by file name, once: the PNG/JPEG decoder is handed what was sniffed.
+    ``header``: what :func:`probe` already read of these same bytes (the client's
+    study keeps it), so neither the format nor the PNG/JPEG size is read again.
     """
     if isinstance(source, np.ndarray):
         return decode_pixels(source, max_pixels=max_pixels)
     if _is_dataset(source):
         return decode_dicom_dataset(source, max_pixels=max_pixels)
     data = read_source(source)
-    if image_format(data) == "DICOM":
+    fmt = image_format(data) if header is None else header.format
+    if fmt is ImageFormat.DICOM:
         return decode_dicom_bytes(data, max_pixels=max_pixels)
-    return _decode_pil(data, probe(data), max_pixels)
+    return _decode_pil(data, _probe_bytes(data, fmt) if header is None else header, max_pixels)
 
 
 # --------------------------------------------------------------------------- PNG/JPEG
@@ -121,7 +129,7 @@ def decode_image(source: Any, *, max_pixels: int = MAX_PIXELS) -> DecodedImage:
 def _decode_pil(data: bytes, header: ImageHeader, max_pixels: int) -> DecodedImage:
     from PIL import Image
 
-    fmt, h, w = header.format, header.height, header.width
+    fmt, h, w = header.format.display_name, header.height, header.width
     check_size(h, w, f"{fmt} image", max_pixels)  # before Pillow allocates anything (decompression bombs)
     with invalid_image(lambda exc: f"corrupt {fmt}: cannot read the header ({exc}); got {describe(data)}"):
         with warnings.catch_warnings():
@@ -143,12 +151,12 @@ def _decode_pil(data: bytes, header: ImageHeader, max_pixels: int) -> DecodedIma
     with invalid_image(lambda exc: f"truncated or corrupt {fmt} ({w}x{h}, {len(data)} bytes): {exc}"):
         img.load()
     with invalid_image(lambda exc: f"{fmt} with pixel mode {img.mode!r} cannot be read: {exc}"):
-        return _pil_pixels(img, fmt)
+        return _pil_pixels(img, header.format)
 
 
-def _pil_pixels(img, fmt: str) -> DecodedImage:
+def _pil_pixels(img, source: ImageFormat) -> DecodedImage:
     """Grayscale pixels of a loaded PIL image, applying the alpha and colour policy."""
-    mode = img.mode
+    fmt, mode = source.display_name, img.mode
     if mode in ("LA", "RGBA", "PA") or "transparency" in img.info:
         alpha = img.getchannel("A") if mode in ("LA", "RGBA", "PA") else img.convert("RGBA").getchannel("A")
         lowest = alpha.getextrema()[0]
@@ -162,15 +170,15 @@ def _pil_pixels(img, fmt: str) -> DecodedImage:
         img = img.convert("L") if mode == "LA" else img.convert("RGB") if mode in ("RGBA", "PA") else img
         mode = img.mode
     if mode == "L":
-        return DecodedImage(np.asarray(img, dtype=np.float32) / 255.0, fmt.lower(), 8)
+        return DecodedImage(np.asarray(img, dtype=np.float32) / 255.0, source, 8)
     if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
         arr = np.asarray(img).astype(np.float32)
-        return DecodedImage(arr / 65535.0, fmt.lower(), 16)
+        return DecodedImage(arr / 65535.0, source, 16)
     if mode == "I":  # 16-bit grayscale PNG as 32-bit ints in some Pillow versions
         arr = np.asarray(img)
         if arr.min() < 0 or arr.max() > 65535:
             raise InvalidImageError(f"{fmt} with 32-bit integer pixels outside 0..65535 is not supported")
-        return DecodedImage(arr.astype(np.float32) / 65535.0, fmt.lower(), 16)
+        return DecodedImage(arr.astype(np.float32) / 65535.0, source, 16)
     if mode in ("RGB", "P"):
         rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
         spread = int((rgb.max(axis=2) - rgb.min(axis=2)).max())  # max >= min: no uint8 wrap-around
@@ -180,7 +188,7 @@ def _pil_pixels(img, fmt: str) -> DecodedImage:
                 f"colour {fmt} ({what}, channels differ by up to {spread} grey levels) is not a radiograph; "
                 "send the grayscale image"
             )
-        return DecodedImage(rgb.mean(axis=2, dtype=np.float32) / 255.0, fmt.lower(), 8)
+        return DecodedImage(rgb.mean(axis=2, dtype=np.float32) / 255.0, source, 8)
     raise InvalidImageError(
         f"{fmt} with pixel mode {mode!r} is not supported; expected 8- or 16-bit grayscale (L, I;16) "
         "or grayscale stored as RGB"
@@ -190,12 +198,16 @@ def _pil_pixels(img, fmt: str) -> DecodedImage:
 # ------------------------------------------------------------------------ raw pixels
 
 
-def decode_pixels(
-    array: np.ndarray, *, bits_stored: int | None = None, spacing_mm=None, max_pixels: int = MAX_PIXELS
-) -> DecodedImage:
-    """Pixels a client decoded itself: uint8 / uint16 ``[H, W]``, or float ``[H, W]`` in [0, 1].
+def check_pixel_array(array: Any, *, bits_stored: int | None = None, floats: bool = True,
+                      max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, int]:
+    """The rules raw pixels obey on both sides of the wire: ``(array [H, W], bits stored)``, or InvalidImageError.
 
-    uint16 values are scaled by ``bits_stored`` (default 16).
+    The client's request builder checks a caller's array with them before sending it,
+    and :func:`decode_pixels` on the server after receiving it, so the two cannot
+    disagree about what is a radiograph.  uint8 has 8 bits stored; uint16 has
+    ``bits_stored`` (an integer in 1..16, default 16), which no value may exceed; float
+    pixels (only with ``floats``: the wire carries uint16, so the client refuses them)
+    must be finite and lie in [0, 1] (reported as 32 bits).  ``[H, W, 1]`` is taken as ``[H, W]``.
     """
     with invalid_image(lambda exc: f"pixels are not an array: {exc}"):  # ragged nested lists and the like
         arr = np.asarray(array)
@@ -205,24 +217,44 @@ def decode_pixels(
         raise InvalidImageError(f"pixel array must be 2-D [H, W] grayscale, got shape {tuple(arr.shape)}")
     check_size(arr.shape[0], arr.shape[1], "pixel array", max_pixels)
     if arr.dtype == np.uint8:
-        return DecodedImage(arr.astype(np.float32) / 255.0, "array", 8, spacing_mm)
+        if bits_stored not in (None, 8):
+            raise InvalidImageError(f"uint8 pixels have 8 bits stored, got bits_stored={bits_stored}")
+        return arr, 8
     if arr.dtype == np.uint16:
-        bits = 16 if bits_stored is None else int(bits_stored)
-        if not 1 <= bits <= 16:
-            raise InvalidImageError(f"bits_stored must be in 1..16 for uint16 pixels, got {bits}")
-        top = float(2**bits - 1)
-        if arr.max(initial=0) > top:
-            raise InvalidImageError(f"uint16 pixels reach {int(arr.max())}, above the {bits}-bit maximum {int(top)}")
-        return DecodedImage(arr.astype(np.float32) / top, "array", bits, spacing_mm)
-    if arr.dtype in (np.float32, np.float64, np.float16):
-        if not np.isfinite(arr).all():
-            n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
-            raise InvalidImageError(f"float pixel array contains NaN or Inf ({n_nan} NaN, {n_inf} Inf values)")
-        lo, hi = float(arr.min()), float(arr.max())
-        if lo < 0.0 or hi > 1.0:
-            raise InvalidImageError(f"float pixels must lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
-        return DecodedImage(arr.astype(np.float32), "array", 32, spacing_mm)
-    raise InvalidImageError(f"pixel dtype {arr.dtype} is not supported; send uint8, uint16 or float32 in [0, 1]")
+        bits = 16 if bits_stored is None else bits_stored
+        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 16:
+            raise InvalidImageError(f"bits_stored must be an integer in 1..16 for uint16 pixels, got {bits!r}")
+        top = 2 ** int(bits) - 1
+        if int(arr.max(initial=0)) > top:
+            raise InvalidImageError(f"uint16 pixels reach {int(arr.max())}, above the {bits}-bit maximum {top}")
+        return arr, int(bits)
+    if not floats:
+        raise InvalidImageError(f"pixel dtype {arr.dtype} is not supported; send uint8 or uint16 "
+                                "(scale floats in [0, 1] with (x * 65535).round().astype(np.uint16))")
+    if arr.dtype not in (np.float32, np.float64, np.float16):
+        raise InvalidImageError(f"pixel dtype {arr.dtype} is not supported; send uint8, uint16 or float32 in [0, 1]")
+    if not np.isfinite(arr).all():
+        n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+        raise InvalidImageError(f"float pixel array contains NaN or Inf ({n_nan} NaN, {n_inf} Inf values)")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0.0 or hi > 1.0:
+        raise InvalidImageError(f"float pixels must lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
+    return arr, 32
+
+
+def decode_pixels(
+    array: np.ndarray, *, bits_stored: int | None = None, spacing_mm: tuple[float, float] | None = None,
+    max_pixels: int = MAX_PIXELS,
+) -> DecodedImage:
+    """Pixels a client decoded itself: uint8 / uint16 ``[H, W]``, or float ``[H, W]`` in [0, 1]
+    (the rules: :func:`check_pixel_array`).  uint16 values are scaled by ``bits_stored`` (default 16).
+    """
+    arr, bits = check_pixel_array(array, bits_stored=bits_stored, max_pixels=max_pixels)
+    if arr.dtype == np.uint8 or arr.dtype == np.uint16:
+        pixels = arr.astype(np.float32) / float(2**bits - 1)
+    else:
+        pixels = arr.astype(np.float32)
+    return DecodedImage(pixels, ImageFormat.ARRAY, bits, spacing_mm)
 
 
 # ----------------------------------------------------------------------------- DICOM

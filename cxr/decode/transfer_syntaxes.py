@@ -26,10 +26,11 @@ Rows x Columns, which real encoders write and pydicom's own decoder trims.  pydi
 refuses 12-bit JPEG Extended although GDCM decodes it; :mod:`cxr.decode.gdcm_codec` is a
 plugin that lets GDCM do so.
 
-:func:`decode_stored` decodes a dataset's pixel data with the right plugin and turns
-failures into :class:`~cxr.errors.InvalidImageError`: "cannot be decoded here"
-naming the syntax (name and UID) and the package that would decode it when no
-plugin is installed, "corrupt" only when an installed decoder failed on the data.
+:func:`decoding_plugins` judges a film's syntax once: the plugins to decode it with, or
+:class:`~cxr.errors.InvalidImageError` "cannot be decoded here" naming the syntax (name
+and UID) and the package that would decode it; :func:`decode_stored` decodes the pixel
+data with the plugin judged, and says "corrupt" only when an installed decoder failed
+on the data.
 """
 
 from __future__ import annotations
@@ -37,9 +38,15 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
+from pydicom.uid import (UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian, HTJ2K,
+                         HTJ2KLossless, HTJ2KLosslessRPCL, ImplicitVRLittleEndian, JPEG2000, JPEG2000Lossless,
+                         JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless,
+                         JPEGLSNearLossless, RLELossless)
+
 from cxr.errors import InvalidImageError
 
 NATIVE = "pydicom"  # the label of pydicom's own RLE decoder
+CXR_GDCM = "cxr-gdcm"  # the label :mod:`cxr.decode.gdcm_codec` is registered under
 
 
 @dataclass(frozen=True)
@@ -59,8 +66,6 @@ class Syntax:
 
     @property
     def name(self) -> str:
-        from pydicom.uid import UID
-
         return UID(self.uid).name
 
     @property
@@ -74,22 +79,22 @@ class Syntax:
 _GDCM = "python-gdcm"
 _OPENJPEG = "pylibjpeg and pylibjpeg-openjpeg"
 SYNTAXES: tuple[Syntax, ...] = (
-    Syntax("1.2.840.10008.1.2", True),  # Implicit VR Little Endian
-    Syntax("1.2.840.10008.1.2.1", True),  # Explicit VR Little Endian
-    Syntax("1.2.840.10008.1.2.2", True),  # Explicit VR Big Endian (retired, still sent)
-    Syntax("1.2.840.10008.1.2.1.99", True),  # Deflated Explicit VR Little Endian
-    Syntax("1.2.840.10008.1.2.5", True, (NATIVE,), packages="pydicom"),
-    Syntax("1.2.840.10008.1.2.4.50", False, ("pillow", "gdcm"), packages="pillow"),
-    Syntax("1.2.840.10008.1.2.4.51", False, ("pillow", "gdcm"), twelve_bit=("cxr-gdcm",), packages=_GDCM),
-    Syntax("1.2.840.10008.1.2.4.57", True, ("gdcm",), packages=_GDCM),
-    Syntax("1.2.840.10008.1.2.4.70", True, ("gdcm",), packages=_GDCM),
-    Syntax("1.2.840.10008.1.2.4.80", True, ("pyjpegls", "gdcm"), packages="pyjpegls"),
-    Syntax("1.2.840.10008.1.2.4.81", False, ("pyjpegls", "gdcm"), packages="pyjpegls"),
-    Syntax("1.2.840.10008.1.2.4.90", True, ("pylibjpeg", "gdcm", "pillow"), packages=_OPENJPEG),
-    Syntax("1.2.840.10008.1.2.4.91", False, ("pylibjpeg", "gdcm", "pillow"), packages=_OPENJPEG),
-    Syntax("1.2.840.10008.1.2.4.201", True, ("pylibjpeg",), packages=_OPENJPEG),
-    Syntax("1.2.840.10008.1.2.4.202", True, ("pylibjpeg",), packages=_OPENJPEG),
-    Syntax("1.2.840.10008.1.2.4.203", False, ("pylibjpeg",), packages=_OPENJPEG),
+    Syntax(ImplicitVRLittleEndian, True),
+    Syntax(ExplicitVRLittleEndian, True),
+    Syntax(ExplicitVRBigEndian, True),  # retired, still sent
+    Syntax(DeflatedExplicitVRLittleEndian, True),
+    Syntax(RLELossless, True, (NATIVE,), packages="pydicom"),
+    Syntax(JPEGBaseline8Bit, False, ("pillow", "gdcm"), packages="pillow"),
+    Syntax(JPEGExtended12Bit, False, ("pillow", "gdcm"), twelve_bit=(CXR_GDCM,), packages=_GDCM),
+    Syntax(JPEGLossless, True, ("gdcm",), packages=_GDCM),  # Process 14
+    Syntax(JPEGLosslessSV1, True, ("gdcm",), packages=_GDCM),  # Process 14, selection value 1
+    Syntax(JPEGLSLossless, True, ("pyjpegls", "gdcm"), packages="pyjpegls"),
+    Syntax(JPEGLSNearLossless, False, ("pyjpegls", "gdcm"), packages="pyjpegls"),
+    Syntax(JPEG2000Lossless, True, ("pylibjpeg", "gdcm", "pillow"), packages=_OPENJPEG),
+    Syntax(JPEG2000, False, ("pylibjpeg", "gdcm", "pillow"), packages=_OPENJPEG),
+    Syntax(HTJ2KLossless, True, ("pylibjpeg",), packages=_OPENJPEG),
+    Syntax(HTJ2KLosslessRPCL, True, ("pylibjpeg",), packages=_OPENJPEG),
+    Syntax(HTJ2K, False, ("pylibjpeg",), packages=_OPENJPEG),
 )
 BY_UID = {s.uid: s for s in SYNTAXES}
 UNCOMPRESSED = tuple(s.uid for s in SYNTAXES if not s.compressed)
@@ -99,11 +104,11 @@ def _decoder(uid: str):
     from pydicom.pixels import get_decoder
 
     decoder = get_decoder(uid)
-    if uid == "1.2.840.10008.1.2.4.51" and "cxr-gdcm" not in decoder.available_plugins:
+    if uid == JPEGExtended12Bit and CXR_GDCM not in decoder.available_plugins:
         from cxr.decode import gdcm_codec
 
         if gdcm_codec.is_available(uid):  # register once per process; GDCM may be absent
-            decoder.add_plugin("cxr-gdcm", ("cxr.decode.gdcm_codec", "decode_frame"))
+            decoder.add_plugin(CXR_GDCM, ("cxr.decode.gdcm_codec", "decode_frame"))
     return decoder
 
 
@@ -129,37 +134,48 @@ def describe(uid: str | None) -> str:
     """``Name (UID)`` of a transfer syntax, for messages."""
     if uid is None:
         return "unknown transfer syntax"
-    from pydicom.uid import UID
-
     name = UID(uid).name
     return f"{name} ({uid})" if name and name != str(uid) else str(uid)
 
 
-def cannot_decode(uid: str | None, bits_stored: int) -> str | None:
-    """Why ``uid`` cannot be decoded on this install (None when it can)."""
-    syntax = BY_UID.get(str(uid)) if uid is not None else None
+def decoding_plugins(uid: str | None, bits_stored: int) -> tuple[str, ...]:
+    """The judgement on a film's transfer syntax, made once per film: the plugins installed here that
+    decode ``uid`` at ``bits_stored`` bits, preferred first (``()``: not compressed, or a
+    dataset built in memory without file meta, whose pixels pydicom reads as it sees fit).
+
+    Raises InvalidImageError "cannot be decoded here", naming the syntax (name and UID)
+    and what would decode it, for a syntax outside :data:`SYNTAXES` or one whose
+    decoder is not installed.  :mod:`cxr.decode.dicom` judges in its header checks,
+    before any guard could call the film corrupt, and hands the plugins to
+    :func:`decode_stored`.
+    """
+    if uid is None:
+        return ()
+    syntax = BY_UID.get(str(uid))
     if syntax is None:
         known = ", ".join(s.name for s in SYNTAXES)
-        return (f"DICOM transfer syntax {describe(uid)} cannot be decoded here: cxr reads {known}; "
-                "ask the PACS to send one of those (most can transcode to Explicit VR Little Endian)")
-    if syntax.compressed and not available_plugins(syntax, bits_stored):
-        return (f"DICOM transfer syntax {describe(uid)} cannot be decoded here: no decoder installed for "
-                f"{bits_stored}-bit data (install {syntax.packages}: pip install 'cxr-triton[client]' or "
-                "'cxr-triton[serve]' include it), or send uncompressed DICOM")
-    return None
+        raise InvalidImageError(
+            f"DICOM transfer syntax {describe(uid)} cannot be decoded here: cxr reads {known}; "
+            "ask the PACS to send one of those (most can transcode to Explicit VR Little Endian)")
+    plugins = available_plugins(syntax, bits_stored)
+    if syntax.compressed and not plugins:
+        raise InvalidImageError(
+            f"DICOM transfer syntax {describe(uid)} cannot be decoded here: no decoder installed for "
+            f"{bits_stored}-bit data (install {syntax.packages}: pip install 'cxr-triton[client]' or "
+            "'cxr-triton[serve]' include it), or send uncompressed DICOM")
+    return plugins
 
 
-def decode_stored(ds, uid: str | None, bits_stored: int):
+def decode_stored(ds, uid: str | None, bits_stored: int, *, plugins: tuple[str, ...] | None = None):
     """The stored values of ``ds``'s one frame, decoded with the syntax's preferred plugin.
 
-    Raises InvalidImageError: "cannot be decoded here" (see :func:`cannot_decode`) or
-    "truncated or corrupt" when an installed decoder fails on the data.
+    plugins: what :func:`decoding_plugins` already judged for this film (the DICOM
+    pipeline passes its judgement along); None judges here.  Raises
+    InvalidImageError: "cannot be decoded here" or "truncated or corrupt" when an
+    installed decoder fails on the data.
     """
-    reason = None if uid is None else cannot_decode(uid, bits_stored)
-    if reason is not None:
-        raise InvalidImageError(reason)
-    syntax = BY_UID.get(str(uid))  # None: a dataset built in memory, without file meta; pydicom decides
-    plugins = () if syntax is None else available_plugins(syntax, bits_stored)
+    if plugins is None:
+        plugins = decoding_plugins(uid, bits_stored)
     if plugins:  # explicitly: pydicom would otherwise try (and log) every installed plugin in turn
         ds.pixel_array_options(decoding_plugin=plugins[0])
     try:

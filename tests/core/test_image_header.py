@@ -159,11 +159,31 @@ def test_invalid_image_converts_everything_but_memory_and_its_own_errors():
         assert info.value is passes
 
 
+@pytest.mark.parametrize("entry", [e for e in MANIFEST if e["expect"] == "ok" and "decoder" not in e],
+                         ids=lambda e: e["file"])
+def test_the_header_and_the_decoded_film_name_their_format_with_one_enum(entry):
+    # the header said "PNG", the decoded film "png": two spellings of one thing
+    from cxr.decode.types import ImageFormat
+
+    data = (HOSTILE / entry["file"]).read_bytes()
+    fmt = probe(data).format
+    assert isinstance(fmt, ImageFormat) and decode_image(data).source_format is fmt
+
+
+def test_image_format_takes_either_spelling_and_shows_one():
+    from cxr.decode.types import ImageFormat
+
+    assert ImageFormat("PNG") is ImageFormat("png") is ImageFormat.PNG
+    assert ImageFormat.DICOM == "DICOM" == ImageFormat.DICOM == "dicom" and ImageFormat.PNG != "JPEG"
+    assert {"jpeg": 1}[ImageFormat.JPEG] == 1 and ImageFormat.DICOM.display_name == "DICOM"
+    assert decode_image(np.zeros((16, 16), np.uint8)).source_format is ImageFormat.ARRAY
+
+
 @pytest.mark.parametrize("name", ["dicom_jpeg_lossless_sv1.dcm", "dicom_htj2k.dcm", "dicom_ok_jpegls.dcm"])
 def test_syntaxes_without_a_guard_of_their_own_get_the_codestream_check(name):
     # also where no decoder is installed: the codestream is checked before any decoder is asked
     ds = pydicom.dcmread(HOSTILE / name)
-    assert ds.file_meta.TransferSyntaxUID not in FRAME_GUARDS
+    assert ds.file_meta.TransferSyntaxUID.keyword not in FRAME_GUARDS  # keyed by pydicom.uid names
     ds.Rows = ds.Rows // 2
     with pytest.raises(InvalidImageError, match=f"Rows/Columns say {ds.Columns}x{ds.Rows}"):
         decode_image(ds)
