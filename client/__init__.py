@@ -25,6 +25,7 @@ _EXPORTS = {
     "DetectorClient": "cxr.client.sdk",
     "DetectorError": "cxr.client.errors",
     "Pixels": "cxr.client.requests",
+    "Study": "cxr.client.study",
     "StudyResult": "cxr.client.results",
 }
 __all__ = sorted(_EXPORTS)

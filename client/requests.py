@@ -1,11 +1,15 @@
-"""The request builder and response parser both clients share (pure, no I/O).
+"""The request builder and response parser both clients share (pure, no I/O but reading a named file).
 
-:func:`build_request` turns whatever the caller passed (path, bytes, numpy array,
-:class:`Pixels`, ``pydicom.Dataset``) into a :class:`Request`: tensors, request
-parameters, the original image size and the SOPInstanceUID.  It validates
-everything it can before a byte is sent, raising ``DetectorError(status="CLIENT")``.
-:class:`ModelSpec` is the served contract as read from the server's model config,
-and :func:`parse_response` maps the ensemble's outputs to a
+:func:`build_request` turns whatever the caller passed (path, bytes, a client-side
+:class:`~cxr.client.study.Study`, numpy array, :class:`Pixels`, ``pydicom.Dataset``) into
+a :class:`Request`: tensors, request parameters, the original image size and the
+SOPInstanceUID.  Encoded studies are sent exactly as read (a Study's bytes, never
+re-encoded).  It validates everything it can before a byte is sent, raising
+``DetectorError(status="CLIENT")``: the pixel-array rules are the server's own
+(:func:`cxr.decode.image.check_pixel_array`), and the request parameters are the
+contract's (:data:`cxr.contract.POSTPROCESS_OVERRIDES`, :func:`request_parameters`).
+:class:`ModelSpec` is the served contract as read from the server's model config, and
+:func:`parse_response` maps the ensemble's outputs to a
 :class:`~cxr.client.results.StudyResult`.  The sync and asyncio clients differ only
 in how they wait.
 """
@@ -16,10 +20,9 @@ import hashlib
 import io
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
@@ -28,10 +31,11 @@ import pydicom
 from cxr import contract
 from cxr.client.errors import DetectorError, client_error
 from cxr.client.results import Detection, StudyResult
-from cxr.errors import InvalidImageError
+from cxr.client.study import Study
+from cxr.contract import MAX_REQUEST_BYTES, RequestParameter
 from cxr.decode.header import check_size
-from cxr.decode.image import probe
-from cxr.contract import MAX_REQUEST_BYTES
+from cxr.decode.image import check_pixel_array, probe
+from cxr.errors import InvalidImageError
 
 # The served contract (cxr.contract).  These names are checked against the server's
 # model config on first use, so a server with another contract fails loudly, once.
@@ -56,7 +60,7 @@ class Pixels:
     spacing_mm: tuple[float, float] | None = None
 
 
-ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, Pixels, pydicom.Dataset]
+ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, Study, np.ndarray, Pixels, pydicom.Dataset]
 
 
 @dataclass(frozen=True)
@@ -85,43 +89,66 @@ class Request:
         return hashlib.sha256(self.sop_instance_uid.encode()).hexdigest()[:10]
 
 
-def check_parameters(score_threshold: float | None, top_k: int | None) -> dict[str, int | float]:
-    """Validated per-request overrides, as the Python types tritonclient accepts."""
+# The range each postprocess override of the contract may take, checked here so that a request
+# the server would refuse is never sent (its PostprocessConfig holds the same ranges).  Every
+# override in cxr.contract.POSTPROCESS_OVERRIDES has an entry (tests/client/test_requests.py).
+OVERRIDE_RANGES: dict[RequestParameter, tuple[Callable[[float], bool], str]] = {
+    contract.SCORE_THRESHOLD: (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    contract.IOU_THRESHOLD: (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    contract.TOP_K: (lambda v: v >= 1, "a positive integer"),
+}
+
+
+def request_parameters(**overrides: float | int | None) -> dict[str, int | float]:
+    """Validated per-request postprocess overrides (``score_threshold``, ``iou_threshold``,
+    ``top_k``: :data:`cxr.contract.POSTPROCESS_OVERRIDES`), as the Python types tritonclient
+    accepts; ``None`` leaves the server's default.  The one place both clients build them."""
+    known = {parameter.name: parameter for parameter in contract.POSTPROCESS_OVERRIDES}
     out: dict[str, int | float] = {}
-    if score_threshold is not None:
-        if isinstance(score_threshold, bool) or not isinstance(score_threshold, (int, float, np.floating, np.integer)):
-            raise client_error(f"score_threshold must be a number in [0, 1], got {score_threshold!r}")
-        value = float(score_threshold)
-        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-            raise client_error(f"score_threshold must be in [0, 1], got {score_threshold!r}")
-        out[contract.SCORE_THRESHOLD.name] = value
-    if top_k is not None:
-        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-            raise client_error(f"top_k must be a positive integer, got {top_k!r}")
-        out[contract.TOP_K.name] = int(top_k)
+    for name, value in overrides.items():
+        if name not in known:
+            raise client_error(f"unknown request parameter {name!r}; the server takes {', '.join(known)}")
+        if value is not None:
+            out[name] = _checked(known[name], value)
     return out
 
 
-def build_request(image: ImageInput, *, score_threshold: float | None = None, top_k: int | None = None) -> Request:
+def _checked(parameter: RequestParameter, value: Any) -> int | float:
+    accepts, allowed = OVERRIDE_RANGES[parameter]
+    if parameter.kind is int:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not accepts(value):
+            raise client_error(f"{parameter.name} must be {allowed}, got {value!r}")
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise client_error(f"{parameter.name} must be a number {allowed}, got {value!r}")
+    number = float(value)
+    if not (math.isfinite(number) and accepts(number)):
+        raise client_error(f"{parameter.name} must be {allowed}, got {value!r}")
+    return number
+
+
+def build_request(image: ImageInput, *, score_threshold: float | None = None, iou_threshold: float | None = None,
+                  top_k: int | None = None) -> Request:
     """Validate ``image`` and turn it into tensors + parameters.  Pure: no network.
 
-    Raises DetectorError(status="CLIENT") naming what was received and what is allowed.
+    A path is read once into a :class:`~cxr.client.study.Study`; a Study (or bytes) is
+    sent as it is, never re-encoded.  Raises DetectorError(status="CLIENT") naming
+    what was received and what is allowed.
     """
-    params = check_parameters(score_threshold, top_k)
+    params = request_parameters(score_threshold=score_threshold, iou_threshold=iou_threshold, top_k=top_k)
+    if isinstance(image, Study):
+        return _from_study(image, params)
     if isinstance(image, pydicom.Dataset):
         return _from_dataset(image, params)
     if isinstance(image, (np.ndarray, Pixels)):
         return _from_pixels(image if isinstance(image, Pixels) else Pixels(image), params)
     if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.is_file():
-            raise client_error(f"no such image file: {path}")
-        return _from_bytes(path.read_bytes(), params)
+        return _from_study(Study.read(image), params)
     if isinstance(image, (bytes, bytearray, memoryview)):
-        return _from_bytes(bytes(image), params)
+        return _from_study(Study(image), params)
     raise client_error(
         f"unsupported input type {type(image).__name__}; pass a file path, encoded bytes (PNG/JPEG/DICOM), "
-        "a uint8/uint16 numpy array [H, W], cxr.client.Pixels or a pydicom.Dataset"
+        "a cxr.client.study.Study, a uint8/uint16 numpy array [H, W], cxr.client.Pixels or a pydicom.Dataset"
     )
 
 
@@ -138,17 +165,20 @@ def _bytes_input(data: bytes) -> InputSpec:
     return InputSpec(IMAGE_BYTES, np.array([data], dtype=object))
 
 
-def _from_bytes(data: bytes, params: dict) -> Request:
+def _from_study(study: Study, params: dict) -> Request:
+    data = study.data
     if len(data) > MAX_REQUEST_BYTES:
         raise client_error(f"study is {len(data) / 1e6:.1f} MB, above the server's {MAX_REQUEST_BYTES / 1e6:.0f} MB limit")
     with _checked_here():
-        header = probe(data)  # the header only: damaged pixel data is the server's to report
+        header = study.header  # the header only: damaged pixel data is the server's to report
         check_size(header.height, header.width, f"{header.format.display_name} image")
     h, w, sop = header.height, header.width, header.dicom.sop_instance_uid if header.dicom else None
     return Request((_bytes_input(data),), params, (h, w), sop, f"{header.format.display_name} {w}x{h}")
 
 
 def _from_dataset(ds: pydicom.Dataset, params: dict) -> Request:
+    # A Dataset the caller built or changed has no bytes of its own: it is written once here.
+    # (A study read from a file or received by the bridge is a Study, sent as it arrived.)
     if "PixelData" not in ds:
         raise client_error("pydicom.Dataset has no PixelData: send an image, not a header")
     with _checked_here():
@@ -165,30 +195,12 @@ def _from_dataset(ds: pydicom.Dataset, params: dict) -> Request:
 
 
 def _from_pixels(pixels: Pixels, params: dict) -> Request:
-    arr = np.asarray(pixels.array)
-    if arr.ndim != 2:
-        raise client_error(f"pixel array must be 2-D [H, W] grayscale, got shape {tuple(arr.shape)}")
-    if arr.dtype not in (np.uint8, np.uint16):
-        raise client_error(
-            f"pixel dtype {arr.dtype} is not supported; send uint8 or uint16 "
-            "(scale floats in [0, 1] with (x * 65535).round().astype(np.uint16))"
-        )
+    with _checked_here():  # the server's own rules; floats are refused: the wire carries uint16
+        arr, bits = check_pixel_array(pixels.array, bits_stored=pixels.bits_stored, floats=False)
     h, w = arr.shape
-    with _checked_here():
-        check_size(h, w, "pixel array")
     params = dict(params)
-    if arr.dtype == np.uint8:
-        if pixels.bits_stored not in (None, 8):
-            raise client_error(f"uint8 pixels have 8 bits stored, got bits_stored={pixels.bits_stored}")
-        arr, params[contract.BITS_STORED.name] = arr.astype(np.uint16), 8
-    elif pixels.bits_stored is not None:
-        bits = pixels.bits_stored
-        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 16:
-            raise client_error(f"bits_stored must be an integer in 1..16 for uint16 pixels, got {bits!r}")
-        top = 2 ** int(bits) - 1
-        if int(arr.max(initial=0)) > top:
-            raise client_error(f"uint16 pixels reach {int(arr.max())}, above the {bits}-bit maximum {top}")
-        params[contract.BITS_STORED.name] = int(bits)
+    if arr.dtype == np.uint8 or pixels.bits_stored is not None:  # uint8 travels widened to uint16
+        params[contract.BITS_STORED.name] = bits
     if pixels.spacing_mm is not None:
         row, col = (float(v) for v in pixels.spacing_mm)
         if not (math.isfinite(row) and math.isfinite(col) and row > 0 and col > 0):

@@ -20,19 +20,18 @@ import logging
 import os
 import random
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
-import tritonclient.utils.shared_memory as shm
 
 from cxr.client.errors import CONVERTIBLE, DetectorError, client_error, tls_hint, to_detector_error
-from cxr.client.requests import PIXELS, ImageInput, ModelSpec, Request, build_request, check_parameters, parse_response
+from cxr.client.requests import PIXELS, ImageInput, ModelSpec, Request, build_request, parse_response, request_parameters
 from cxr.client.results import StudyResult
-from cxr.contract import ENSEMBLE
+from cxr.client.shm import local_region
+from cxr.contract import ENSEMBLE, LOCAL_URL
 
 __all__ = ["AsyncDetectorClient", "DetectorClient", "DetectorError"]
 
@@ -48,12 +47,13 @@ _MIN_ATTEMPT_S = 0.05
 class _ClientBase:
     """Options, validation, retry policy and result assembly shared by both clients."""
 
-    def __init__(self, *, url: str = "127.0.0.1:8001", model_name: str = ENSEMBLE, model_version: str = "",
+    def __init__(self, *, url: str = LOCAL_URL, model_name: str = ENSEMBLE, model_version: str = "",
                  timeout_s: float = 30.0, retries: int = 3, backoff_s: float = 0.5, max_backoff_s: float = 5.0,
                  ssl: bool = False,
                  root_certificates: str | os.PathLike | None = None, private_key: str | os.PathLike | None = None,
                  certificate_chain: str | os.PathLike | None = None, score_threshold: float | None = None,
-                 top_k: int | None = None, use_shared_memory: bool = False) -> None:
+                 iou_threshold: float | None = None, top_k: int | None = None,
+                 use_shared_memory: bool = False) -> None:
         if not isinstance(url, str) or not url or "://" in url:
             raise client_error(f"url must be 'host:port' for gRPC (no scheme), got {url!r}")
         if not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
@@ -80,7 +80,7 @@ class _ClientBase:
         self.max_backoff_s = float(max_backoff_s)
         self.ssl = bool(ssl)
         self._tls = {k: (None if v is None else str(v)) for k, v in tls_files.items()}
-        self._defaults = check_parameters(score_threshold, top_k)
+        self._defaults = request_parameters(score_threshold=score_threshold, iou_threshold=iou_threshold, top_k=top_k)
         self.use_shared_memory = bool(use_shared_memory)
         self._spec: ModelSpec | None = None  # read once from the server, on first use
         self._client = self._open()
@@ -115,8 +115,9 @@ class _ClientBase:
         ]
         return {"url": self.url, "ssl": self.ssl, **self._tls, "channel_args": channel_args}
 
-    def _request(self, image: ImageInput, score_threshold: float | None, top_k: int | None) -> Request:
-        request = build_request(image, score_threshold=score_threshold, top_k=top_k)
+    def _request(self, image: ImageInput, overrides: dict[str, float | int | None]) -> Request:
+        """What both clients send: :func:`build_request` with ``overrides`` over the client's defaults."""
+        request = build_request(image, **overrides)
         # Per-call values win over the client's defaults; bits_stored etc. come from the input.
         merged = {**self._defaults, **request.parameters}
         return Request(request.inputs, merged, request.image_size, request.sop_instance_uid, request.source)
@@ -191,25 +192,6 @@ class _ClientBase:
         return result
 
 
-@contextlib.contextmanager
-def _local_region(request: Request, spec: ModelSpec):
-    """A system shared-memory region holding PIXELS; destroyed on exit, even on error."""
-    data = next(spec.tensor(t)[2] for t in request.inputs if t.name == PIXELS)
-    name = f"cxr_client_{os.getpid()}_{uuid.uuid4().hex[:12]}"
-    try:
-        handle = shm.create_shared_memory_region(name, "/" + name, data.nbytes)
-    except CONVERTIBLE as exc:
-        raise to_detector_error(exc) from exc
-    try:
-        shm.set_shared_memory_region(handle, [data])
-        yield name, data.nbytes
-    except CONVERTIBLE as exc:
-        raise to_detector_error(exc) from exc
-    finally:
-        with contextlib.suppress(*CONVERTIBLE):
-            shm.destroy_shared_memory_region(handle)
-
-
 class DetectorClient(_ClientBase):
     """Blocking client.  Thread-safe: one instance may serve many threads.
 
@@ -218,7 +200,7 @@ class DetectorClient(_ClientBase):
     attempts for retryable failures (UNAVAILABLE: unreachable, restarting, connection
     reset) after waits of 0.5-1 x ``min(backoff_s * 2**n, max_backoff_s)``; ``ssl`` and the
     PEM file paths ``root_certificates``, ``private_key``, ``certificate_chain``
-    (mTLS); default ``score_threshold`` / ``top_k`` request parameters;
+    (mTLS); default ``score_threshold`` / ``iou_threshold`` / ``top_k`` request parameters;
     ``use_shared_memory`` sends PIXELS through system shared memory (server on the
     same host only).
     """
@@ -226,12 +208,13 @@ class DetectorClient(_ClientBase):
     def _open(self) -> grpcclient.InferenceServerClient:
         return grpcclient.InferenceServerClient(**self._connection_kwargs())
 
-    def predict(self, image: ImageInput, *, score_threshold: float | None = None, top_k: int | None = None,
-                timeout_s: float | None = None) -> StudyResult:
-        """DetectionArrays for one study (path, bytes, uint8/uint16 array, Pixels or pydicom.Dataset)."""
+    def predict(self, image: ImageInput, *, score_threshold: float | None = None, iou_threshold: float | None = None,
+                top_k: int | None = None, timeout_s: float | None = None) -> StudyResult:
+        """The StudyResult of one study (path, bytes, Study, uint8/uint16 array, Pixels or pydicom.Dataset);
+        ``score_threshold`` / ``iou_threshold`` / ``top_k`` override the client's defaults for this call."""
         started = time.monotonic()
         deadline = self._deadline(timeout_s)
-        request = self._request(image, score_threshold, top_k)
+        request = self._request(image, dict(score_threshold=score_threshold, iou_threshold=iou_threshold, top_k=top_k))
         attempt = 0
         while True:
             attempt += 1
@@ -245,14 +228,15 @@ class DetectorClient(_ClientBase):
             time.sleep(delay)
 
     def predict_study(self, images: Sequence[ImageInput], *, score_threshold: float | None = None,
-                      top_k: int | None = None, timeout_s: float | None = None) -> list[StudyResult]:
+                      iou_threshold: float | None = None, top_k: int | None = None,
+                      timeout_s: float | None = None) -> list[StudyResult]:
         """Results for several images (one per image, same order), sent concurrently."""
         images = list(images)
+        options = dict(score_threshold=score_threshold, iou_threshold=iou_threshold, top_k=top_k, timeout_s=timeout_s)
         if len(images) <= 1:
-            return [self.predict(im, score_threshold=score_threshold, top_k=top_k, timeout_s=timeout_s) for im in images]
+            return [self.predict(im, **options) for im in images]
         with ThreadPoolExecutor(min(STUDY_CONCURRENCY, len(images)), thread_name_prefix="cxr-client") as pool:
-            futures = [pool.submit(self.predict, im, score_threshold=score_threshold, top_k=top_k, timeout_s=timeout_s)
-                       for im in images]
+            futures = [pool.submit(self.predict, im, **options) for im in images]
             return [f.result() for f in futures]
 
     def model_spec(self, timeout_s: float | None = None) -> ModelSpec:
@@ -271,7 +255,7 @@ class DetectorClient(_ClientBase):
         with contextlib.ExitStack() as stack:
             region = None
             if self._wants_shm(request):
-                region, size = stack.enter_context(_local_region(request, spec))
+                region, size = stack.enter_context(local_region(request, spec))
                 self._call(self._client.register_system_shared_memory, region, "/" + region, size,
                            client_timeout=self._remaining(deadline))
                 stack.callback(self._unregister, region)
@@ -316,12 +300,12 @@ class AsyncDetectorClient(_ClientBase):
             self._client = grpcaio.InferenceServerClient(**self._connection_kwargs())
         return self._client
 
-    async def predict(self, image: ImageInput, *, score_threshold: float | None = None, top_k: int | None = None,
-                      timeout_s: float | None = None) -> StudyResult:
-        """DetectionArrays for one study; see :meth:`DetectorClient.predict`."""
+    async def predict(self, image: ImageInput, *, score_threshold: float | None = None, iou_threshold: float | None = None,
+                      top_k: int | None = None, timeout_s: float | None = None) -> StudyResult:
+        """The StudyResult of one study; see :meth:`DetectorClient.predict`."""
         started = time.monotonic()
         deadline = self._deadline(timeout_s)
-        request = self._request(image, score_threshold, top_k)
+        request = self._request(image, dict(score_threshold=score_threshold, iou_threshold=iou_threshold, top_k=top_k))
         attempt = 0
         while True:
             attempt += 1
@@ -335,13 +319,15 @@ class AsyncDetectorClient(_ClientBase):
             await asyncio.sleep(delay)
 
     async def predict_study(self, images: Sequence[ImageInput], *, score_threshold: float | None = None,
-                            top_k: int | None = None, timeout_s: float | None = None) -> list[StudyResult]:
+                            iou_threshold: float | None = None, top_k: int | None = None,
+                            timeout_s: float | None = None) -> list[StudyResult]:
         """Results for several images (one per image, same order), sent concurrently."""
         gate = asyncio.Semaphore(STUDY_CONCURRENCY)
+        options = dict(score_threshold=score_threshold, iou_threshold=iou_threshold, top_k=top_k, timeout_s=timeout_s)
 
         async def one(image: ImageInput) -> StudyResult:
             async with gate:
-                return await self.predict(image, score_threshold=score_threshold, top_k=top_k, timeout_s=timeout_s)
+                return await self.predict(image, **options)
 
         return list(await asyncio.gather(*(one(im) for im in images)))
 
@@ -359,7 +345,7 @@ class AsyncDetectorClient(_ClientBase):
         with contextlib.ExitStack() as stack:
             region = None
             if self._wants_shm(request):
-                region, size = stack.enter_context(_local_region(request, spec))
+                region, size = stack.enter_context(local_region(request, spec))
                 await self._call(client.register_system_shared_memory, region, "/" + region, size,
                                  client_timeout=self._remaining(deadline))
             try:

@@ -81,3 +81,73 @@ def test_jpeg_size_comes_from_the_frame_header_not_an_embedded_thumbnail():
     data = main[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + main[2:]
     assert Image.open(io.BytesIO(data)).size == (96, 64)
     assert build_request(data).image_size == (64, 96)
+
+
+# ------------------------------------------------------------------ request parameters
+
+
+def test_every_postprocess_override_of_the_contract_can_be_sent():
+    # iou_threshold could not be sent at all (the SDK knew score_threshold and top_k only)
+    from cxr.contract import POSTPROCESS_OVERRIDES
+
+    for parameter in POSTPROCESS_OVERRIDES:
+        value = parameter.kind(1)  # 1.0 is a valid threshold, 1 a valid top_k
+        request = build_request(HOSTILE / "png_ok_gray8.png", **{parameter.name: value})
+        assert request.parameters == {parameter.name: value}, parameter.name
+        assert type(request.parameters[parameter.name]) is parameter.kind
+
+
+def test_an_out_of_range_iou_threshold_is_refused_before_sending():
+    for value in (0.0, 1.5, float("nan"), "0.5", True):
+        with pytest.raises(DetectorError) as err:
+            build_request(HOSTILE / "png_ok_gray8.png", iou_threshold=value)
+        assert err.value.status == "CLIENT" and "iou_threshold must be" in err.value.message, value
+
+
+# ------------------------------------------------------------------ a study read once
+
+
+def test_a_study_is_sent_as_read_and_gives_the_request_a_path_gives():
+    from cxr.client.study import Study
+
+    for name in ("dicom_ok.dcm", "png_ok_gray8.png", "jpeg_ok_gray.jpg", "dicom_ok_rle.dcm"):
+        path = HOSTILE / name
+        for study in (Study.read(path), Study.read(path, keep_dataset=True)):
+            request, expected = build_request(study), build_request(path)
+            assert request.inputs[0].data[0] == path.read_bytes()  # the bytes as read, never re-encoded
+            assert (request.image_size, request.sop_instance_uid, request.source) == (
+                expected.image_size, expected.sop_instance_uid, expected.source), name
+
+
+def test_a_study_parses_its_dicom_once_and_decodes_it_once(monkeypatch):
+    from counting import counting
+
+    from cxr.client.study import Study
+
+    path = HOSTILE / "dicom_ok.dcm"
+    with counting(monkeypatch) as costs:
+        study = Study.read(path, keep_dataset=True)
+        build_request(study)
+        assert study.dataset.SOPInstanceUID == study.header.dicom.sop_instance_uid
+        assert study.decoded() is study.decoded()
+    assert (costs.opens(path), costs["parse"], costs["dicom_decode"]) == (1, 1, 1), costs
+
+
+# ------------------------------------------------------------------ pixel arrays
+
+
+@pytest.mark.parametrize("array,bits", [
+    (np.zeros((64, 64, 3), np.uint8), None),
+    (np.zeros((4, 64), np.uint16), None),
+    (np.full((64, 64), 4096, np.uint16), 12),
+    (np.zeros((64, 64), np.uint16), 17),
+    (np.zeros((64, 64), np.uint8), 12),
+], ids=["3-channel", "too-small", "above-bits", "bits-17", "uint8-with-12-bits"])
+def test_the_client_refuses_pixels_with_the_servers_own_rules_and_words(array, bits):
+    from cxr.client.requests import Pixels
+    from cxr.decode.image import decode_pixels
+    from cxr.errors import InvalidImageError
+
+    with pytest.raises(InvalidImageError) as server:
+        decode_pixels(array, bits_stored=bits)
+    assert _client_error(Pixels(array, bits_stored=bits)).message == str(server.value)

@@ -164,6 +164,34 @@ def test_request_parameters_threshold_and_top_k(client, server, pngs):
         assert defaults.predict(pngs[1], top_k=1).detections == everything.detections[:1]  # per call wins
 
 
+def test_iou_threshold_reaches_the_server_from_both_clients(client, server, pngs):
+    """The contract's third postprocess override: the SDK could not send it (bug), though the server honours it."""
+    everything = client.predict(pngs[1], score_threshold=0.0)  # the model's own NMS IoU, 0.5
+    strict = client.predict(pngs[1], score_threshold=0.0, iou_threshold=0.05)
+    assert _worst_overlap(everything) > 0.05  # so the override has something to suppress
+    assert strict.detections and _worst_overlap(strict) <= 0.05 + 1e-6  # per-class NMS at 0.05
+    with DetectorClient(url=server.url, iou_threshold=0.05, **FAST) as defaults:
+        assert defaults.predict(pngs[1], score_threshold=0.0).detections == strict.detections
+
+    async def run() -> StudyResult:
+        async with AsyncDetectorClient(url=server.url, **FAST) as c:
+            return await c.predict(pngs[1], score_threshold=0.0, iou_threshold=0.05)
+
+    assert asyncio.run(run()).detections == strict.detections
+
+
+def _worst_overlap(result: StudyResult) -> float:
+    """The largest IoU between two detections of one class."""
+    worst = 0.0
+    for i, a in enumerate(result.detections):
+        for b in result.detections[i + 1:]:
+            if a.label == b.label:
+                (ax1, ay1, ax2, ay2), (bx1, by1, bx2, by2) = a.box_xyxy_px, b.box_xyxy_px
+                inter = max(min(ax2, bx2) - max(ax1, bx1), 0.0) * max(min(ay2, by2) - max(ay1, by1), 0.0)
+                worst = max(worst, inter / ((ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter))
+    return worst
+
+
 # ------------------------------------------------------------------------------ errors
 
 
@@ -242,6 +270,7 @@ def test_client_recovers_when_the_server_comes_up_later(repository, pngs, client
     (1234, {}, "unsupported input type int"),
     (np.zeros((64, 64), np.uint8), {"score_threshold": 7.0}, "score_threshold must be in [0, 1]"),
     (np.zeros((64, 64), np.uint8), {"top_k": 0}, "top_k must be a positive integer"),
+    (np.zeros((64, 64), np.uint8), {"iou_threshold": 0.0}, "iou_threshold must be in (0, 1]"),
 ], ids=lambda v: v.split(" ")[0] if isinstance(v, str) else "")
 def test_invalid_input_fails_before_sending(tmp_path, image, kwargs, message):
     if isinstance(image, str):
