@@ -42,6 +42,7 @@ from pynetdicom import sop_class
 from cxr.client.destinations import RESULT_SYNTAXES, CStoreDestination, StowDestination
 from cxr.client.pacs_queue import (COMPREHENSIVE_3D_SR, GSPS, QueueState, Spool, WorkQueue, Worker, is_valid_uid,
                                    study_id)
+from cxr.contract import LOCAL_URL
 from cxr.errors import InvalidOptionError
 from cxr.decode.transfer_syntaxes import decodable
 
@@ -94,7 +95,7 @@ class PacsConfig:
     gsps: bool = False  # also send a presentation state (for viewers without SR display)
     retry_backoff_s: float = 2.0  # first retry wait; doubles per attempt
     max_attempts_per_pass: int = 3  # then the study rests for pass_pause_s (and survives restarts)
-    detector_url: str = "127.0.0.1:8001"
+    detector_url: str = LOCAL_URL
     # TLS to the detector as DetectorClient keywords (ssl, root_certificates,
     # certificate_chain, private_key); empty = plaintext, fine on loopback only.
     detector_tls: dict[str, Any] = field(default_factory=dict)
@@ -150,7 +151,8 @@ def skip_reason(ds: pydicom.Dataset, config: PacsConfig) -> str | None:
 class PacsBridge:
     """Storage SCP + spool + worker that forwards detector results.  See the module doc.
 
-    ``client`` is any object with ``predict(dataset, timeout_s=...)`` returning a
+    ``client`` is any object with ``predict(study, timeout_s=...)`` (a :class:`~cxr.client.study.Study` of
+    the spooled bytes, forwarded as they arrived) returning a
     :class:`~cxr.client.StudyResult` (a :class:`~cxr.client.DetectorClient`); when
     None, one is built for ``config.detector_url`` and closed by :meth:`stop`.
     """

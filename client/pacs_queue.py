@@ -40,12 +40,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import pydicom
-from pydicom.errors import InvalidDicomError
+from pynetdicom.sop_class import Comprehensive3DSRStorage, GrayscaleSoftcopyPresentationStateStorage
 
 from cxr.client.destinations import DeliveryError
 from cxr.client.dicom_out import presentation_state, structured_report
 from cxr.client.errors import DetectorError
-from cxr.contract import ClosedVocabulary
+from cxr.client.study import Study
+from cxr.errors import InvalidImageError
+from cxr.vocab import ClosedVocabulary
 
 if TYPE_CHECKING:  # pacs imports this module; the config type is for readers and checkers
     from cxr.client.pacs import PacsConfig
@@ -54,8 +56,7 @@ __all__ = ["COMPREHENSIVE_3D_SR", "GSPS", "QueueState", "Spool", "WorkQueue", "W
 
 log = logging.getLogger("cxr.pacs")
 
-COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
-GSPS = "1.2.840.10008.5.1.4.1.1.11.1"
+COMPREHENSIVE_3D_SR, GSPS = Comprehensive3DSRStorage, GrayscaleSoftcopyPresentationStateStorage  # the results
 _POLL_S = 0.2  # how often an idle worker notices stop()
 # The SDK retries only UNAVAILABLE inside one call.  Across calls the bridge also waits
 # out an overloaded server: the study is fine, the moment was not.
@@ -327,12 +328,14 @@ class Worker:
         sid, path = study_id(uid), self.spool.pending_path(uid)
         try:
             received_at = path.stat().st_mtime
-            ds = pydicom.dcmread(path)
+            # Read and parsed once: the detector gets these very bytes, never re-encoded; the SR/GSPS this Dataset.
+            study = Study(path.read_bytes(), path=path, keep_dataset=True)
+            ds = study.dataset
         except FileNotFoundError:  # removed by an operator: nothing to do
             self._forget(uid)
             self.queue.finish(uid)
             return
-        except (InvalidDicomError, OSError, ValueError) as exc:
+        except (InvalidImageError, OSError) as exc:
             return self._fail(uid, f"spooled file unreadable: {type(exc).__name__}: {exc}",
                               f"spooled file unreadable ({type(exc).__name__})")
         attempt = self._attempts.get(uid, 0) + 1
@@ -342,7 +345,7 @@ class Worker:
         built = self.spool.read_results(uid)
         if built is None:
             try:
-                result = self.client.predict(ds, timeout_s=self.config.timeout_s)
+                result = self.client.predict(study, timeout_s=self.config.timeout_s)
             except DetectorError as err:
                 if err.retryable or err.status in _TRANSIENT:
                     return self._retry(uid, attempt, f"detector {err.status}")

@@ -6,6 +6,10 @@ two DICOM outputs only for DICOM inputs, which they must reference — and with
 ``--stow URL`` stores the SR (and the GSPS with ``--gsps``) in a PACS with DICOMweb
 STOW-RS.  Folders are searched for files with an image suffix and for DICOM files by
 their content (PACS exports often have no suffix).  Uses only the client extra (no torch).
+
+Each study is read once into a :class:`~cxr.client.study.Study` that the request, the
+annotated PNG and the SR/GSPS share: one read of the file, one parse of a DICOM, and
+its pixels decoded once, only to draw the PNG.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from tqdm import tqdm
 
 from cxr.client.errors import DetectorError
 from cxr.client.results import StudyResult
-from cxr.errors import InvalidOptionError, MissingFileError
+from cxr.client.study import Study
 from cxr.decode.header import SNIFF_BYTES, STUDY_SUFFIXES, sniff_format
+from cxr.decode.types import ImageFormat
+from cxr.errors import InvalidOptionError, MissingFileError
 
 log = logging.getLogger("cxr.client")
 
@@ -48,7 +54,7 @@ def collect_inputs(paths: list[Path]) -> list[Path]:
 def _is_dicom(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
-            return sniff_format(f.read(SNIFF_BYTES)) == "DICOM"
+            return sniff_format(f.read(SNIFF_BYTES)) is ImageFormat.DICOM
     except OSError:  # unreadable: not ours to judge here; given directly it fails with its own error
         return False
 
@@ -86,14 +92,15 @@ def draw_label(draw, xy: tuple[float, float], text: str, colour: str, font, *, i
     draw.text((x + pad - left, y + pad - top), text, fill=ink, font=font)
 
 
-def annotated_png(path: Path, result: StudyResult, out: Path, *, min_score: float = 0.0) -> Path:
+def annotated_png(study: Study | Path, result: StudyResult, out: Path, *, min_score: float = 0.0) -> Path:
     """The study with its boxes, labels and scores drawn, as an 8-bit PNG (lines and text
-    scale with the film: readable at normal zoom on 256 px and 3000 px films alike)."""
+    scale with the film: readable at normal zoom on 256 px and 3000 px films alike).
+
+    study: the Study that was sent (its pixels are decoded once, here), or a file path.
+    """
     from PIL import Image, ImageDraw
 
-    from cxr.decode.image import decode_image
-
-    pixels = decode_image(path).pixels
+    pixels = (study if isinstance(study, Study) else Study.read(study)).decoded().pixels
     img = Image.fromarray((pixels * 255).round().astype("uint8")).convert("RGB")
     draw = ImageDraw.Draw(img)
     width = max(2, round(max(img.size) / 300))
@@ -124,10 +131,13 @@ def run_predict(paths: list[Path], client, *, png: Path | None = None, sr: Path 
                 min_score: float = 0.0, progress: bool = True, stow=None) -> list[Outcome]:
     """Every study through ``client``; ``stow``: a :class:`~cxr.client.destinations.StowDestination` for the results."""
     files = collect_inputs(paths)
+    dicom_outputs = sr is not None or gsps is not None or stow is not None
     outcomes = []
     for path in tqdm(files, desc="predict", unit="study", disable=not progress or len(files) < 2, file=sys.stderr):
         try:
-            result = client.predict(path)
+            # Read once; a DICOM's Dataset is kept (one parse) when the PNG or the SR/GSPS need it.
+            study = Study.read(path, keep_dataset=png is not None or dicom_outputs)
+            result = client.predict(study)
         except DetectorError as exc:
             log.warning("study %s failed: %s %s", path.name, exc.status, exc.message)
             outcomes.append(Outcome(path, error=exc))
@@ -136,17 +146,10 @@ def run_predict(paths: list[Path], client, *, png: Path | None = None, sr: Path 
         if png is not None:
             # study.dcm and study.png side by side must not overwrite each other's picture
             name = path.stem if path.suffix.lower() == ".png" else f"{path.stem}_{path.suffix.lstrip('.').lower()}"
-            written.append(annotated_png(path, result, png / f"{name}.png", min_score=min_score))
+            written.append(annotated_png(study, result, png / f"{name}.png", min_score=min_score))
         stored, stow_error = (), None
-        if (sr is not None or gsps is not None or stow is not None) and _is_dicom(path):
-            import pydicom
-
-            from cxr.client.dicom_out import presentation_state, structured_report
-
-            source = pydicom.dcmread(path)
-            outputs = {"sr": structured_report(source, result)}
-            if gsps is not None:
-                outputs["gsps"] = presentation_state(source, result, min_score=min_score)
+        if dicom_outputs and study.is_dicom:
+            outputs = _dicom_outputs(study, result, gsps=gsps is not None, min_score=min_score)
             for kind, folder in (("sr", sr), ("gsps", gsps)):
                 if folder is not None:
                     folder.mkdir(parents=True, exist_ok=True)
@@ -156,6 +159,16 @@ def run_predict(paths: list[Path], client, *, png: Path | None = None, sr: Path 
                 stored, stow_error = _store(stow, list(outputs.values()), path)
         outcomes.append(Outcome(path, result=result, written=tuple(written), stored=stored, stow_error=stow_error))
     return outcomes
+
+
+def _dicom_outputs(study: Study, result: StudyResult, *, gsps: bool, min_score: float) -> dict:
+    """The SR (and GSPS) of ``result``, referencing the study's Dataset as it was parsed for the request."""
+    from cxr.client.dicom_out import presentation_state, structured_report
+
+    outputs = {"sr": structured_report(study.dataset, result)}
+    if gsps:
+        outputs["gsps"] = presentation_state(study.dataset, result, min_score=min_score)
+    return outputs
 
 
 def _store(stow, outputs: list, path: Path) -> tuple[tuple[str, ...], str | None]:

@@ -95,12 +95,13 @@ class StubClient:
     def __init__(self, error: DetectorError | None = None, gate: threading.Event | None = None) -> None:
         self.error, self.gate, self.calls = error, gate, 0
 
-    def predict(self, ds, *, timeout_s=None) -> StudyResult:
+    def predict(self, study, *, timeout_s=None) -> StudyResult:
         self.calls += 1
         if self.gate is not None:
             self.gate.wait(WAIT_S)
         if self.error is not None:
             raise self.error
+        ds = study.dataset  # the bridge hands over a cxr.client.study.Study of the spooled bytes
         return StudyResult((), "stub", "0", (int(ds.Rows), int(ds.Columns)), 1.0, str(ds.SOPInstanceUID))
 
     def close(self) -> None:
@@ -140,6 +141,42 @@ def test_one_sr_per_study_resend_is_idempotent_and_logs_carry_no_phi(server, sou
     assert all(src.SOPInstanceUID not in ours for src in srcs)  # a hash, never the UID
     assert f"study {study_id(srcs[0].SOPInstanceUID)} delivered" in ours
     assert f"study {study_id(srcs[0].SOPInstanceUID)} received again" in ours
+
+
+def test_the_detector_gets_the_spooled_bytes_unchanged(server, sources, tmp_path, monkeypatch):
+    """The bridge forwards the Part-10 bytes it spooled, byte for byte: it used to parse them into a
+    Dataset and write that back with dcmwrite (re-encoding what the modality sent) before sending."""
+    from cxr.client import DetectorClient
+    from cxr.client.pacs_queue import Spool
+
+    src, film = fresh(sources[1]), tmp_path / "film.dcm"
+    src.save_as(film, enforce_file_format=True)  # written before dcmwrite is watched: the sender's copy
+    spooled, sent, rewritten = {}, [], []
+    write_pending, dcmwrite = Spool.write_pending, pydicom.dcmwrite  # the real ones, wrapped to watch them
+
+    def watched_write_pending(self, uid, data):
+        spooled[uid] = bytes(data)
+        return write_pending(self, uid, data)
+
+    def watched_dcmwrite(fp, dataset, *args, **kwargs):
+        rewritten.append(str(dataset.get("SOPInstanceUID", "")))
+        return dcmwrite(fp, dataset, *args, **kwargs)
+
+    class Recording(DetectorClient):
+        def _request(self, image, *args):
+            request = super()._request(image, *args)
+            sent.append(bytes(request.inputs[0].data[0]))  # IMAGE_BYTES, as the detector receives it
+            return request
+
+    monkeypatch.setattr(Spool, "write_pending", watched_write_pending)
+    monkeypatch.setattr(pydicom, "dcmwrite", watched_dcmwrite)  # Dataset.save_as writes through it too
+    with Recording(url=server.url, timeout_s=60.0, retries=0) as client, Destination() as dest, \
+            PacsBridge(config(tmp_path, dest.port, server.url), client=client) as bridge:
+        assert send(bridge.address[1], [film]) == [0x0000]
+        assert bridge.wait_idle(WAIT_S)
+    assert [d.SOPClassUID for d in dest.received] == [COMPREHENSIVE_3D_SR]
+    assert sent == [spooled[src.SOPInstanceUID]]  # the very bytes spooled (and acknowledged)
+    assert src.SOPInstanceUID not in rewritten  # only the SR was written, never the received study
 
 
 def test_cr_with_pixel_spacing_only_gets_an_sr(server, cr_sources, tmp_path):
