@@ -18,6 +18,7 @@ import numpy as np
 
 from cxr.contract import Artifact, Precision
 from cxr.errors import InvalidFileError, InvalidOptionError
+from cxr.labels import LabelSetName, annotation_labelset
 from cxr.export.parity import TOLERANCES, ParityReport, Tolerance, compare
 from cxr.export.quantize import DEFAULT_BUDGET
 from cxr.export.repository import artifact_path, check_compatible, ensure_repository, place_artifact
@@ -43,7 +44,7 @@ class ExportResult:
         return {"kind": str(self.kind), "path": str(self.path), "parity": None if self.parity is None else self.parity.to_dict()}
 
 
-def _studies(data: str | Path, split: str, n: int, labelset_name: str):
+def _studies(data: str | Path, split: str, n: int, labelset_name: str | LabelSetName):
     from cxr.training.annotations import NIHDataset
 
     ds = NIHDataset.from_dir(data, labelset=labelset_name, require_images=True)
@@ -51,10 +52,6 @@ def _studies(data: str | Path, split: str, n: int, labelset_name: str):
     if not studies:
         raise InvalidFileError(f"{data}: split {split!r} has no images to use")
     return studies
-
-
-def _labelset_name(ckpt) -> str:
-    return ckpt.labelset_name if ckpt.labelset_name != "custom" else "nih-bbox"
 
 
 def check_parity(ckpt, detector, studies, *, tolerance: Tolerance, batch_size: int = 4) -> ParityReport:
@@ -149,7 +146,7 @@ def run_export(
     meta = ckpt.metadata()
     if repository is not None and out is None:
         check_compatible(repository, meta, force=force)  # fail before minutes of work
-    labelset = _labelset_name(ckpt)
+    labelset = annotation_labelset(ckpt.labelset_name)
     held_out = _studies(data, "test", check_images, labelset) if check else None
 
     with tempfile.TemporaryDirectory() as tmp:

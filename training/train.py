@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cxr.errors import InvalidFileError, InvalidOptionError
-from cxr.labels import get_labelset
+from cxr.labels import LabelSetName, get_labelset
 from cxr.preprocess import PreprocessConfig
 from cxr.training.schedule import TimeBudget, lr_lambda, make_optimizer
 
@@ -37,7 +37,7 @@ class TrainConfig:
     arch: str = "fasterrcnn_resnet50_fpn"
     size: int = 800  # S: close to torchvision's COCO min_size; NIH films are 1024
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
-    labelset: str = "nih-bbox"
+    labelset: str = LabelSetName.NIH_BBOX.value  # any LabelSetName value
     epochs: int = 24
     batch_size: int = 8  # per process
     optimizer: str = "sgd"
