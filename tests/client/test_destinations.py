@@ -84,9 +84,10 @@ def test_which_failures_are_worth_retrying(status, transient):
 
 
 class _NoFindings:
-    def predict(self, ds, *, timeout_s=None):
+    def predict(self, study, *, timeout_s=None):
         from cxr.client.results import StudyResult
 
+        ds = study.dataset  # the bridge hands over a cxr.client.study.Study of the spooled bytes
         return StudyResult((), "m", "1", (int(ds.Rows), int(ds.Columns)), 1.0, str(ds.SOPInstanceUID))
 
     def close(self):
