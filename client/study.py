@@ -1,9 +1,10 @@
 """A study as the client holds it: its bytes read once, its header probed once, its Dataset
 parsed once and its pixels decoded once, each only when someone needs it.
 
-``cxr predict x.dcm --png --sr --gsps`` used to read the file five times, parse its DICOM
-header three times and decode its pixels just to draw the PNG; the request builder, the
-annotated PNG, the SR/GSPS writer and the PACS bridge now share one :class:`Study`::
+``cxr predict x.dcm --png --sr --gsps`` used to read the file four times, parse it three
+times (the header probe, the PNG's decode, the SR's source) and hand the SR a Dataset other
+than the one the PNG was drawn from; the request builder, the annotated PNG, the SR/GSPS
+writer and the PACS bridge now share one :class:`Study` (tests/client/test_study.py counts)::
 
     study = Study.read("x.dcm", keep_dataset=True)   # one read
     client.predict(study)                            # the bytes as read, the header probed once
