@@ -69,7 +69,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         anchor_sizes=args.anchor_sizes,
         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, size=args.size, arch=args.arch,
         seed=args.seed, resume=args.resume, max_minutes=args.max_minutes, device=args.device,
-        labelset=args.labels,
+        labelset=args.labels, precision=args.precision, ema_decay=args.ema_decay, select=args.select,
+        warmup_iters=args.warmup_iters,
     )
     best = train(cfg)
     print(f"best checkpoint: {best}")
@@ -78,7 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from cxr.training.evaluate import evaluate_checkpoint
+    from cxr.training.evaluate import evaluate_checkpoint, format_duplicates
     from cxr.training.metrics import format_metrics_table
 
     metrics = evaluate_checkpoint(
@@ -89,6 +90,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print_json(metrics)
     else:
         print(format_metrics_table(metrics))
+        print(format_duplicates(metrics["duplicates"]))
         print(f"\nwrote {args.out}/metrics.json, metrics.md, predictions.csv, pr_froc.png, examples.png, loss_curve.png")
     return 0
 
@@ -209,6 +211,15 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-minutes", type=float, default=None, help="stop after the iteration that uses up this many minutes (all ranks alike)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 ...")
+    p.add_argument("--precision", default=None, choices=("auto", "fp32", "bf16", "fp16"),
+                   help="auto (default): bfloat16 autocast on CPUs with AMX or AVX512-BF16, FP32 on other CPUs, "
+                   "float16 AMP on CUDA; recorded in the checkpoint")
+    p.add_argument("--ema-decay", type=float, default=None, metavar="D",
+                   help="keep an exponential moving average of the weights with this decay and validate/save it "
+                   "(0 = off; cpu-demo: the preset's)")
+    p.add_argument("--warmup-iters", type=int, default=None, help="learning-rate warm-up iterations")
+    p.add_argument("--select", default=None, choices=("best-val", "last"),
+                   help="best.pt holds the weights of the best validation epoch (best-val) or the final ones (last)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -220,7 +231,8 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--data", type=Path, required=True, help="dataset folder in NIH ChestX-ray14 layout")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
+                   help="which studies of DATA (default test); all: every study, for a held-out dataset never trained on")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for 95%% intervals (0 = off)")

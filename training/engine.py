@@ -26,6 +26,8 @@ def train_one_epoch(
     clip_grad_norm: float | None = 10.0,
     progress: bool = True,
     should_stop: Callable[[], bool] = lambda: False,
+    precision=None,
+    ema=None,
 ) -> list[dict]:
     """One pass over ``loader``; returns one row per iteration (losses, lr, images/s).
 
@@ -33,7 +35,14 @@ def train_one_epoch(
     give all ranks the same answer (:class:`cxr.training.schedule.TimeBudget` does), or
     the ranks that go on wait for the others in the next all-reduce.
     Raises ``FloatingPointError`` on a non-finite loss instead of training on NaNs.
+    precision: a :class:`~cxr.training.precision.TrainPrecision` (None: float16 AMP when
+    ``scaler`` is given, else FP32); ema: a :class:`~cxr.training.ema.ModelEma` updated
+    after every optimiser step.
     """
+    from cxr.training.precision import TrainPrecision, autocast
+
+    if precision is None:
+        precision = TrainPrecision.FP16 if scaler is not None else TrainPrecision.FP32
     model.train()
     rows: list[dict] = []
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False, dynamic_ncols=True)
@@ -41,7 +50,7 @@ def train_one_epoch(
         t0 = time.perf_counter()
         images = [im.to(device, non_blocking=True) for im in images]
         targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-        with torch.autocast(device.type, enabled=scaler is not None):
+        with autocast(precision, device):
             losses = model(images, targets)
             loss = sum(losses.values())
         if not math.isfinite(loss.item()):
@@ -59,6 +68,8 @@ def train_one_epoch(
             scaler.update()
         else:
             optimizer.step()
+        if ema is not None:
+            ema.update(model)
         if scheduler is not None:
             scheduler.step()
         dt = time.perf_counter() - t0

@@ -48,6 +48,7 @@ def evaluate_checkpoint(
     from cxr.training.checkpoint import load_checkpoint
     from cxr.training.torch_dataset import DetectionDataset, collate
     from cxr.training.annotations import NIHDataset
+    from cxr.training.duplicates import duplicate_rate
     from cxr.training.engine import ground_truth, predict
     from cxr.training.metrics import evaluate_detections, format_metrics_table
     from cxr.training.plots import plot_examples, plot_loss_curve, plot_pr_froc
@@ -56,7 +57,7 @@ def evaluate_checkpoint(
     labelset = ckpt.labelset
     seed = int(ckpt.meta.get("train_config", {}).get("seed", 0))
     ds = NIHDataset.from_dir(data, labelset=annotation_labelset(labelset.name), seed=seed, require_images=True)
-    studies = ds.detection_studies(split)[:max_images]
+    studies = ds.detection_studies(None if split == "all" else split)[:max_images]
     if not studies:
         raise InvalidFileError(f"{data}: split {split!r} has no studies usable for detection")
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
@@ -69,13 +70,15 @@ def evaluate_checkpoint(
         preds, gts, labelset.names, image_ids=[s.image_id for s in studies],
         thresholds=ckpt.meta.get("thresholds") or None, bootstrap=bootstrap,
     )
-    metrics.update(split=split, checkpoint=str(checkpoint), model_version=ckpt.model_version)
+    metrics.update(split=split, checkpoint=str(checkpoint), model_version=ckpt.model_version,
+                   duplicates=duplicate_rate(preds, gts, labelset.names))
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "metrics.md").write_text(
         f"# Evaluation of {Path(checkpoint).name} on {split} ({len(studies)} images)\n\n{format_metrics_table(metrics)}\n"
+        f"{format_duplicates(metrics['duplicates'])}\n"
     )
     write_predictions_csv(out / "predictions.csv", studies, preds, labelset.names)
     history = ckpt.meta.get("history") or []
@@ -103,3 +106,13 @@ def example_indices(studies, n: int = 8) -> list[int]:
             seen |= new
     chosen += [i for i in range(len(studies)) if i not in chosen][: n - len(chosen)]
     return sorted(chosen)
+
+
+def format_duplicates(d: dict) -> str:
+    """One line: the duplicate rate at the operating score, with recall there beside it."""
+    rate = "–" if d["rate"] is None else f"{100 * d['rate']:.1f} %"
+    recall = "–" if d["recall"] is None else f"{100 * d['recall']:.1f} %"
+    worst = sorted(((v["duplicated"], k) for k, v in d["per_class"].items() if v["duplicated"]), reverse=True)[:3]
+    where = f" (most: {', '.join(f'{k} {n}' for n, k in worst)})" if worst else ""
+    return (f"Duplicate rate at score >= {d['score']:g}: {rate} of detected findings carry 2+ boxes of their class "
+            f"({d['duplicated']} of {d['detected']}){where}; recall there {recall} ({d['detected']} of {d['n_gt']}).")

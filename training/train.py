@@ -47,7 +47,11 @@ class TrainConfig:
     schedule: str = "cosine"  # "cosine" or "step" (x0.1 at 2/3 and 8/9 of training)
     warmup_iters: int = 500
     clip_grad_norm: float = 10.0  # detection losses spike early; clipping keeps SGD stable
-    amp: bool = True  # mixed precision, CUDA only
+    amp: bool = True  # CUDA float16 AMP under --precision auto (the GPU preset); see precision
+    precision: str = "fp32"  # auto: bf16 autocast on CPUs with AMX/AVX512-BF16, fp32 on other CPUs, fp16 AMP on CUDA
+    ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights and validate/save it (training/ema.py)
+    ema_warmup: float = 100.0  # iterations over which the EMA's decay ramps up
+    select: str = "best-val"  # which weights best.pt holds: best-val (best validation mAP@0.5) or last (the final ones)
     workers: int = 4
     seed: int = 0
     weights: str = "none"  # "none" (from scratch), "imagenet", a cxr.training.weights name, or a local file
@@ -182,6 +186,9 @@ def train(cfg: TrainConfig) -> Path:
 def _train(cfg: TrainConfig, device: torch.device) -> Path:
     from cxr.training.checkpoint import Checkpoint, data_fingerprint, load_checkpoint
     from cxr.training.engine import ground_truth, train_one_epoch
+    from cxr.machine import cpu_info, isa_line
+    from cxr.training.ema import ModelEma
+    from cxr.training.precision import TrainPrecision, resolve as resolve_precision
     from cxr.training.weights import resolve as resolve_weights
 
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -197,6 +204,11 @@ def _train(cfg: TrainConfig, device: torch.device) -> Path:
     mcfg = model_config(cfg, labelset.num_classes)
     model, weights_meta = _initial_model(cfg, mcfg, weights, prev)
     model = model.to(device)
+    precision = resolve_precision(cfg.precision if (cfg.amp or device.type != "cuda") else "fp32", device)
+    if precision is TrainPrecision.BF16:
+        # oneDNN's AMX/AVX512-BF16 convolutions want NHWC: NCHW bf16 convolutions reorder every call
+        model = model.to(memory_format=torch.channels_last)
+    ema = ModelEma(model, decay=cfg.ema_decay, warmup=cfg.ema_warmup) if cfg.ema_decay > 0 else None
     train_loader, val_loader, sampler = _loaders(cfg, train_studies, val_studies, labelset, pre, rank=rank, world=world)
 
     optimizer = make_optimizer(cfg, model)
@@ -204,17 +216,19 @@ def _train(cfg: TrainConfig, device: torch.device) -> Path:
     t_start = time.monotonic()
     budget = TimeBudget(cfg.max_minutes, device=device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_iters, lambda: budget.fraction))
-    scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
+    scaler = torch.amp.GradScaler("cuda") if precision is TrainPrecision.FP16 else None
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     history, start_epoch, best = [], 0, float("-inf")  # the first validated epoch is always kept
     if prev is not None:
-        history, start_epoch, best, weights_meta = _resume(prev, model, optimizer, scheduler)
+        history, start_epoch, best, weights_meta = _resume(prev, model, optimizer, scheduler, ema)
 
     cfg.out.mkdir(parents=True, exist_ok=True)
     fingerprint = data_fingerprint(train_studies + val_studies)
     run_meta = {"train_config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)), "data_fingerprint": fingerprint,
-                "n_train": len(train_studies), "n_val": len(val_studies), "weights": weights_meta}
+                "n_train": len(train_studies), "n_val": len(val_studies), "weights": weights_meta,
+                "precision": precision.value, "isa": isa_line(cpu_info()), "cpu": cpu_info()["model"],
+                "ema": None if ema is None else {"decay": cfg.ema_decay, "warmup": cfg.ema_warmup}, "select": cfg.select}
     # What every checkpoint of this run shares; each save adds its epoch's metadata and state.
     run_ckpt = Checkpoint(state={}, model_config=mcfg, preprocess=pre, class_names=labelset.names, labelset_name=labelset.name,
                           model_version=f"{_dt.date.today():%Y.%m.%d}+{fingerprint[:8]}", meta=run_meta)
@@ -224,7 +238,8 @@ def _train(cfg: TrainConfig, device: torch.device) -> Path:
         if sampler is not None:
             sampler.set_epoch(epoch)
         rows = train_one_epoch(ddp_model, optimizer, train_loader, device, epoch, scheduler=scheduler, scaler=scaler,
-                               clip_grad_norm=cfg.clip_grad_norm, progress=cfg.progress and rank == 0, should_stop=budget.expired)
+                               clip_grad_norm=cfg.clip_grad_norm, progress=cfg.progress and rank == 0, should_stop=budget.expired,
+                               precision=precision, ema=ema)
         out_of_time = budget.expired()
         if out_of_time:  # every rank says where it stopped: the same place, or DDP would hang
             log.info("time budget of %g min used up: stopping after iteration %d/%d of epoch %d (rank %d of %d)",
@@ -232,16 +247,21 @@ def _train(cfg: TrainConfig, device: torch.device) -> Path:
         epoch_row = _epoch_row(epoch, rows)
         last = epoch == cfg.epochs - 1 or out_of_time
         if rank == 0 and (last or (epoch + 1) % cfg.val_every == 0):
-            m, thresholds = _validate(model, val_loader, gts, labelset.names, device=device, progress=cfg.progress)
+            judged = model if ema is None else ema.module  # the EMA weights are the model that is kept
+            m, thresholds = _validate(judged, val_loader, gts, labelset.names, device=device, progress=cfg.progress)
             epoch_row.update(val_map50=m["map50"], val_map40=m["map40"], val_froc_mean=m["froc_mean"])
             score = m["map50"] if m["map50"] is not None else -1.0
             meta = {**run_meta, "history": history + [epoch_row], "val_metrics": {k: m[k] for k in ("map50", "map40", "map50_95", "froc_mean")},
                     "thresholds": thresholds, "epoch": epoch}
-            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch, "best": max(best, score)}
-            _save(cfg.out, model, dataclasses.replace(run_ckpt, meta=meta, train_state=state), is_best=score > best)
+            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch, "best": max(best, score),
+                     "ema": None if ema is None else ema.state_dict()}
+            _save(cfg.out, model, judged, dataclasses.replace(run_ckpt, meta=meta, train_state=state),
+                  is_best=score > best or cfg.select == "last")
             best = max(best, score)
-            log.info("epoch %d: loss %.3f, val mAP@0.5 %.3f (best %.3f), %.1f img/s, %.1f min",
-                        epoch, epoch_row["loss"], score, best, epoch_row["images_per_s"], (time.monotonic() - t_start) / 60)
+            elapsed = time.monotonic() - t_start
+            left = elapsed / (epoch + 1 - start_epoch) * (cfg.epochs - epoch - 1)  # bounded by work: epochs, not minutes
+            log.info("epoch %d/%d: loss %.3f, val mAP@0.5 %.3f (best %.3f), %.1f img/s, %.1f min, about %.1f min left",
+                     epoch + 1, cfg.epochs, epoch_row["loss"], score, best, epoch_row["images_per_s"], elapsed / 60, left / 60)
         history.append(epoch_row)
         if last:
             break
@@ -302,7 +322,7 @@ def _loaders(cfg: TrainConfig, train_studies, val_studies, labelset, pre: Prepro
     return train_loader, val_loader, sampler
 
 
-def _resume(prev, model: torch.nn.Module, optimizer, scheduler) -> tuple[list, int, float, dict]:
+def _resume(prev, model: torch.nn.Module, optimizer, scheduler, ema=None) -> tuple[list, int, float, dict]:
     """Load ``prev`` into the run: ``(history, start_epoch, best, weights_meta)`` to continue from."""
     start_epoch, best = 0, float("-inf")
     model.load_state_dict(prev.state)
@@ -310,6 +330,8 @@ def _resume(prev, model: torch.nn.Module, optimizer, scheduler) -> tuple[list, i
         optimizer.load_state_dict(prev.train_state["optimizer"])
         scheduler.load_state_dict(prev.train_state["scheduler"])
         start_epoch = int(prev.train_state["epoch"]) + 1
+        if ema is not None and prev.train_state.get("ema"):
+            ema.load_state_dict(prev.train_state["ema"])
         best = float(prev.train_state.get("best", float("-inf")))
     weights_meta = prev.meta.get("weights", {"name": "unknown (checkpoint written before cxr recorded it)"})
     return list(prev.meta.get("history", [])), start_epoch, best, weights_meta
@@ -332,10 +354,11 @@ def _validate(model: torch.nn.Module, loader, gts: list, class_names, *, device:
     return evaluate_detections(preds, gts, class_names, bootstrap=0), choose_thresholds(preds, gts, class_names)
 
 
-def _save(out: Path, model: torch.nn.Module, ckpt, *, is_best: bool) -> None:
-    """``last.pt`` with the state to resume from; ``best.pt`` (without it) when this epoch is the best."""
+def _save(out: Path, model: torch.nn.Module, kept: torch.nn.Module, ckpt, *, is_best: bool) -> None:
+    """``last.pt``: the trained weights with the state to resume from (the EMA's among it); ``best.pt``:
+    the weights that are kept (``kept``: the EMA's when there is one), when this epoch is chosen."""
     from cxr.training.checkpoint import save_checkpoint
 
     save_checkpoint(out / "last.pt", model, ckpt)
     if is_best:
-        save_checkpoint(out / "best.pt", model, dataclasses.replace(ckpt, train_state=None))
+        save_checkpoint(out / "best.pt", kept, dataclasses.replace(ckpt, train_state=None))

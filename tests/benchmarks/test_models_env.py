@@ -56,7 +56,8 @@ def test_untrained_weights_are_deterministic_and_carry_the_preset_fields():
 
 
 def test_gemm_peaks_name_each_precision_and_what_was_timed():
-    from cxr.benchmarks.env import environment, gemm_peaks, isa_line
+    from cxr.benchmarks.env import environment, gemm_peaks
+    from cxr.machine import isa_line
 
     peaks = gemm_peaks(64, repeats=1)
     for key in ("fp32", "bf16", "int8"):

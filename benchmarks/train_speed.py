@@ -1,0 +1,84 @@
+"""``cxr bench train-speed``: training images/s per precision, in one process, on this CPU.
+
+The precisions take turns in short rounds of the same iterations (same films, same
+augmentation draws, fresh copies of the same initial weights), so a change of machine
+load hits every precision alike; the report gives each precision's median images/s over
+its rounds and the ratio to FP32 measured in the same run.  Timing covers the forward,
+backward and optimiser step (data loading is cached and identical for all).
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cxr.machine import cpu_info, isa_line
+
+
+def measure(data: Path, *, preset: str = "cpu-demo", precisions=("fp32", "bf16"), iterations: int = 10,
+            rounds: int = 5, warmup: int = 3, seed: int = 0, progress: bool = True) -> dict:
+    """Images/s of ``iterations`` training steps per round, ``rounds`` rounds per precision, interleaved."""
+    from torch.utils.data import DataLoader
+
+    from cxr.labels import get_labelset
+    from cxr.preprocess import PreprocessConfig
+    from cxr.training.annotations import NIHDataset
+    from cxr.training.model import build_model, load_pretrained
+    from cxr.training.precision import TrainPrecision, autocast, resolve
+    from cxr.training.torch_dataset import Augmenter, DetectionDataset, collate
+    from cxr.training.train import make_config, model_config, param_groups
+    from cxr.training.weights import resolve as resolve_weights
+
+    cfg = make_config(preset, data=data, seed=seed)
+    labelset = get_labelset(cfg.labelset)
+    studies = NIHDataset.from_dir(data, labelset=labelset.name, seed=seed, require_images=True).detection_studies("train")
+    pre = PreprocessConfig(size=cfg.size)
+    dataset = DetectionDataset(studies, labelset, pre, augment=Augmenter(), seed=seed)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
+                        generator=torch.Generator().manual_seed(seed))
+    batches = []
+    for images, targets in loader:  # the same batches for every precision
+        batches.append((images, targets))
+        if len(batches) == iterations + warmup:
+            break
+    torch.manual_seed(seed)
+    base = build_model(model_config(cfg, labelset.num_classes))
+    weights = resolve_weights(cfg.weights, arch=cfg.arch)
+    if weights is not None:
+        load_pretrained(base, weights.path, arch=cfg.arch)
+    device = torch.device("cpu")
+    rates: dict[str, list[float]] = {p: [] for p in precisions}
+    for r in range(rounds):
+        for name in precisions:
+            precision = resolve(name, device)
+            model = copy.deepcopy(base)
+            if precision is TrainPrecision.BF16:
+                model = model.to(memory_format=torch.channels_last)
+            model.train()
+            opt = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.backbone_lr_mult), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            times = []
+            for i, (images, targets) in enumerate(batches):
+                t0 = time.perf_counter()
+                with autocast(precision, device):
+                    loss = sum(model(images, targets).values())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+                opt.step()
+                if i >= warmup:
+                    times.append(time.perf_counter() - t0)
+            rates[name].append(cfg.batch_size * len(times) / sum(times))
+            if progress:
+                print(f"round {r + 1}/{rounds} {name}: {rates[name][-1]:.2f} images/s", flush=True)
+    cpu = cpu_info()
+    med = {p: statistics.median(v) for p, v in rates.items()}
+    return {"preset": preset, "cpu": cpu["model"], "isa": isa_line(cpu), "threads": torch.get_num_threads(),
+            "iterations_per_round": iterations, "rounds": rounds, "batch_size": cfg.batch_size,
+            "images_per_s": {p: {"median": med[p], "rounds": rates[p]} for p in precisions},
+            "ratio_to_fp32": {p: med[p] / med["fp32"] for p in precisions} if "fp32" in med else {},
+            "load_average": list(np.round(__import__("os").getloadavg(), 2))}

@@ -1,0 +1,57 @@
+"""What CPU this is, in the terms that decide speed and numerics: SIMD flags, AVX-512, VNNI, BF16, AMX.
+
+Torch-free: training records it in every checkpoint, the benchmarks in every report.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+# Flags worth showing: they explain most of the CPU differences between backends.
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
+              "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
+
+def cpu_info() -> dict:
+    """CPU model, SIMD flags present and core counts (Linux /proc/cpuinfo; best effort elsewhere)."""
+    model, flags, physical = platform.processor() or platform.machine(), set(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            phys_id = core_id = None
+            for line in f:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key == "model name":
+                    model = value
+                elif key == "flags":
+                    flags.update(value.split())
+                elif key == "physical id":
+                    phys_id = value
+                elif key == "core id":
+                    core_id = value
+                    physical.add((phys_id, core_id))
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        usable = os.cpu_count() or 1
+    present = [f for f in SIMD_FLAGS if f in flags]
+    return {
+        "model": model,
+        "logical_cores": os.cpu_count(),
+        "usable_cores": usable,
+        "physical_cores": len(physical) or None,
+        "simd": present,
+        "avx512": "avx512f" in flags,
+        "vnni": bool({"avx512_vnni", "avx_vnni"} & flags),
+        "amx": "amx_tile" in flags,
+    }
+
+
+def isa_line(cpu: dict) -> str:
+    """One line naming what decides low-precision speed: ``AVX-512 yes, VNNI yes, BF16 yes, AMX no``."""
+    simd = set(cpu.get("simd", []))
+    yes = lambda flag: "yes" if flag else "no"  # noqa: E731
+    return (f"AVX2 {yes('avx2' in simd)}, AVX-512 {yes(cpu.get('avx512'))}, VNNI {yes(cpu.get('vnni'))}, "
+            f"BF16 {yes(bool({'avx512_bf16', 'amx_bf16'} & simd))}, AMX {yes(cpu.get('amx'))}")
