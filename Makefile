@@ -61,7 +61,7 @@ demo: setup weights
 	$(CXR) evaluate --checkpoint $(DEMO)/run/best.pt --data $(DEMO)/data --split test --out $(DEMO)/eval
 	$(CXR) export onnx --checkpoint $(DEMO)/run/best.pt --repository $(DEMO)/model_repository --data $(DEMO)/data --check --force
 	$(CXR) export onnx-int8 --checkpoint $(DEMO)/run/best.pt --repository $(DEMO)/model_repository --data $(DEMO)/data --check \
-		|| echo "note: no INT8 model was placed (reason above; README: Export); serving uses FP32"
+		|| echo "note: no INT8 model was placed (reason above; export/README.md); serving uses FP32"
 	$(CXR) predict $$(sed 's|^|$(DEMO)/data/dicom/|; s|\.png$$|.dcm|' $(DEMO)/data/test_list.txt | head -n 12) \
 		--serve $(DEMO)/model_repository --png $(DEMO)/annotated --sr $(DEMO)/sr --gsps $(DEMO)/gsps
 	@echo

@@ -323,7 +323,7 @@ def echoscu(port: int, *, called: str, calling: str = "ECHOSCU") -> bool:
 
 # --------------------------------------------------------------------------- dciodvfy
 
-# Warnings that stay (README "Connect your PACS"): dciodvfy knows no local coding scheme.
+# Warnings that stay (client/README.md, "Connect your PACS"): dciodvfy knows no local coding scheme.
 ACCEPTED_WARNINGS = ("Unrecognized defined term <99CXR> for value 1 of attribute <Coding Scheme Designator>",)
 
 

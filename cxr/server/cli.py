@@ -52,7 +52,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="serve the model repository with the embedded Triton server",
         description="Start the tritonserver shipped by nvidia-pytriton (CPU; Python backend + ensembles) on the "
         "model repository, wait until cxr_detector is ready, print the endpoints and run until Ctrl-C/SIGTERM. "
-        "Binds to loopback unless --host says otherwise. GPU production uses the NGC container (see README). "
+        "Binds to loopback unless --host says otherwise. GPU production uses the NGC container (see model_repository/README.md). "
         "Security: --tls-cert/--tls-key put gRPC on TLS, adding --tls-ca makes it mutual (clients need a certificate "
         "signed by that CA). Triton's HTTP endpoint has no TLS: with TLS on it (and metrics) stays on 127.0.0.1 even "
         "when --host is public. A non-loopback --host without TLS is allowed but logs a warning.",

@@ -1,6 +1,6 @@
 -- Orthanc: send every chest radiograph it stores to the cxr PACS bridge.
 -- Load it with  "LuaScripts": [ "/etc/orthanc/autoroute.lua" ]  and declare the bridge in
--- "DicomModalities": { "cxr": [ "CXR", "cxr-host", 11112 ] } (README, "Connect your PACS").
+-- "DicomModalities": { "cxr": [ "CXR", "cxr-host", 11112 ] } (client/README.md, "Connect your PACS").
 -- The bridge's own results (SR, PR) come back to Orthanc and are not routed again.
 local BRIDGE = "cxr"  -- the DicomModalities entry
 

@@ -77,7 +77,7 @@ def results_of(orthanc: Orthanc, study: str, source_sop: str) -> list[pydicom.Da
 
 
 def check_iods(datasets, folder: Path) -> None:
-    """dciodvfy on every result as the PACS stored it: 0 errors, only the README's warnings."""
+    """dciodvfy on every result as the PACS stored it: 0 errors, only the warnings client/README.md lists."""
     folder.mkdir(parents=True, exist_ok=True)
     for i, ds in enumerate(datasets):
         path = folder / f"{i}-{ds.Modality}.dcm"
@@ -152,7 +152,7 @@ def test_htj2k_reaches_the_bridge_from_a_dicom_sender_and_results_land_in_orthan
 
 
 def test_orthanc_lua_auto_routing_from_the_readme(server, films, tmp_path):
-    """deploy/orthanc/autoroute.lua, as the README shows it: a stored CR is sent to the bridge on its own."""
+    """deploy/orthanc/autoroute.lua, as client/README.md shows it: a stored CR is sent to the bridge on its own."""
     bridge_port = stable_port()
     lua = (ROOT / "deploy" / "orthanc" / "autoroute.lua").read_text()
     with Orthanc(tmp_path / "orthanc", modalities={"cxr": ("CXR", "127.0.0.1", bridge_port)}, lua=lua) as orthanc:

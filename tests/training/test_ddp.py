@@ -1,4 +1,4 @@
-"""``torchrun --nproc-per-node 2 -m cxr.cli train`` on CPU (gloo), as the README documents it.
+"""``torchrun --nproc-per-node 2 -m cxr.cli train`` on CPU (gloo), as training/README.md documents it.
 
 The time budget (``--max-minutes``) must be one decision for all ranks: a rank that
 stops alone leaves the others waiting in DDP's next all-reduce, a hang.  Ranks of a

@@ -17,7 +17,7 @@ from cxr.decode.transfer_syntaxes import BY_UID, SYNTAXES, available_plugins, de
 from peers import base_films, film_source, make_film, reference_decode
 
 # Lossy encodings as made here (peers.ENCODERS) and how far their decoded films may be from the
-# original, in the [0, 1] display range after the grayscale pipeline (max, mean |diff|); README,
+# original, in the [0, 1] display range after the grayscale pipeline (max, mean |diff|); client/README.md,
 # "Connect your PACS".  This bounds the encoders' loss (dcmcjpeg may also shift the stored values
 # and the window with them); the decoders themselves must equal an independent decoder exactly.
 LOSSY_TOLERANCE = {
