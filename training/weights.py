@@ -125,10 +125,9 @@ def sha256_of(path: str | Path) -> str:
 
 
 def known(name: str) -> WeightsFile:
-    try:
-        return KNOWN[name]
-    except KeyError:
-        raise InvalidOptionError(f"unknown weights {name!r}; known: {', '.join(KNOWN)} (`cxr weights list`)") from None
+    if name not in KNOWN:
+        raise InvalidOptionError(f"unknown weights {name!r}; known: {', '.join(KNOWN)} (`cxr weights list`)")
+    return KNOWN[name]
 
 
 def verify(path: str | Path, spec: WeightsFile, *, fix: str) -> str:
