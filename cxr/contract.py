@@ -1,7 +1,7 @@
 """The served contract, defined once: tensors, request parameters, models, artifacts.
 
 Everything that crosses a process boundary is named here and nowhere else: the
-``cxr_detector`` ensemble's inputs and outputs, the largest request, the default ports,
+``cxr_detector`` ensemble's inputs and outputs (and ``cxr_explain``'s), the largest request, the default ports,
 the tensors between its three steps,
 the exported graph's input and outputs, the per-request parameters, the keys of the
 ``parameters`` that ``cxr export`` stamps into every ``config.pbtxt``, and the
@@ -148,6 +148,27 @@ SPACING_COL_MM = RequestParameter("spacing_col_mm", float, "PIXELS column spacin
 POSTPROCESS_OVERRIDES = {SCORE_THRESHOLD: "score_threshold", IOU_THRESHOLD: "iou_threshold", TOP_K: "max_detections"}
 
 
+# ------------------------------------------------------------------ explanations
+
+# The model clients call for per-detection saliency maps (D-RISE, cxr.saliency).  A Python
+# model, not an ensemble: in Triton 2.51 a step of an ensemble never sees its client
+# cancel (request.is_cancelled() stays False; measured, model_repository/README.md), and
+# an explanation is seconds of work to stop.  It runs the preprocess numerics itself and
+# sends the masked copies to the ``detector`` step (BLS); ``cxr_detector`` is unchanged.
+EXPLAIN = "cxr_explain"
+EXPLAIN_MAX_BATCH = 1  # one study per request: each study's maps have the size of its own film
+# [D, h, w]: one map per detection (BOXES order), on the film inside the letterbox
+# (LetterboxRecord.resized_shape of RECORD); cxr.saliency.to_original brings one to ORIGINAL pixels.
+SALIENCY = Tensor("SALIENCY", "TYPE_FP32", (-1, -1, -1))
+EXPLAIN_OUTPUTS = (*ENSEMBLE_OUTPUTS, SALIENCY, RECORD)
+
+SALIENCY_MASKS = RequestParameter("saliency_masks", int, "D-RISE masked passes N (time grows linearly)")
+SALIENCY_GRID = RequestParameter("saliency_grid", int, "cells per side of each random mask")
+SALIENCY_SEED = RequestParameter("saliency_seed", int, "seed of the masks: the same seed gives the same maps")
+# The explainer's overrides and the cxr.saliency.SaliencyConfig field each one sets.
+SALIENCY_OVERRIDES = {SALIENCY_MASKS: "masks", SALIENCY_GRID: "grid", SALIENCY_SEED: "seed"}
+
+
 # Keys of the ``parameters`` that ``cxr export`` stamps into the model configs.
 class ConfigKey(ClosedVocabulary, label="model config parameter"):
     """What the Triton adapters read from ``config.pbtxt``."""
@@ -163,6 +184,7 @@ class ConfigKey(ClosedVocabulary, label="model config parameter"):
     INTRA_OP_SPINNING = "intra_op_spinning"  # ONNX Runtime threads busy-wait ("1") or sleep ("0") between kernels
     CPU_MEM_ARENA = "cpu_mem_arena"
     RUNTIME = "runtime"  # CPU detector's in-process runtime: a DetectorRuntime
+    SALIENCY = "saliency"  # cxr.saliency.SaliencyConfig as JSON: the explainer's defaults
 
 
 class DetectorRuntime(ClosedVocabulary, label="detector runtime"):

@@ -264,6 +264,11 @@ class DriseRun:
         self.weights[part] = similarity(self.targets, self.labels, raw, content_box(self.record))
         self._done[part] = True
 
+    @property
+    def answered(self) -> int:
+        """Masked passes whose answer is in."""
+        return int(self._done.sum())
+
     def maps(self) -> np.ndarray:
         """``[D, h, w]`` float32 on the content region (see :func:`to_original`)."""
         if len(self.labels) and not self._done.all():

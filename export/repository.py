@@ -19,7 +19,7 @@ import json
 import shutil
 from pathlib import Path
 
-from cxr.contract import Artifact, Step
+from cxr.contract import EXPLAIN, Artifact, Step
 from cxr.errors import UsageError
 
 METADATA_FILE = "cxr-metadata.json"
@@ -29,7 +29,8 @@ IDENTITY_FIELDS = ("model_version", "class_names", "preprocess", "model")
 
 # The committed repository (model.py adapters + default configs) in the source tree.
 TEMPLATE = Path(__file__).resolve().parents[1] / "model_repository"
-PYTHON_MODELS = tuple(Step)  # every step has a model.py adapter (the GPU detector configs ignore its)
+# Every step has a model.py adapter (the GPU detector configs ignore its), and so has cxr_explain.
+PYTHON_MODELS = (*Step, EXPLAIN)
 
 
 class RepositoryConflict(UsageError):

@@ -1,9 +1,12 @@
 """``config.pbtxt`` files of the Triton model repository, rendered from model metadata.
 
-One ensemble, ``cxr_detector``, is the only model clients call::
+One ensemble, ``cxr_detector``, is the model clients call for detections::
 
     IMAGE_BYTES ──► preprocess ──IMAGES, RECORD──► detector ──boxes, scores, labels, valid──► postprocess ──► BOXES, BOXES_MM, SCORES, LABELS, MODEL_VERSION
     (or PIXELS)      (python)                     (python/ORT | onnxruntime_onnx | tensorrt_plan)  (python)
+
+``cxr_explain`` (:func:`explain_config`) is the one they call for detections with a saliency
+map each: a Python model that sends masked copies to ``detector`` (BLS).
 
 ``detector`` has one ``config.pbtxt`` per target: the default is the embedded CPU
 server's Python-backend model running ONNX Runtime; ``configs/gpu-onnx.pbtxt`` and
@@ -18,9 +21,11 @@ import json
 from pathlib import Path
 
 from cxr.contract import (
-    DETECTOR_INPUT, ENSEMBLE, ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS, MAX_BATCH, RAW_OUTPUTS, RECORD, Artifact, ConfigKey, Precision,
-    DetectorRuntime, ServeTarget, Step, Tensor, detector_input, detector_outputs, preprocess_outputs,
+    DETECTOR_INPUT, ENSEMBLE, ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS, EXPLAIN, EXPLAIN_MAX_BATCH, EXPLAIN_OUTPUTS, MAX_BATCH,
+    RAW_OUTPUTS, RECORD, Artifact, ConfigKey, Precision, DetectorRuntime, ServeTarget, Step, Tensor, detector_input,
+    detector_outputs, preprocess_outputs,
 )
+from cxr.saliency import SaliencyConfig
 
 # No waiting for company: the dynamic batcher still batches every request that queued
 # while the instance was busy (what load brings), but a lone request never waits.  The
@@ -33,6 +38,11 @@ GPU_QUEUE_DELAY_US = 2000
 # default) or sleep ("0"); see cxr.serving.runtime.ort_session.  The served default is "0":
 # spinning threads take the cores the preprocess/postprocess stubs and gRPC need.
 SERVED_SPINNING = False
+# cxr_explain: how long an explanation may wait behind others for the explainer (one
+# instance: explanations run one at a time, each fills the detector's batches).  A request's
+# own timeout shortens it (allow_timeout_override; Triton 2.51 honours a request's timeout in
+# the queue only when the model has a default one), so a client that gave up is never started.
+EXPLAIN_QUEUE_TIMEOUT_US = 600_000_000
 # Tensors inside the ensemble: the preprocess outputs and the detector's raw outputs.
 _IMAGES, _RECORD = DETECTOR_INPUT, "record"
 _RAW = {name: f"raw_{name}" for name in RAW_OUTPUTS}
@@ -149,7 +159,28 @@ def render(meta: dict, *, cpu_threads: int = 0, queue_delay_us: dict | None = No
         "}",
         _params(**{ConfigKey.MODEL_VERSION: version, ConfigKey.CLASS_NAMES: classes}),
     ]) + "\n"
+    files[f"{EXPLAIN}/config.pbtxt"] = explain_config(meta)
     return files
+
+
+def explain_config(meta: dict) -> str:
+    """``cxr_explain``: a Python model that BLS-calls ``detector`` (not an ensemble: see cxr.contract).
+
+    Its defaults are the detection ones plus ``meta["saliency"]`` (a
+    :class:`~cxr.saliency.SaliencyConfig`; the dataclass defaults until a model carries its own).
+    """
+    saliency = SaliencyConfig.from_dict(meta.get(ConfigKey.SALIENCY) or {}).to_dict()
+    return "\n".join([
+        f'name: "{EXPLAIN}"', 'backend: "python"', f"max_batch_size: {EXPLAIN_MAX_BATCH}",
+        "dynamic_batching { max_queue_delay_microseconds: 0 default_queue_policy { "
+        f"default_timeout_microseconds: {EXPLAIN_QUEUE_TIMEOUT_US} allow_timeout_override: true }} }}",
+        _io("input", ENSEMBLE_INPUTS),
+        _io("output", EXPLAIN_OUTPUTS),
+        _instances("KIND_CPU"),
+        _params(**{ConfigKey.PREPROCESS: meta["preprocess"], ConfigKey.POSTPROCESS: meta["postprocess"],
+                   ConfigKey.SALIENCY: saliency, ConfigKey.CLASS_NAMES: meta[ConfigKey.CLASS_NAMES],
+                   ConfigKey.MODEL_VERSION: meta.get(ConfigKey.MODEL_VERSION, "unexported")}),
+    ]) + "\n"
 
 
 def _step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> str:

@@ -23,7 +23,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cxr.contract import ENSEMBLE, GRPC_PORT, HTTP_PORT, METRICS_PORT, PRECISION_ENV, Artifact, Precision, ServeTarget
+from cxr.contract import ENSEMBLE, EXPLAIN, GRPC_PORT, HTTP_PORT, METRICS_PORT, PRECISION_ENV, Artifact, Precision, ServeTarget
 from cxr.errors import InvalidOptionError, UsageError
 from cxr.server.install import TritonInstall, prepare_backends
 from cxr.server.net import free_ports, host_port, is_loopback
@@ -46,7 +46,7 @@ class TritonServer:
     target: ServeTarget | str = ServeTarget.CPU
     precision: Precision | str = Precision.FP32  # which ONNX the cpu target's detector runs
     log_file: Path | None = None
-    models: tuple[str, ...] = ()  # explicit model control: load only these (empty = all)
+    models: tuple[str, ...] = ()  # explicit model control: load only these (empty = cxr_detector and cxr_explain)
     env: dict = field(default_factory=dict)
     process: subprocess.Popen | None = None
     # gRPC TLS (PEM files): cert + key turn TLS on; a client CA as well makes it
@@ -130,7 +130,10 @@ class TritonServer:
         ]
         if self.target.config_name is not None:
             cmd.append(f"--model-config-name={self.target.config_name}")
-        models = self.models or (ENSEMBLE,)  # the ensemble pulls in its three steps
+        # The ensemble pulls in its three steps; cxr_explain (when the repository has it: one
+        # exported before it existed does not) costs an idle Python stub until someone asks for a map.
+        explain = (EXPLAIN,) if (Path(self.model_repository) / EXPLAIN / "config.pbtxt").is_file() else ()
+        models = self.models or (ENSEMBLE, *explain)
         cmd += [f"--load-model={m}" for m in models]
         return cmd
 

@@ -5,7 +5,8 @@ the names in :mod:`cxr.contract`, call these functions and :mod:`cxr` numerics, 
 answer through :func:`respond` / :func:`respond_batched`, the one error boundary of
 the serving layer: every request gets its own response, INVALID_ARG naming the
 problem for bad input (:class:`~cxr.errors.InvalidImageError`,
-:class:`~cxr.errors.InvalidRequestError`), INTERNAL naming the exception for a bug in
+:class:`~cxr.errors.InvalidRequestError`), the code a :class:`StepFailed` names (a
+cancelled explanation, a failed BLS call), INTERNAL naming the exception for a bug in
 cxr; the other requests of the batch are answered normally.  (``pb_utils`` is the
 stub's ``triton_python_backend_utils`` module, passed in so this file imports
 without Triton.)
@@ -23,6 +24,16 @@ import numpy as np
 from cxr.errors import InvalidImageError, InvalidRequestError
 
 BAD_INPUT = (InvalidImageError, InvalidRequestError)  # INVALID_ARG; anything else is INTERNAL
+
+
+class StepFailed(Exception):
+    """A request this step stops on purpose, answered with ``code`` (a ``TritonError`` code name)
+    and this message, without a traceback: e.g. CANCELLED when the client gave up on a long
+    explanation, UNAVAILABLE when a model it calls (BLS) failed."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def model_parameters(model_config: str | dict) -> dict:
@@ -54,6 +65,11 @@ def _guarded(pb_utils, step: str, fn: Callable[[], Any]) -> tuple[Any, Any]:
         return fn(), None
     except BAD_INPUT as exc:
         return None, error_response(pb_utils, str(exc))
+    except StepFailed as exc:  # on purpose, so no traceback; logged: a client that hung up reads no response
+        logger = getattr(pb_utils, "Logger", None)
+        if logger is not None:
+            logger.log_info(f"{step}: request answered {exc.code}: {exc}")
+        return None, error_response(pb_utils, str(exc), exc.code)
     except Exception as exc:  # a bug in cxr (or the host out of memory), not in the study: this request only
         logger = getattr(pb_utils, "Logger", None)
         if logger is not None:  # the traceback goes to the server log, for the bug report

@@ -9,6 +9,7 @@ the reference the served ensemble must equal.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -17,6 +18,8 @@ from cxr.decode.image import decode_image
 from cxr.decode.types import DecodedImage
 from cxr.postprocess import DetectionArrays, PostprocessConfig
 from cxr.preprocess import PreprocessConfig
+from cxr.saliency import SaliencyConfig
+from cxr.serving.explain import explain_study
 from cxr.serving.steps import RawOutput, prepare_batch, unmap_detections
 
 
@@ -39,3 +42,16 @@ class Pipeline:
             batch, records = self.prepare(images[start : start + batch_size])
             results += unmap_detections(self.detector(batch), records, self.post)
         return results
+
+    def explain(self, image, saliency: SaliencyConfig = SaliencyConfig()) -> tuple[DetectionArrays, np.ndarray, np.ndarray]:
+        """One study -> (detections, D-RISE maps ``[D, h, w]``, letterbox record ``[8]``): the
+        ``cxr_explain`` model's computation in process (:func:`cxr.serving.explain.explain_study`,
+        the same code), the reference the served maps must equal."""
+        images, records = self.prepare([image])
+
+        async def detect(batch: np.ndarray) -> RawOutput:
+            return self.detector(batch)
+
+        dets, maps = asyncio.run(explain_study(images[0], records[0], detect, postprocess=self.post,
+                                               saliency=saliency, preprocess=self.pre))
+        return dets, maps, records[0]

@@ -40,12 +40,12 @@ def decode_request_image(data: bytes | None, pixels: np.ndarray | None, params: 
         return decode_image(data)
     spacing = None
     if SPACING_ROW_MM.name in params and SPACING_COL_MM.name in params:
-        spacing = (_number(params, SPACING_ROW_MM), _number(params, SPACING_COL_MM))
+        spacing = (request_number(params, SPACING_ROW_MM), request_number(params, SPACING_COL_MM))
     bits = params.get(BITS_STORED.name)
-    return decode_pixels(pixels, bits_stored=None if bits is None else _number(params, BITS_STORED), spacing_mm=spacing)
+    return decode_pixels(pixels, bits_stored=None if bits is None else request_number(params, BITS_STORED), spacing_mm=spacing)
 
 
-def _number(params: dict, parameter) -> float | int:
+def request_number(params: dict, parameter) -> float | int:
     """``params[parameter.name]`` as the parameter's type; InvalidRequestError if it is not a finite number."""
     value = params[parameter.name]
     try:
@@ -62,7 +62,7 @@ def postprocess_overrides(base: PostprocessConfig, params: dict) -> PostprocessC
 
     Raises InvalidRequestError naming the bad parameter (answered INVALID_ARG).
     """
-    values = {field: _number(params, parameter) for parameter, field in POSTPROCESS_OVERRIDES.items()
+    values = {field: request_number(params, parameter) for parameter, field in POSTPROCESS_OVERRIDES.items()
               if parameter.name in params}
     try:
         return base.replace(**values)

@@ -54,8 +54,8 @@ def test_record_length_is_the_letterbox_record_layout():
 
 
 def test_no_file_restates_a_tensor_name_or_artifact_file():
-    names = {t.name for t in (*contract.ENSEMBLE_INPUTS, *contract.ENSEMBLE_OUTPUTS, contract.RECORD)}
-    names |= {contract.ENSEMBLE, "IMAGES", *(a.file for a in Artifact), *(a.path for a in Artifact)}
+    names = {t.name for t in (*contract.ENSEMBLE_INPUTS, *contract.EXPLAIN_OUTPUTS, contract.RECORD)}
+    names |= {contract.ENSEMBLE, contract.EXPLAIN, "IMAGES", *(a.file for a in Artifact), *(a.path for a in Artifact)}
     graph_names = {contract.DETECTOR_INPUT, *contract.RAW_OUTPUTS}  # common words: only where the graph is wired
     found = {f.relative_to(ROOT).as_posix(): sorted(_string_literals(f) & (names | (graph_names if _wires_the_graph(f) else set())))
              for f in PRODUCT if f != CONTRACT}
