@@ -28,6 +28,7 @@ import numpy as np
 from cxr.errors import InvalidFileError, InvalidOptionError, MissingFileError
 from cxr.decode.header import STUDY_SUFFIXES as IMAGE_SUFFIXES
 from cxr.labels import NIH_NO_FINDING, LabelSet, LabelSetName, get_labelset
+from cxr.training.masks import MASKS_FILE, attach_masks, read_masks_file
 from cxr.training.nih_csv import read_data_entry_columns, read_nih_bbox_list, read_nih_data_entry
 from cxr.training.studies import SPLITS, Study, assign_patients, gc_paused
 from cxr.training.summary import summarize
@@ -98,6 +99,7 @@ class NIHDataset:
         seed: int = 0,
         require_images: bool = False,
         released_size: int | Literal["auto"] | None = "auto",
+        masks: str | Path | None = "auto",
     ) -> NIHDataset:
         """Read an NIH folder: ``Data_Entry_2017*.csv(.gz)``, ``BBox_List_2017.csv(.gz)``,
         images under ``images*/`` (any depth, as NIH's ``images_001/images/`` tarballs
@@ -114,6 +116,11 @@ class NIHDataset:
         ``None`` means the files have the Data_Entry sizes; ``"auto"`` picks ``None``
         when every row lists the same square size (data written in its own grid,
         like ``cxr synth``), else :data:`NIH_RELEASED_SIZE` (NIH's sizes vary by row).
+
+        ``masks``: a COCO instance-segmentation file (RLE, :mod:`cxr.training.masks`)
+        whose instances become the boxed studies' ``Study.masks``, each matched to its
+        box; ``"auto"`` reads ``root/masks.json`` when it exists (``cxr synth`` writes
+        it), ``None`` reads none.  Instances of images not in the dataset are ignored.
         """
         if not (released_size is None or released_size == "auto"
                 or (isinstance(released_size, int) and released_size > 0)):
@@ -160,6 +167,7 @@ class NIHDataset:
         # Built once, split included: dataclasses.replace on 112k studies costs seconds.
         with gc_paused():
             studies = _build_studies(cols, keep, bboxes, paths, where, labels, released_size)
+        studies = _with_masks(studies, _masks_path(root, masks), labels, files)
         return cls(studies, labelset=labels, root=root, files=files, split_source=source)
 
     def split(self, name: str) -> list[Study]:
@@ -182,6 +190,25 @@ class NIHDataset:
         out = summarize(self.studies, self.splits)
         out.update(dataset="nih", labelset=self.labelset.name, split_source=self.split_source, files=self.files)
         return out
+
+
+def _masks_path(root: Path, masks: str | Path | None) -> Path | None:
+    if masks is None:
+        return None
+    if masks == "auto":
+        path = root / MASKS_FILE
+        return path if path.is_file() else None
+    path = Path(masks)
+    if not path.is_file():
+        raise MissingFileError(f"masks file {path} does not exist; pass a COCO RLE instance file, or masks=None")
+    return path
+
+
+def _with_masks(studies: list[Study], path: Path | None, labels: LabelSet, files: dict[str, str]) -> list[Study]:
+    if path is None:
+        return studies
+    files["masks"] = str(path)
+    return attach_masks(studies, read_masks_file(path, labels.canonical), source=str(path))
 
 
 def _lookup(images: dict[str, Path], image_id: str) -> Path | None:

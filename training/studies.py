@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr.errors import InvalidOptionError
+from cxr.training.masks import InstanceMasks
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -46,6 +47,8 @@ class Study:
     ``box_labels[i]`` the canonical finding name of ``boxes[i]``.  ``findings`` are
     the image-level labels (canonical names); ``()`` means "no finding".
     ``spacing_mm`` is (row, column) in mm of that same pixel grid, or ``None``.
+    ``masks``, when the dataset has instance masks, holds one (lazily decoded) mask per
+    box, ``masks.mask(i)`` bool ``[height, width]`` in the same ORIGINAL pixel grid.
     """
 
     image_id: str
@@ -60,6 +63,7 @@ class Study:
     spacing_mm: tuple[float, float] | None = None
     view_position: str | None = None
     split: str | None = None
+    masks: InstanceMasks | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         b = self.boxes
@@ -72,6 +76,13 @@ class Study:
             raise ValueError(
                 f"study {self.image_id!r}: {len(self.boxes)} boxes but {len(self.box_labels)} box labels"
             )
+        if self.masks is not None:
+            if len(self.masks) != len(self.boxes):
+                raise ValueError(f"study {self.image_id!r}: {len(self.boxes)} boxes but {len(self.masks)} masks")
+            grid = (self.height, self.width)
+            if None not in grid and grid != (self.masks.height, self.masks.width):
+                raise ValueError(f"study {self.image_id!r}: masks are {self.masks.height}x{self.masks.width} "
+                                 f"(HxW) but the image is {self.height}x{self.width}")
         if self.split is not None and self.split not in SPLITS:
             raise ValueError(f"study {self.image_id!r}: split {self.split!r} is not one of {SPLITS}")
 

@@ -24,6 +24,9 @@ def _counts(studies: list[Study]) -> dict:
         "unboxed_finding_images": sum(1 for s in studies if s.findings and not len(s.boxes)),
         "detection_images": sum(1 for s in studies if s.detection_usable),
         "images_on_disk": sum(1 for s in studies if s.path is not None),
+        # instance masks (Study.masks): boxes that have one, and the images they are on
+        "masks": sum(s.masks.count for s in studies if s.masks is not None),
+        "images_with_masks": sum(1 for s in studies if s.masks is not None and s.masks.count),
         "boxes_per_class": dict(sorted(boxes_per_class.items())),
         "findings_per_class": dict(sorted(findings_per_class.items())),
     }
@@ -34,7 +37,8 @@ def summarize(studies: Iterable[Study], splits: dict[str, list[Study]] | None = 
 
     Keys: images, patients, boxes, boxes_per_class {name: n}, findings_per_class,
     images_with_boxes, no_finding_images, unboxed_finding_images, detection_images,
-    images_on_disk, splits {name: {images, patients, boxes, detection_images}}.
+    images_on_disk, masks (boxes with an instance mask), images_with_masks,
+    splits {name: {images, patients, boxes, detection_images}}.
     ``splits`` defaults to grouping by ``Study.split`` (studies without one are left out).
     """
     studies = list(studies)
@@ -66,6 +70,7 @@ def format_summary(summary: dict) -> str:
         ("no-finding images", summary["no_finding_images"]),
         ("findings, no boxes (not used for detection)", summary.get("unboxed_finding_images")),
         ("usable for detection", summary.get("detection_images")),
+        ("boxes with instance masks", summary.get("masks")),
     ]
     width = max(len(name) for name, _ in rows)
     lines += [f"  {name:<{width}}  {value:>9,}" for name, value in rows if value is not None]

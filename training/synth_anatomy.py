@@ -304,6 +304,14 @@ def _vessels(a: Anatomy, pose: Pose, n: int) -> np.ndarray:
     return box_blur(out, max(1, int(round(1.5 * scale))), passes=2)
 
 
+def heart_shadow(n: int, heart_box_px) -> np.ndarray:
+    """The heart's silhouette on an ``n x n`` grid, float32 ``[n, n]`` in 0..1 (0.5 on its
+    edge): an ellipse tilted 22 degrees whose bounding box is ``heart_box_px`` (xyxy in
+    this grid's pixels).  :func:`render_anatomy` draws it; the Cardiomegaly mask is it."""
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
+    return rotated_ellipse(xx, yy, heart_box_px, 22.0, 5.0 * n / 1024)
+
+
 def render_anatomy(
     a: Anatomy, pose: Pose, n: int, heart_box_px, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -340,8 +348,7 @@ def render_anatomy(
 
     lungs = lung_mask(a, u, v, -1, inspiration=pose.inspiration, edge=edge)
     lungs = lungs + lung_mask(a, u, v, 1, inspiration=pose.inspiration, edge=edge)
-    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
-    heart = rotated_ellipse(xx, yy, heart_box_px, 22.0, 5.0 * n / 1024)
+    heart = heart_shadow(n, heart_box_px)
     air = lungs * (1 - _mediastinum(a, u, v)) * (1 - 0.88 * heart)
     # Lungs look darker in the middle zones than at the apices and bases (less tissue).
     air = air * (0.88 + 0.12 * np.exp(-(((v - 0.38) / 0.2) ** 2)))

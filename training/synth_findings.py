@@ -10,6 +10,7 @@ a detector.  Boxes are ``xyxy`` float32 in pixels of the output image.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -136,22 +137,40 @@ def _edge(x: np.ndarray, px: float) -> np.ndarray:
     return sigmoid(x / max(px, 0.5) * 4)
 
 
+@dataclass(frozen=True)
+class FindingLayers:
+    """What one finding added to the layers: its own values inside ``region``.
+
+    ``region`` is ``(rows, cols)`` slices of the ``[n, n]`` grid; ``opacity``,
+    ``lucency`` and ``lines`` are float32 ``[rows, cols]`` arrays (``None``: the finding
+    adds nothing to that layer).  The true region of a finding
+    (:mod:`cxr.training.synth_masks`) is computed from these, alone on the normal film.
+    """
+
+    region: tuple[slice, slice]
+    opacity: np.ndarray | None = None
+    lucency: np.ndarray | None = None
+    lines: np.ndarray | None = None
+
+
 def render_finding(
     name: str, box_px, rng: np.random.Generator, n: int,
     opacity: np.ndarray, lucency: np.ndarray, lines: np.ndarray,
-) -> None:
+) -> FindingLayers | None:
     """Draw one finding into the ``[n, n]`` layers, in place, inside ``box_px`` (xyxy on
-    the ``n`` grid; the box's side of the image decides which way is lateral).
+    the ``n`` grid; the box's side of the image decides which way is lateral); returns
+    what this finding alone added (``None`` when it drew nothing).
 
     ``opacity`` 0..1: fraction of lung air replaced (fluid, tissue); ``lucency`` 0..1:
     extra air without lung markings (pneumothorax); ``lines``: thin bright lines.
     Cardiomegaly draws nothing here: the heart shadow itself is enlarged to its box.
     """
     if name == "Cardiomegaly":
-        return
+        return None
     sl, s, t, w, h = _local(box_px, n)
     if s.size == 0 or t.size == 0:
-        return
+        return None
+    rim = line = None
     side = -1 if (float(box_px[0]) + float(box_px[2])) / 2 < n / 2 else 1
     q = (1 - s) if side < 0 else s  # 1 at the lateral edge of the box, 0 medially
     px = n / 1024  # one pixel of the 1024 grid, in this grid
@@ -176,8 +195,10 @@ def render_finding(
         a, b = rng.uniform(0.55, 0.75), rng.uniform(0.65, 0.85)
         e = np.hypot(q / a, (1 - t) / b)  # collapsed lung: ellipse from the medial-lower corner
         scale = min(a * w, b * h)
-        lucency[sl] = np.maximum(lucency[sl], _edge((e - 1) * scale, 2 * px))
-        lines[sl] += 0.12 * np.exp(-(((e - 1) * scale / (1.6 * px)) ** 2))  # visceral pleural line
+        rim = _edge((e - 1) * scale, 2 * px)  # the air between chest wall and lung
+        lucency[sl] = np.maximum(lucency[sl], rim)
+        line = 0.12 * np.exp(-(((e - 1) * scale / (1.6 * px)) ** 2))  # visceral pleural line
+        lines[sl] += line
         o = 0.12 * _edge((1 - e) * scale, 6 * px)  # the collapsed lung is a little denser
     elif name == "Atelectasis":
         if h > 0.9 * w or rng.random() < 0.3:
@@ -207,7 +228,9 @@ def render_finding(
         o = (rng.uniform(0.7, 0.9) if dense else rng.uniform(0.5, 0.65)) * env * patch * fine
         if dense:
             o = o * (1 - 0.55 * _bronchograms(rng, o.shape, side, px))
-    opacity[sl] = 1 - (1 - opacity[sl]) * (1 - np.clip(o, 0, 1))
+    o = np.clip(o, 0, 1)
+    opacity[sl] = 1 - (1 - opacity[sl]) * (1 - o)
+    return FindingLayers(sl, opacity=o, lucency=rim, lines=line)
 
 
 def _bronchograms(rng: np.random.Generator, shape: tuple[int, int], side: int, px: float) -> np.ndarray:
