@@ -187,8 +187,7 @@ def _train(cfg: TrainConfig, device: torch.device) -> Path:
     from cxr.training.checkpoint import Checkpoint, data_fingerprint, load_checkpoint
     from cxr.training.engine import ground_truth, train_one_epoch
     from cxr.machine import cpu_info, isa_line
-    from cxr.training.ema import ModelEma
-    from cxr.training.precision import TrainPrecision, resolve as resolve_precision
+    from cxr.training.precision import TrainPrecision
     from cxr.training.weights import resolve as resolve_weights
 
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -203,12 +202,7 @@ def _train(cfg: TrainConfig, device: torch.device) -> Path:
     check_normalisation(weights, pre)
     mcfg = model_config(cfg, labelset.num_classes)
     model, weights_meta = _initial_model(cfg, mcfg, weights, prev)
-    model = model.to(device)
-    precision = resolve_precision(cfg.precision if (cfg.amp or device.type != "cuda") else "fp32", device)
-    if precision is TrainPrecision.BF16:
-        # oneDNN's AMX/AVX512-BF16 convolutions want NHWC: NCHW bf16 convolutions reorder every call
-        model = model.to(memory_format=torch.channels_last)
-    ema = ModelEma(model, decay=cfg.ema_decay, warmup=cfg.ema_warmup) if cfg.ema_decay > 0 else None
+    model, precision, ema = _placed(cfg, model, device)
     train_loader, val_loader, sampler = _loaders(cfg, train_studies, val_studies, labelset, pre, rank=rank, world=world)
 
     optimizer = make_optimizer(cfg, model)
@@ -258,16 +252,27 @@ def _train(cfg: TrainConfig, device: torch.device) -> Path:
             _save(cfg.out, model, judged, dataclasses.replace(run_ckpt, meta=meta, train_state=state),
                   is_best=score > best or cfg.select == "last")
             best = max(best, score)
-            elapsed = time.monotonic() - t_start
-            left = elapsed / (epoch + 1 - start_epoch) * (cfg.epochs - epoch - 1)  # bounded by work: epochs, not minutes
-            log.info("epoch %d/%d: loss %.3f, val mAP@0.5 %.3f (best %.3f), %.1f img/s, %.1f min, about %.1f min left",
-                     epoch + 1, cfg.epochs, epoch_row["loss"], score, best, epoch_row["images_per_s"], elapsed / 60, left / 60)
+            _log_epoch(cfg, epoch, start_epoch, epoch_row, score, best, time.monotonic() - t_start)
         history.append(epoch_row)
         if last:
             break
     if rank == 0:
         (cfg.out / "history.json").write_text(json.dumps(history, indent=1))
     return cfg.out / "best.pt"
+
+
+def _placed(cfg: TrainConfig, model: torch.nn.Module, device: torch.device):
+    """``(model, precision, ema)``: the model on ``device`` in the layout its precision wants, and its EMA (or None)."""
+    from cxr.training.ema import ModelEma
+    from cxr.training.precision import TrainPrecision, resolve as resolve_precision
+
+    model = model.to(device)
+    precision = resolve_precision(cfg.precision if (cfg.amp or device.type != "cuda") else "fp32", device)
+    if precision is TrainPrecision.BF16:
+        # oneDNN's AMX/AVX512-BF16 convolutions want NHWC: NCHW bf16 convolutions reorder every call
+        model = model.to(memory_format=torch.channels_last)
+    ema = ModelEma(model, decay=cfg.ema_decay, warmup=cfg.ema_warmup) if cfg.ema_decay > 0 else None
+    return model, precision, ema
 
 
 def _studies(cfg: TrainConfig, labelset) -> tuple[list, list]:
@@ -335,6 +340,13 @@ def _resume(prev, model: torch.nn.Module, optimizer, scheduler, ema=None) -> tup
         best = float(prev.train_state.get("best", float("-inf")))
     weights_meta = prev.meta.get("weights", {"name": "unknown (checkpoint written before cxr recorded it)"})
     return list(prev.meta.get("history", [])), start_epoch, best, weights_meta
+
+
+def _log_epoch(cfg: TrainConfig, epoch: int, start_epoch: int, row: dict, score: float, best: float, elapsed: float) -> None:
+    """One line per validated epoch, with the time left: training is bounded by work (epochs), not minutes."""
+    left = elapsed / (epoch + 1 - start_epoch) * (cfg.epochs - epoch - 1)
+    log.info("epoch %d/%d: loss %.3f, val mAP@0.5 %.3f (best %.3f), %.1f img/s, %.1f min, about %.1f min left",
+             epoch + 1, cfg.epochs, row["loss"], score, best, row["images_per_s"], elapsed / 60, left / 60)
 
 
 def _epoch_row(epoch: int, rows: list[dict]) -> dict:
