@@ -59,6 +59,37 @@ def encode_mask(mask: np.ndarray) -> dict:
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
+def rle_counts(counts: str | bytes, *, where: str = "mask") -> list[int]:
+    """The run lengths that a compressed COCO RLE string holds (0-runs first, column-major).
+
+    The string is read as pycocotools' ``rleFrString`` reads it (6-bit groups from '0',
+    each count after the third stored as the difference to the count two before).  It is
+    parsed here because pycocotools does not check it: a truncated string decodes to
+    whatever memory held, with no error."""
+    text = counts.decode("ascii", errors="replace") if isinstance(counts, bytes) else counts
+    out: list[int] = []
+    value = shift = 0
+    for p, ch in enumerate(text):
+        c = ord(ch) - 48
+        if not 0 <= c < 64:
+            raise InvalidFileError(f"{where}: RLE counts hold {ch!r} at {p}; compressed COCO RLE uses '0'..'o' only")
+        value |= (c & 0x1F) << shift
+        shift += 5
+        if c & 0x20:
+            continue
+        if c & 0x10:  # the group's sign bit
+            value -= 1 << shift
+        if len(out) > 2:
+            value += out[-2]
+        if value < 0:
+            raise InvalidFileError(f"{where}: RLE counts decode to a negative run ({value}) at {p}; the string is damaged")
+        out.append(value)
+        value = shift = 0
+    if shift:
+        raise InvalidFileError(f"{where}: RLE counts end in the middle of a number; the string is truncated")
+    return out
+
+
 def _api_rle(rle: dict, where: str) -> dict:
     """``rle`` checked and made what pycocotools takes: compressed ``counts`` as bytes;
     uncompressed ``counts`` (a list of run lengths, COCO's iscrowd form) compressed."""
@@ -75,11 +106,25 @@ def _api_rle(rle: dict, where: str) -> dict:
                 f"H*W = {h * w}, got {len(counts)} counts summing to {sum(v for v in counts if isinstance(v, int))}"
             )
         return _mask_api().frPyObjects({"size": [h, w], "counts": counts}, h, w)
-    if isinstance(counts, str):
-        counts = counts.encode("ascii", errors="replace")
-    if not isinstance(counts, bytes):
+    if not isinstance(counts, (str, bytes)):
         raise InvalidFileError(f"{where}: RLE 'counts' must be a string or a list of integers, got {type(counts).__name__}")
-    return {"size": [h, w], "counts": counts}
+    total = sum(rle_counts(counts, where=where))
+    if total != h * w:
+        raise InvalidFileError(f"{where}: RLE counts cover {total} pixels, its size {h}x{w} has {h * w}; "
+                               "the string is damaged or belongs to another size")
+    return {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
+def rle_from_counts(counts: list[int], height: int, width: int, *, where: str = "mask") -> dict:
+    """COCO compressed RLE of run lengths (0-run first, column-major, summing to H*W)."""
+    rle = _api_rle({"size": [height, width], "counts": [int(c) for c in counts]}, where)
+    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+
+
+def uncompressed_counts(rle: dict, *, where: str = "mask") -> list[int]:
+    """The run lengths of a COCO RLE, compressed or not, checked against its size."""
+    api_rle = _api_rle(rle, where)
+    return list(rle["counts"]) if isinstance(rle["counts"], list) else rle_counts(api_rle["counts"], where=where)
 
 
 def decode_mask(rle: dict, *, where: str = "mask") -> np.ndarray:
@@ -98,7 +143,7 @@ def decode_mask(rle: dict, *, where: str = "mask") -> np.ndarray:
 
 def rle_area(rle: dict, *, where: str = "mask") -> int:
     """Number of pixels set in a COCO RLE mask (without decoding it)."""
-    return int(_mask_api().area(_api_rle(rle, where)))
+    return sum(uncompressed_counts(rle, where=where)[1::2])
 
 
 @dataclass(frozen=True)
