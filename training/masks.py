@@ -7,8 +7,9 @@ of the study's boxes); ``H, W`` are the file's rows and columns.
 Encoding: COCO *compressed* RLE, ``{"size": [H, W], "counts": str}``, of the mask read
 column-major (Fortran order), exactly what ``pycocotools.mask.encode`` writes for
 ``np.asfortranarray(mask.astype(np.uint8))`` with ``counts`` decoded to ASCII.  This
-module is the one place that calls pycocotools' mask API; it is imported only when a
-mask is encoded or decoded, so reading boxes never needs it.
+module is the one place that calls pycocotools' mask API, and only to encode or decode
+pixels: reading, checking and counting masks (``cxr data info``) parse the RLE here and
+need no pycocotools.
 
 ``OUT/masks.json`` (:data:`MASKS_FILE`, written by ``cxr synth``) is a COCO instance
 segmentation file: ``images`` are the dataset's image files (``file_name`` = the NIH
@@ -90,9 +91,9 @@ def rle_counts(counts: str | bytes, *, where: str = "mask") -> list[int]:
     return out
 
 
-def _api_rle(rle: dict, where: str) -> dict:
-    """``rle`` checked and made what pycocotools takes: compressed ``counts`` as bytes;
-    uncompressed ``counts`` (a list of run lengths, COCO's iscrowd form) compressed."""
+def uncompressed_counts(rle: dict, *, where: str = "mask") -> list[int]:
+    """The run lengths of a COCO RLE (compressed string or uncompressed list of
+    ``counts``), checked: ``size`` is ``[H, W]`` and the runs cover exactly ``H * W``."""
     if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
         raise InvalidFileError(f"{where}: an RLE is a dict with 'size' [H, W] and 'counts', got {str(rle)[:80]!r}")
     size, counts = rle["size"], rle["counts"]
@@ -105,13 +106,23 @@ def _api_rle(rle: dict, where: str) -> dict:
                 f"{where}: uncompressed RLE counts must be non-negative integers summing to "
                 f"H*W = {h * w}, got {len(counts)} counts summing to {sum(v for v in counts if isinstance(v, int))}"
             )
-        return _mask_api().frPyObjects({"size": [h, w], "counts": counts}, h, w)
+        return list(counts)
     if not isinstance(counts, (str, bytes)):
         raise InvalidFileError(f"{where}: RLE 'counts' must be a string or a list of integers, got {type(counts).__name__}")
-    total = sum(rle_counts(counts, where=where))
-    if total != h * w:
-        raise InvalidFileError(f"{where}: RLE counts cover {total} pixels, its size {h}x{w} has {h * w}; "
+    runs = rle_counts(counts, where=where)
+    if sum(runs) != h * w:
+        raise InvalidFileError(f"{where}: RLE counts cover {sum(runs)} pixels, its size {h}x{w} has {h * w}; "
                                "the string is damaged or belongs to another size")
+    return runs
+
+
+def _api_rle(rle: dict, where: str) -> dict:
+    """``rle`` checked and made what pycocotools takes: compressed counts as bytes."""
+    uncompressed_counts(rle, where=where)
+    h, w = rle["size"]
+    if isinstance(rle["counts"], list):
+        return _mask_api().frPyObjects({"size": [h, w], "counts": list(rle["counts"])}, h, w)
+    counts = rle["counts"]
     return {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
 
 
@@ -119,12 +130,6 @@ def rle_from_counts(counts: list[int], height: int, width: int, *, where: str = 
     """COCO compressed RLE of run lengths (0-run first, column-major, summing to H*W)."""
     rle = _api_rle({"size": [height, width], "counts": [int(c) for c in counts]}, where)
     return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
-
-
-def uncompressed_counts(rle: dict, *, where: str = "mask") -> list[int]:
-    """The run lengths of a COCO RLE, compressed or not, checked against its size."""
-    api_rle = _api_rle(rle, where)
-    return list(rle["counts"]) if isinstance(rle["counts"], list) else rle_counts(api_rle["counts"], where=where)
 
 
 def decode_mask(rle: dict, *, where: str = "mask") -> np.ndarray:
@@ -263,7 +268,7 @@ def read_masks_file(path: str | Path, canonical=lambda name: name) -> dict[str, 
             got = segm.get("size") if isinstance(segm, dict) else str(segm)[:60]
             raise InvalidFileError(f"{where}: segmentation must be an RLE of size [height, width] = [{h}, {w}] "
                                    f"(the image's), got {got!r}")
-        _api_rle(segm, where)  # malformed counts fail here, not in the middle of training
+        uncompressed_counts(segm, where=where)  # malformed counts fail here, not in the middle of training
         x, y, bw, bh = (float(v) for v in _field(ann, "bbox", list, where))
         if not all(math.isfinite(v) for v in (x, y, bw, bh)) or bw <= 0 or bh <= 0:
             raise InvalidFileError(f"{where}: bbox [x, y, w, h] needs finite values and w, h > 0, got {ann['bbox']!r}")
