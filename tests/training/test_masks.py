@@ -149,3 +149,23 @@ def test_a_masks_file_is_matched_to_the_boxes_or_refused_with_the_reason(tmp_pat
     (tmp_path / "category" / "masks.json").write_text("{not json")
     with pytest.raises(InvalidFileError, match="not a readable COCO JSON file"):
         NIHDataset.from_dir(tmp_path / "category")
+
+
+def test_reading_and_counting_masks_need_no_pycocotools(tmp_path: Path):
+    """cxr data info runs on boxes without the train extra: only pixels need pycocotools."""
+    import subprocess
+    import sys
+
+    root = _nih_folder(tmp_path / "nih", _masks_json([4.5, 6.25, 10, 8]))
+    script = (
+        "import sys; sys.modules['pycocotools'] = None  # as if not installed\n"
+        "from cxr.training.annotations import NIHDataset\n"
+        f"ds = NIHDataset.from_dir({str(root)!r})\n"
+        "print(ds.summary()['masks'])\n"
+        "try:\n    ds.studies[0].masks.mask(0)\nexcept Exception as exc:\n    print(type(exc).__name__, exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    count, error = done.stdout.splitlines()
+    assert count == "1"
+    assert error.startswith("UsageError") and "pip install 'cxr-triton[train]'" in error
