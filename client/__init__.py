@@ -7,6 +7,7 @@
         result = client.predict("study.dcm")          # -> StudyResult
         for d in result.detections:
             print(d.label, d.score, d.box_xyxy_px)    # ORIGINAL image pixels
+        explained = client.explain("study.dcm")       # -> ExplainedResult: a saliency map per detection
 
 :class:`AsyncDetectorClient` is the asyncio twin.  Every failure is a
 :class:`DetectorError` with ``status``, ``message`` and ``retryable``.
@@ -24,6 +25,7 @@ _EXPORTS = {
     "Detection": "cxr.client.results",
     "DetectorClient": "cxr.client.sdk",
     "DetectorError": "cxr.client.errors",
+    "ExplainedResult": "cxr.client.results",
     "Pixels": "cxr.client.requests",
     "Study": "cxr.client.study",
     "StudyResult": "cxr.client.results",

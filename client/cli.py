@@ -14,6 +14,11 @@ from cxr.client.tls import add_tls_arguments, tls_options
 from cxr.contract import LOCAL_URL
 from cxr.errors import UsageError
 
+PREDICT_TIMEOUT_S = 60.0
+# An explained study is masks + 1 detector passes (200 by default): seconds on the cpu-demo
+# model, minutes on R50-FPN at 512 on a CPU.
+SALIENCY_TIMEOUT_S = 600.0
+
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from cxr.client import DetectorClient
@@ -31,20 +36,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         server = TritonServer.on_free_ports(args.serve, log_file=Path(args.serve) / "tritonserver.log")
         url = server.url
+    timeout = args.timeout
+    if timeout is None:
+        timeout = SALIENCY_TIMEOUT_S if args.saliency is not None else PREDICT_TIMEOUT_S
     stow = None
     if args.stow is not None:
         from cxr.client.destinations import StowDestination, read_auth
 
-        stow = StowDestination(args.stow, headers=read_auth(args.dicomweb_auth), timeout_s=args.timeout)
-    with server, DetectorClient(url=url, timeout_s=args.timeout, score_threshold=args.score_threshold, **tls) as client:
+        stow = StowDestination(args.stow, headers=read_auth(args.dicomweb_auth), timeout_s=timeout)
+    explain = None
+    if args.saliency is not None:
+        # Maps for what is shown: explaining the findings under --min-score would only make the answer bigger.
+        explain = {"masks": args.saliency_masks,
+                   "score_threshold": args.min_score if args.score_threshold is None else args.score_threshold}
+    with server, DetectorClient(url=url, timeout_s=timeout, score_threshold=args.score_threshold, **tls) as client:
         outcomes = run_predict(args.paths, client, png=args.png, sr=args.sr, gsps=args.gsps,
-                               min_score=args.min_score, progress=not args.json, stow=stow)
+                               min_score=args.min_score, progress=not args.json, stow=stow, saliency=args.saliency,
+                               explain=explain)
     if args.json:
         print(outcomes_json(outcomes))
     else:
         print(format_table(outcomes, min_score=args.min_score))
         written = [p for o in outcomes for p in o.written]
-        for label, folder in (("annotated PNGs", args.png), ("DICOM SR", args.sr), ("DICOM GSPS", args.gsps)):
+        for label, folder in (("annotated PNGs", args.png), ("saliency PNGs", args.saliency), ("DICOM SR", args.sr),
+                              ("DICOM GSPS", args.gsps)):
             if folder is not None:
                 n = sum(1 for p in written if p.parent == folder)
                 print(f"{label:<15} {n} written to {folder}")
@@ -70,7 +85,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "predict",
         help="send studies to a running server and show the findings",
         description="Send PNG/JPEG/DICOM studies (files or folders) to the cxr_detector ensemble over gRPC. Prints a "
-        "table (or --json); --png writes annotated images, --sr DICOM Structured Reports (TID 1500) and --gsps "
+        "table (or --json); --png writes annotated images, --saliency a saliency overlay per study (D-RISE, one "
+        "map per finding), --sr DICOM Structured Reports (TID 1500) and --gsps "
         "presentation states for DICOM inputs. Needs only the client extra (no torch).",
     )
     p.add_argument("paths", type=Path, nargs="+", help="image files or folders (searched recursively)")
@@ -79,6 +95,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="start the embedded server on this repository for the run (needs the serve extra) instead of --url")
     p.add_argument("--json", action="store_true", help="print results as JSON on stdout")
     p.add_argument("--png", type=Path, default=None, metavar="DIR", help="write annotated PNGs into DIR")
+    p.add_argument("--saliency", type=Path, default=None, metavar="DIR",
+                   help="also explain each finding shown (a D-RISE saliency map per finding, served by cxr_explain) and "
+                   "write one overlay PNG per study into DIR: a panel per finding with its heat map, box, label and "
+                   "colour bar")
+    p.add_argument("--saliency-masks", type=int, default=None, metavar="N",
+                   help="D-RISE masked passes per study with --saliency (default: the server's); time grows with N")
     p.add_argument("--sr", type=Path, default=None, metavar="DIR", help="write DICOM SR (TID 1500) files into DIR")
     p.add_argument("--gsps", type=Path, default=None, metavar="DIR", help="write DICOM GSPS overlays into DIR")
     p.add_argument("--stow", default=None, metavar="URL",
@@ -89,7 +111,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    "$CXR_DICOMWEB_AUTH if set. Never on the command line")
     p.add_argument("--score-threshold", type=float, default=None, help="server-side score threshold for this call")
     p.add_argument("--min-score", type=float, default=0.3, help="only show/draw findings at or above this score (default 0.3)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per study, retries included")
+    p.add_argument("--timeout", type=float, default=None,
+                   help=f"seconds per study, retries included (default {PREDICT_TIMEOUT_S:.0f}, "
+                   f"{SALIENCY_TIMEOUT_S:.0f} with --saliency)")
     add_tls_arguments(p)
     p.set_defaults(func=cmd_predict)
     try:

@@ -93,6 +93,7 @@ class PacsConfig:
     views: tuple[str, ...] = ("PA", "AP", "")  # frontal films only; laterals are not read
     queue_size: int = 64  # studies accepted but not delivered; beyond it senders get 0xA700
     gsps: bool = False  # also send a presentation state (for viewers without SR display)
+    saliency: bool = False  # ask cxr_explain for a D-RISE map per finding (logged; DICOM carriers to come)
     retry_backoff_s: float = 2.0  # first retry wait; doubles per attempt
     max_attempts_per_pass: int = 3  # then the study rests for pass_pause_s (and survives restarts)
     detector_url: str = LOCAL_URL
@@ -153,7 +154,8 @@ class PacsBridge:
 
     ``client`` is any object with ``predict(study, timeout_s=...)`` (a :class:`~cxr.client.study.Study` of
     the spooled bytes, forwarded as they arrived) returning a
-    :class:`~cxr.client.StudyResult` (a :class:`~cxr.client.DetectorClient`); when
+    :class:`~cxr.client.StudyResult` (a :class:`~cxr.client.DetectorClient`), and with
+    ``config.saliency`` ``explain`` (the same, returning an ExplainedResult); when
     None, one is built for ``config.detector_url`` and closed by :meth:`stop`.
     """
 

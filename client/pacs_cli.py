@@ -63,6 +63,9 @@ def add_pacs_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--allow-any", action="store_true", help="accept any calling AE title (trusted networks only)")
     p.add_argument("--spool", type=Path, default=d.spool, help=f"spool folder; holds patient data (default {d.spool})")
     p.add_argument("--gsps", action="store_true", help="also send a Grayscale Softcopy Presentation State")
+    p.add_argument("--saliency", action="store_true",
+                   help="also ask the server's cxr_explain for a D-RISE saliency map per finding and log them "
+                   "(the DICOM objects that carry them are not written yet); raise --timeout to match")
     p.add_argument("--modality", action="append", default=None, metavar="M",
                    help=f"modality to read (repeatable; default {' '.join(d.modalities)})")
     p.add_argument("--queue-size", type=int, default=d.queue_size, help=f"studies pending at most (default {d.queue_size})")
@@ -82,7 +85,7 @@ def cmd_pacs(args: argparse.Namespace) -> int:
     forward = {"forward": args.forward} if args.forward else {
         "forward_dicomweb": args.forward_dicomweb, "dicomweb_headers": read_auth(args.dicomweb_auth)}
     config = PacsConfig(port=args.port, ae_title=args.ae_title, host=args.host, allowed_aes=tuple(args.allow_ae),
-                        allow_any=args.allow_any, spool=args.spool, gsps=args.gsps,
+                        allow_any=args.allow_any, spool=args.spool, gsps=args.gsps, saliency=args.saliency,
                         modalities=tuple(args.modality or PacsConfig.modalities), queue_size=args.queue_size,
                         retry_backoff_s=args.retry_backoff, detector_url=args.url, timeout_s=args.timeout,
                         detector_tls=tls_options(args), **forward)
@@ -112,6 +115,8 @@ def _serve_until(stop: threading.Event, bridge: PacsBridge, config: PacsConfig, 
     print(f"  detector  {url}")
     how = "STOW-RS" if config.forward_dicomweb else "C-STORE"
     print(f"  results   {bridge.destination} ({how}, SR{' + GSPS' if config.gsps else ''})")
+    if config.saliency:
+        print("  saliency  a D-RISE map per finding from cxr_explain, logged (no DICOM carrier yet)")
     print(f"  accepts   CR, DX, SC in {len(bridge.syntaxes)} transfer syntaxes")
     print(f"  spool     {config.spool.resolve()}")
     print("Ctrl-C to stop.", flush=True)

@@ -43,7 +43,7 @@ import pydicom
 from pynetdicom.sop_class import Comprehensive3DSRStorage, GrayscaleSoftcopyPresentationStateStorage
 
 from cxr.client.destinations import DeliveryError
-from cxr.client.dicom_out import presentation_state, structured_report
+from cxr.client.pacs_results import ask, result_objects
 from cxr.client.errors import DetectorError
 from cxr.client.study import Study
 from cxr.errors import InvalidImageError
@@ -345,7 +345,7 @@ class Worker:
         built = self.spool.read_results(uid)
         if built is None:
             try:
-                result = self.client.predict(study, timeout_s=self.config.timeout_s)
+                result = ask(self.client, study, self.config, sid)
             except DetectorError as err:
                 if err.retryable or err.status in _TRANSIENT:
                     return self._retry(uid, attempt, f"detector {err.status}")
@@ -353,9 +353,7 @@ class Worker:
                 why = f"detector {err.status}: {err.message}"
                 return self._fail(uid, why, why[:200])
             try:
-                outputs = [structured_report(ds, result)]
-                if self.config.gsps:
-                    outputs.append(presentation_state(ds, result))
+                outputs = result_objects(ds, result, self.config)
             except Exception as exc:  # noqa: BLE001 - highdicom validation: the same input fails again
                 return self._fail(uid, f"building SR/GSPS: {type(exc).__name__}: {exc}",
                                   f"building SR/GSPS failed ({type(exc).__name__})")

@@ -1,6 +1,7 @@
 """``cxr predict``: studies from files and folders through a running server.
 
-Prints a table (or ``--json``), and writes annotated PNGs (``--png DIR``), DICOM
+Prints a table (or ``--json``), and writes annotated PNGs (``--png DIR``), saliency
+overlays (``--saliency DIR``: one D-RISE map per finding, from ``cxr_explain``), DICOM
 Structured Reports (``--sr DIR``) and presentation states (``--gsps DIR``) — the
 two DICOM outputs only for DICOM inputs, which they must reference — and with
 ``--stow URL`` stores the SR (and the GSPS with ``--gsps``) in a PACS with DICOMweb
@@ -128,25 +129,35 @@ class Outcome:
 
 
 def run_predict(paths: list[Path], client, *, png: Path | None = None, sr: Path | None = None, gsps: Path | None = None,
-                min_score: float = 0.0, progress: bool = True, stow=None) -> list[Outcome]:
-    """Every study through ``client``; ``stow``: a :class:`~cxr.client.destinations.StowDestination` for the results."""
+                min_score: float = 0.0, progress: bool = True, stow=None, saliency: Path | None = None,
+                explain: dict | None = None) -> list[Outcome]:
+    """Every study through ``client``; ``stow``: a :class:`~cxr.client.destinations.StowDestination` for the results.
+
+    saliency: a folder for one saliency overlay PNG per study; the studies then go through
+    ``client.explain(study, **explain)`` (the same detections, each with its map) instead of
+    ``client.predict``, and the SR/GSPS are built from that result.
+    """
     files = collect_inputs(paths)
     dicom_outputs = sr is not None or gsps is not None or stow is not None
     outcomes = []
     for path in tqdm(files, desc="predict", unit="study", disable=not progress or len(files) < 2, file=sys.stderr):
         try:
-            # Read once; a DICOM's Dataset is kept (one parse) when the PNG or the SR/GSPS need it.
-            study = Study.read(path, keep_dataset=png is not None or dicom_outputs)
-            result = client.predict(study)
+            # Read once; a DICOM's Dataset is kept (one parse) when a PNG or the SR/GSPS need it.
+            study = Study.read(path, keep_dataset=png is not None or saliency is not None or dicom_outputs)
+            result = client.explain(study, **(explain or {})) if saliency is not None else client.predict(study)
         except DetectorError as exc:
             log.warning("study %s failed: %s %s", path.name, exc.status, exc.message)
             outcomes.append(Outcome(path, error=exc))
             continue
         written = []
+        # study.dcm and study.png side by side must not overwrite each other's picture
+        name = path.stem if path.suffix.lower() == ".png" else f"{path.stem}_{path.suffix.lstrip('.').lower()}"
         if png is not None:
-            # study.dcm and study.png side by side must not overwrite each other's picture
-            name = path.stem if path.suffix.lower() == ".png" else f"{path.stem}_{path.suffix.lstrip('.').lower()}"
             written.append(annotated_png(study, result, png / f"{name}.png", min_score=min_score))
+        if saliency is not None:
+            from cxr.client.saliency_png import saliency_overlay
+
+            written.append(saliency_overlay(study, result, saliency / f"{name}.png", min_score=min_score))
         stored, stow_error = (), None
         if dicom_outputs and study.is_dicom:
             outputs = _dicom_outputs(study, result, gsps=gsps is not None, min_score=min_score)

@@ -16,8 +16,10 @@ in how they wait.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
+import json
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -30,12 +32,14 @@ import pydicom
 
 from cxr import contract
 from cxr.client.errors import DetectorError, client_error
-from cxr.client.results import Detection, StudyResult
+from cxr.boxes import LetterboxRecord
+from cxr.client.results import Detection, ExplainedResult, StudyResult
 from cxr.client.study import Study
 from cxr.contract import MAX_REQUEST_BYTES, RequestParameter
 from cxr.decode.header import check_size
 from cxr.decode.image import check_pixel_array, probe
 from cxr.errors import InvalidImageError
+from cxr.saliency import MAX_GRID, MAX_MASKS
 
 # The served contract (cxr.contract).  These names are checked against the server's
 # model config on first use, so a server with another contract fails loudly, once.
@@ -43,6 +47,7 @@ IMAGE_BYTES, PIXELS = contract.IMAGE_BYTES.name, contract.PIXELS.name
 REQUIRED_INPUTS = (IMAGE_BYTES, PIXELS)
 REQUIRED_OUTPUTS = tuple(t.name for t in contract.REQUIRED_OUTPUTS)
 OPTIONAL_OUTPUTS = tuple(t.name for t in contract.ENSEMBLE_OUTPUTS if t not in contract.REQUIRED_OUTPUTS)
+EXPLAIN_OUTPUTS = (contract.SALIENCY.name, contract.RECORD.name)  # cxr_explain's, besides the detection outputs
 
 
 @dataclass(frozen=True)
@@ -89,21 +94,27 @@ class Request:
         return hashlib.sha256(self.sop_instance_uid.encode()).hexdigest()[:10]
 
 
-# The range each postprocess override of the contract may take, checked here so that a request
-# the server would refuse is never sent (its PostprocessConfig holds the same ranges).  Every
-# override in cxr.contract.POSTPROCESS_OVERRIDES has an entry (tests/client/test_requests.py).
+# The range each override of the contract may take, checked here so that a request the server
+# would refuse is never sent (its PostprocessConfig and SaliencyConfig hold the same ranges).
+# Every override in cxr.contract.POSTPROCESS_OVERRIDES and SALIENCY_OVERRIDES has an entry
+# (tests/client/test_requests.py).
 OVERRIDE_RANGES: dict[RequestParameter, tuple[Callable[[float], bool], str]] = {
     contract.SCORE_THRESHOLD: (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     contract.IOU_THRESHOLD: (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
     contract.TOP_K: (lambda v: v >= 1, "a positive integer"),
+    contract.SALIENCY_MASKS: (lambda v: 1 <= v <= MAX_MASKS, f"an integer in [1, {MAX_MASKS}]"),
+    contract.SALIENCY_GRID: (lambda v: 2 <= v <= MAX_GRID, f"an integer in [2, {MAX_GRID}]"),
+    contract.SALIENCY_SEED: (lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)"),
 }
 
 
 def request_parameters(**overrides: float | int | None) -> dict[str, int | float]:
-    """Validated per-request postprocess overrides (``score_threshold``, ``iou_threshold``,
-    ``top_k``: :data:`cxr.contract.POSTPROCESS_OVERRIDES`), as the Python types tritonclient
-    accepts; ``None`` leaves the server's default.  The one place both clients build them."""
-    known = {parameter.name: parameter for parameter in contract.POSTPROCESS_OVERRIDES}
+    """Validated per-request overrides (``score_threshold``, ``iou_threshold``, ``top_k``:
+    :data:`cxr.contract.POSTPROCESS_OVERRIDES`; for ``cxr_explain`` also ``saliency_masks``,
+    ``saliency_grid``, ``saliency_seed``: :data:`cxr.contract.SALIENCY_OVERRIDES`), as the Python
+    types tritonclient accepts; ``None`` leaves the server's default.  The one place both
+    clients build them."""
+    known = {parameter.name: parameter for parameter in (*contract.POSTPROCESS_OVERRIDES, *contract.SALIENCY_OVERRIDES)}
     out: dict[str, int | float] = {}
     for name, value in overrides.items():
         if name not in known:
@@ -127,15 +138,15 @@ def _checked(parameter: RequestParameter, value: Any) -> int | float:
     return number
 
 
-def build_request(image: ImageInput, *, score_threshold: float | None = None, iou_threshold: float | None = None,
-                  top_k: int | None = None) -> Request:
+def build_request(image: ImageInput, **overrides: float | int | None) -> Request:
     """Validate ``image`` and turn it into tensors + parameters.  Pure: no network.
 
-    A path is read once into a :class:`~cxr.client.study.Study`; a Study (or bytes) is
-    sent as it is, never re-encoded.  Raises DetectorError(status="CLIENT") naming
-    what was received and what is allowed.
+    ``overrides``: the request parameters :func:`request_parameters` takes.  A path is read
+    once into a :class:`~cxr.client.study.Study`; a Study (or bytes) is sent as it is,
+    never re-encoded.  Raises DetectorError(status="CLIENT") naming what was received and
+    what is allowed.
     """
-    params = request_parameters(score_threshold=score_threshold, iou_threshold=iou_threshold, top_k=top_k)
+    params = request_parameters(**overrides)
     if isinstance(image, Study):
         return _from_study(image, params)
     if isinstance(image, pydicom.Dataset):
@@ -228,17 +239,22 @@ class ModelSpec:
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def from_config(cls, response: dict, model_name: str) -> ModelSpec:
-        """Validate a ``get_model_config(as_json=True)`` response; DetectorError if incompatible."""
+    def from_config(cls, response: dict, model_name: str, *, explain: bool = False) -> ModelSpec:
+        """Validate a ``get_model_config(as_json=True)`` response; DetectorError if incompatible.
+
+        explain: the model must also return saliency maps (``cxr_explain``'s outputs).
+        """
         config = response.get("config", response)
         inputs = {i["name"]: _datatype(i.get("data_type", "")) for i in config.get("input", [])}
         outputs = tuple(o["name"] for o in config.get("output", []))
-        missing = [n for n in REQUIRED_INPUTS if n not in inputs] + [n for n in REQUIRED_OUTPUTS if n not in outputs]
+        required = REQUIRED_OUTPUTS + (EXPLAIN_OUTPUTS if explain else ())
+        missing = [n for n in REQUIRED_INPUTS if n not in inputs] + [n for n in required if n not in outputs]
         if missing:
+            expected = contract.EXPLAIN if explain else contract.ENSEMBLE
             raise DetectorError(
                 "FAILED_PRECONDITION",
-                f"model {model_name!r} on the server is not a cxr detector: it lacks {', '.join(missing)} "
-                f"(inputs {sorted(inputs)}, outputs {list(outputs)}); point model_name at the {contract.ENSEMBLE} ensemble",
+                f"model {model_name!r} on the server is not a cxr {'explainer' if explain else 'detector'}: it lacks "
+                f"{', '.join(missing)} (inputs {sorted(inputs)}, outputs {list(outputs)}); point it at {expected}",
                 retryable=False,
             )
         if inputs[PIXELS] != contract.PIXELS.wire_dtype or inputs[IMAGE_BYTES] != contract.IMAGE_BYTES.wire_dtype:
@@ -249,7 +265,7 @@ class ModelSpec:
                 retryable=False,
             )
         version = config.get("parameters", {}).get(contract.ConfigKey.MODEL_VERSION, {}).get("string_value", "")
-        wanted = tuple(n for n in REQUIRED_OUTPUTS + OPTIONAL_OUTPUTS if n in outputs)
+        wanted = tuple(n for n in required + OPTIONAL_OUTPUTS if n in outputs)
         return cls(inputs, wanted, int(config.get("max_batch_size", 0) or 0) > 0, version, config)
 
     def tensor(self, spec: InputSpec) -> tuple[list[int], str, np.ndarray]:
@@ -299,3 +315,26 @@ def parse_response(result: Any, request: Request, spec: ModelSpec, *, model_name
         served_version = spec.version_parameter or model_version
     return StudyResult(tuple(detections), model_name, served_version, request.image_size, latency_ms,
                        request.sop_instance_uid)
+
+
+def parse_explained(result: Any, request: Request, spec: ModelSpec, detected: StudyResult) -> ExplainedResult:
+    """``cxr_explain``'s outputs -> :class:`~cxr.client.results.ExplainedResult`: ``detected``
+    (:func:`parse_response` of the same outputs) with one map per detection, in the same order.
+
+    The settings reported are the request's, else the defaults in the server's config.
+    """
+    scores = result.as_numpy(contract.SCORES.name)[0]
+    saliency = result.as_numpy(contract.SALIENCY.name)[0][scores >= 0]  # the rows parse_response kept
+    record = LetterboxRecord.from_array(result.as_numpy(contract.RECORD.name)[0])
+    if saliency.shape != (len(detected.detections), *record.resized_shape):
+        raise DetectorError("INTERNAL", f"server returned saliency maps {list(saliency.shape)} for "
+                            f"{len(detected.detections)} detections on a {list(record.resized_shape)} film",
+                            retryable=False)
+    served = spec.raw.get("parameters", {}).get(contract.ConfigKey.SALIENCY, {}).get("string_value", "{}")
+    settings = {**json.loads(served or "{}"),
+                **{field: request.parameters[p.name] for p, field in contract.SALIENCY_OVERRIDES.items()
+                   if p.name in request.parameters}}
+    return ExplainedResult(**{f.name: getattr(detected, f.name) for f in dataclasses.fields(StudyResult)},
+                           saliency=np.ascontiguousarray(saliency, np.float32), record=record,
+                           masks=int(settings.get("masks", 0)), grid=int(settings.get("grid", 0)),
+                           seed=int(settings.get("seed", 0)))

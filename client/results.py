@@ -2,13 +2,19 @@
 
 Boxes are ``xyxy`` in the ORIGINAL image's pixel grid (``0 <= x1 < x2 <= width``),
 never in the model's letterboxed input; ``box_mm`` is the same box in millimetres
-from the top-left corner when the study carries a pixel spacing.  Nothing here
-holds patient data: a result is safe to log, store or send to a worklist.
+from the top-left corner when the study carries a pixel spacing.  An
+:class:`ExplainedResult` (``explain`` instead of ``predict``) adds one saliency map per
+detection.  Nothing here holds patient data: a result is safe to log, store or send to a
+worklist.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
+
+from cxr.boxes import LetterboxRecord
 
 
 @dataclass(frozen=True)
@@ -61,3 +67,40 @@ class StudyResult:
             "latency_ms": float(self.latency_ms),
             "detections": [d.to_dict() for d in self.detections],
         }
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class ExplainedResult(StudyResult):
+    """A :class:`StudyResult` with one D-RISE saliency map per detection (``cxr_explain``).
+
+    Everything that takes a StudyResult (the SR and GSPS builders, the annotated PNG)
+    takes it as is; writers of maps (overlays, Parametric Map, Secondary Capture) look for
+    this type.  saliency: ``[D, h, w]`` float32, map ``i`` explains ``detections[i]``, on
+    the film as the model saw it (inside its letterbox, ``record.resized_shape``); values
+    are D-RISE's ``E[similarity | pixel kept]`` in ``[0, 1]`` (higher: the finding
+    depends more on that pixel).  :meth:`saliency_map` gives one on the ORIGINAL pixel
+    grid.  masks / grid / seed: the D-RISE settings the server used.
+    """
+
+    saliency: np.ndarray
+    record: LetterboxRecord
+    masks: int
+    grid: int
+    seed: int
+    method: str = "D-RISE"
+
+    def saliency_map(self, index: int) -> np.ndarray:
+        """Detection ``index``'s map ``[height, width]`` float32 on the ORIGINAL image grid
+        (:func:`cxr.saliency.to_original`, the one implementation)."""
+        from cxr.saliency import to_original
+
+        if not 0 <= index < len(self.detections):
+            raise IndexError(f"detection index {index} out of range: this result has {len(self.detections)} detections")
+        return to_original(self.saliency[index], self.record)
+
+    def to_dict(self) -> dict:
+        """:meth:`StudyResult.to_dict` and how the maps were made (not the maps: they are arrays)."""
+        return {**super().to_dict(), "saliency": {
+            "method": self.method, "masks": self.masks, "grid": self.grid, "seed": self.seed,
+            "maps": int(self.saliency.shape[0]), "map_shape": [int(v) for v in self.saliency.shape[1:]],
+            "peak": [float(m.max()) for m in self.saliency]}}

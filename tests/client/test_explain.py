@@ -1,0 +1,133 @@
+"""Saliency maps for users: DetectorClient.explain / AsyncDetectorClient.explain, `cxr predict --saliency`
+and `cxr pacs --saliency`, against the live session server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+pytest.importorskip("tritonclient.grpc")
+pytest.importorskip("pytriton")
+
+from cxr.cli import main  # noqa: E402
+from cxr.client import AsyncDetectorClient, DetectorClient, DetectorError, ExplainedResult, StudyResult  # noqa: E402
+from cxr.saliency import SaliencyConfig, to_original  # noqa: E402
+from cxr.boxes import LetterboxRecord  # noqa: E402
+
+pytestmark = pytest.mark.e2e
+FAST = {"timeout_s": 120.0, "retries": 0}
+SETTINGS = dict(masks=16, grid=4, seed=5)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with DetectorClient(url=server.url, **FAST) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def studies(synth_data) -> dict[str, Path]:
+    dx = next(f for f in sorted((synth_data / "dicom").glob("*.dcm"))
+              if pydicom.dcmread(f, stop_before_pixels=True).Modality == "DX")
+    return {"DX": dx, "PNG": sorted((synth_data / "images").glob("*.png"))[1]}
+
+
+def test_explain_gives_each_detection_its_map_on_the_original_grid(client, studies, reference):
+    for name, path in studies.items():
+        result = client.explain(path, **SETTINGS)
+        assert isinstance(result, ExplainedResult) and result.model_name == "cxr_explain"
+        assert (result.masks, result.grid, result.seed, result.method) == (16, 4, 5, "D-RISE")
+        dets, maps, record = reference.explain(path.read_bytes(), SaliencyConfig(**SETTINGS))
+        assert len(result.detections) == len(dets) and result.saliency.shape == maps.shape, name
+        np.testing.assert_allclose(result.saliency, maps, atol=2e-3)
+        for i in range(len(dets)):
+            heat = result.saliency_map(i)
+            assert heat.shape == result.image_size, name
+            np.testing.assert_allclose(heat, to_original(maps[i], LetterboxRecord.from_array(record)), atol=2e-3)
+        summary = result.to_dict()["saliency"]
+        assert summary["maps"] == len(dets) and summary["masks"] == 16 and json.dumps(result.to_dict())
+    assert sum(len(client.predict(p).detections) for p in studies.values()) > 0
+
+
+def test_async_explain_equals_sync_and_predict_is_unchanged(server, client, studies):
+    async def run():
+        async with AsyncDetectorClient(url=server.url, **FAST) as aclient:
+            return await aclient.explain(studies["PNG"], **SETTINGS), await aclient.predict(studies["PNG"])
+
+    explained, predicted = asyncio.run(run())
+    sync = client.explain(studies["PNG"], **SETTINGS)
+    assert explained.detections == sync.detections and np.array_equal(explained.saliency, sync.saliency)
+    assert type(predicted) is StudyResult and predicted.detections == sync.detections
+
+
+def test_server_defaults_are_reported_when_not_asked(client, studies):
+    result = client.explain(studies["PNG"], score_threshold=1.0)  # no detection: no masked pass at all
+    assert result.detections == () and result.saliency.shape[0] == 0
+    assert (result.masks, result.grid, result.seed) == (200, 8, 0)  # the committed config's defaults
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"masks": 0}, "saliency_masks must be an integer in [1, 5000]"),
+    ({"grid": 1}, "saliency_grid must be an integer in [2, 64]"),
+    ({"seed": -1}, "saliency_seed must be"),
+    ({"masks": 2.5}, "saliency_masks must be"),
+])
+def test_bad_settings_are_refused_before_sending(client, studies, options, message):
+    with pytest.raises(DetectorError) as err:
+        client.explain(studies["PNG"], **options)
+    assert err.value.status == "CLIENT" and message in err.value.message
+
+
+def test_a_server_without_the_explainer_names_the_fix(server, studies):
+    with DetectorClient(url=server.url, explain_model_name="no_such_model", **FAST) as c:
+        with pytest.raises(DetectorError) as err:
+            c.explain(studies["PNG"])
+    assert err.value.status == "NOT_FOUND" and "no 'no_such_model' model, so no saliency maps" in err.value.message
+    assert "cxr export" in err.value.message and not err.value.retryable
+
+
+def test_cxr_predict_saliency_writes_one_overlay_per_study(server, studies, tmp_path, capsys):
+    from PIL import Image
+
+    out, sr = tmp_path / "saliency", tmp_path / "sr"
+    rc = main(["predict", str(studies["DX"]), str(studies["PNG"]), "--url", server.url, "--saliency", str(out),
+               "--saliency-masks", "16", "--min-score", "0.05", "--sr", str(sr), "--json"])
+    assert rc == 0
+    outcomes = json.loads(capsys.readouterr().out)
+    assert [o["result"]["saliency"]["masks"] for o in outcomes] == [16, 16]
+    pngs = sorted(out.glob("*.png"))
+    assert [p.name for p in pngs] == sorted([f"{studies['DX'].stem}_dcm.png", f"{studies['PNG'].stem}.png"])
+    for outcome, png in zip(outcomes, sorted(pngs, key=lambda p: 0 if p.name.endswith("_dcm.png") else 1)):
+        img = np.asarray(Image.open(png).convert("RGB")).astype(int)
+        found = len(outcome["result"]["detections"])
+        assert found == outcome["result"]["saliency"]["maps"]
+        if found:  # a heat map is colour on a grey film: some pixels are far from grey
+            assert (np.abs(img[..., 0] - img[..., 2]) > 60).mean() > 0.01
+            assert img.shape[1] >= min(found, 3) * 768  # a panel per finding, three to a row
+    assert len(list(sr.glob("*.sr.dcm"))) == 1  # the SR of the DICOM study, built from the explained result
+
+
+def test_cxr_pacs_saliency_asks_for_the_maps_and_logs_them(server, studies, tmp_path, caplog):
+    from dicomnet import Destination, send
+    from cxr.client.pacs import PacsBridge, PacsConfig
+    from cxr.client.pacs_queue import study_id
+    from cxr.server.net import free_port
+
+    caplog.set_level(logging.INFO, logger="cxr.pacs")
+    ds = pydicom.dcmread(studies["DX"])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    with Destination() as dest:
+        config = PacsConfig(port=free_port(), allowed_aes=("MODALITY1",), forward=("127.0.0.1", dest.port, "PACS"),
+                            spool=tmp_path / "spool", detector_url=server.url, timeout_s=120.0, saliency=True)
+        with PacsBridge(config) as bridge:
+            assert send(bridge.address[1], [ds]) == [0x0000]
+            assert bridge.wait_idle(120)
+        assert len(dest.received) == 1  # the SR, built from the explained result
+    assert f"study {study_id(ds.SOPInstanceUID)} explained:" in caplog.text
+    assert "saliency maps (D-RISE, 200 masks" in caplog.text
