@@ -4,7 +4,7 @@ built.  The two clients differ only in how they wait (:mod:`cxr.client.sdk`).
 
 A call goes to ``cxr_detector`` (``predict``) or to ``cxr_explain`` (``explain``: the same
 detections with one saliency map each); each model's contract is read from the server once
-and cached (:meth:`_ClientBase._spec_for`).
+and cached (``model_spec``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import tritonclient.grpc as grpcclient
 from cxr.client.errors import DetectorError, client_error, tls_hint
 from cxr.client.requests import (PIXELS, ImageInput, ModelSpec, Request, build_request, parse_explained, parse_response,
                                  request_parameters)
-from cxr.client.results import ExplainedResult, StudyResult
+from cxr.client.results import StudyResult
 from cxr.contract import ENSEMBLE, EXPLAIN, LOCAL_URL
 
 log = logging.getLogger("cxr.client")
