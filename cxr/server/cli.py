@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cxr.contract import CPU_PRECISIONS, ENSEMBLE, GRPC_PORT, HTTP_PORT, METRICS_PORT, ServeTarget
+from cxr.contract import CPU_PRECISIONS, ENSEMBLE, EXPLAIN, GRPC_PORT, HTTP_PORT, METRICS_PORT, ServeTarget
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -31,6 +31,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"  gRPC     {args.host}:{args.grpc_port} ({security})")
     print(f"  HTTP     http://{server.http_host}:{args.http_port}/v2/models/{ENSEMBLE}")
     print(f"  metrics  http://{server.http_host}:{args.metrics_port}/metrics")
+    if EXPLAIN in server.model_names:
+        print(f"  maps     {EXPLAIN}: the detections with a D-RISE saliency map each (cxr predict --saliency)")
     print(f"  log      {log_file}")
     print("Ctrl-C to stop.", flush=True)
     try:

@@ -130,12 +130,18 @@ class TritonServer:
         ]
         if self.target.config_name is not None:
             cmd.append(f"--model-config-name={self.target.config_name}")
-        # The ensemble pulls in its three steps; cxr_explain (when the repository has it: one
-        # exported before it existed does not) costs an idle Python stub until someone asks for a map.
-        explain = (EXPLAIN,) if (Path(self.model_repository) / EXPLAIN / "config.pbtxt").is_file() else ()
-        models = self.models or (ENSEMBLE, *explain)
-        cmd += [f"--load-model={m}" for m in models]
+        cmd += [f"--load-model={m}" for m in self.model_names]
         return cmd
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """What the server loads: ``models``, or cxr_detector (the ensemble pulls in its three
+        steps) and cxr_explain when the repository has it (one exported before it existed does
+        not); an idle cxr_explain costs a Python stub (~75 MB) until someone asks for a map."""
+        if self.models:
+            return tuple(self.models)
+        explain = (EXPLAIN,) if (Path(self.model_repository) / EXPLAIN / "config.pbtxt").is_file() else ()
+        return (ENSEMBLE, *explain)
 
     def start(self, *, timeout: float = 120.0) -> TritonServer:
         repo = Path(self.model_repository)

@@ -70,6 +70,8 @@ def test_a_new_repository_gets_the_explainer_and_the_launcher_loads_it(tmp_path)
     ensure_repository(tmp_path, _default_meta())
     assert (tmp_path / contract.EXPLAIN / "1" / "model.py").read_text() == (REPO / contract.EXPLAIN / "1" / "model.py").read_text()
     assert f"--load-model={contract.EXPLAIN}" in TritonServer(model_repository=tmp_path).command(install)
+    assert TritonServer(model_repository=tmp_path).model_names == (contract.ENSEMBLE, contract.EXPLAIN)
+    assert TritonServer(model_repository=tmp_path, models=("preprocess",)).model_names == ("preprocess",)
 
 
 # ------------------------------------------------------------------ request parameters and stopping
