@@ -121,6 +121,20 @@ def postprocess(
     mapped to the film and clipped, empty ones dropped, NMS run per class and the
     ``max_detections`` best kept.  Equal scores keep candidate order.
     """
+    return postprocess_indexed(boxes, scores, labels, record, config, valid_count=valid_count)[1]
+
+
+def postprocess_indexed(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    record: LetterboxRecord,
+    config: PostprocessConfig = PostprocessConfig(),
+    *,
+    valid_count: int | None = None,
+) -> tuple[np.ndarray, DetectionArrays]:
+    """:func:`postprocess`, and which candidate row each final detection came from (int64
+    ``[N]``): the key to per-candidate outputs such as a Mask R-CNN's masks."""
     k = len(scores) if valid_count is None else int(valid_count)
     if not 0 <= k <= len(scores):
         raise ValueError(f"valid_count {valid_count} outside 0..{len(scores)}: it counts the leading candidate rows "
@@ -131,7 +145,7 @@ def postprocess(
 
     finite = np.isfinite(scores) & np.isfinite(boxes).all(axis=1)
     mask = finite & (scores >= config.score_threshold) & (labels > 0)
-    boxes, scores, labels = boxes[mask], scores[mask], labels[mask]
+    boxes, scores, labels, rows = boxes[mask], scores[mask], labels[mask], np.flatnonzero(mask)
 
     # torchvision's order (RoIHeads.postprocess_detections): clip to the image, drop
     # empty boxes, then NMS, then top-k.  Here "the image" is the film inside the
@@ -140,9 +154,9 @@ def postprocess(
     # the padding are compared by the part of them that lies on the film.
     orig = record.from_letterbox(boxes)
     ok = valid_boxes(orig)
-    orig, scores, labels = orig[ok], scores[ok], labels[ok]
+    orig, scores, labels, rows = orig[ok], scores[ok], labels[ok], rows[ok]
     keep = batched_nms(orig, scores, labels, config.iou_threshold)[: config.max_detections]
-    return _with_mm(DetectionArrays(orig[keep], scores[keep], labels[keep]), record)
+    return rows[keep].astype(np.int64), _with_mm(DetectionArrays(orig[keep], scores[keep], labels[keep]), record)
 
 
 def _with_mm(dets: DetectionArrays, record: LetterboxRecord) -> DetectionArrays:
