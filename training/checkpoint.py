@@ -5,7 +5,8 @@ containers, so it loads with ``torch.load(weights_only=True)`` (no pickled code)
 
 ``{"format": "cxr-checkpoint/1", "model": state_dict, "meta": {...}, "train_state": {...} | absent}``
 
-``meta`` carries the model config (architecture, input size, anchors), the
+``meta`` carries the task (``detect``: boxes; ``segment``: a Mask R-CNN's boxes and
+instance masks), the model config (architecture, input size, anchors), the
 preprocessing parameters, the class list, the model version, the training data
 fingerprint, the weights that initialised it (name, file, SHA-256; ``{"name": "none"}``
 from scratch), validation metrics, image-level thresholds and the loss history.
@@ -47,6 +48,11 @@ class Checkpoint:
     train_state: dict | None = None
 
     @property
+    def task(self) -> str:
+        """``detect`` (boxes) or ``segment`` (boxes and instance masks: a Mask R-CNN), from the architecture."""
+        return self.model_config.task
+
+    @property
     def labelset(self) -> LabelSet:
         return LabelSet.from_names(self.class_names, self.labelset_name)
 
@@ -59,6 +65,7 @@ class Checkpoint:
         """The fields every exported artifact carries (JSON-serialisable)."""
         return {
             "format": FORMAT,
+            "task": self.task,
             "model_version": self.model_version,
             "class_names": list(self.class_names),
             "labelset": self.labelset_name,
@@ -108,6 +115,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, ckpt: Checkpoint) 
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(ckpt.meta)
     meta.update(
+        task=ckpt.task,
         model=ckpt.model_config.to_dict(),
         preprocess=ckpt.preprocess.to_dict(),
         postprocess=ckpt.postprocess.to_dict(),
@@ -141,6 +149,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     meta = obj["meta"]
     model_config, preprocess = ModelConfig.from_dict(meta["model"]), PreprocessConfig.from_dict(meta["preprocess"])
     check_input_size(path, model_config, preprocess, meta)
+    if meta.get("task", model_config.task) != model_config.task:  # absent: written before masks, a detector
+        raise InvalidFileError(f"{path}: its metadata says task {meta['task']!r} but its architecture {model_config.arch} "
+                               f"does {model_config.task!r}; the file was edited or damaged")
     return Checkpoint(
         state=obj["model"],
         model_config=model_config,

@@ -64,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cxr.training.train import make_config, train
 
     cfg = make_config(
-        args.preset, data=args.data, out=args.out, weights=args.weights, epochs=args.epochs,
+        args.preset, data=args.data, out=args.out, task=args.task, weights=args.weights, epochs=args.epochs,
         trainable_backbone_layers=args.trainable_backbone_layers, backbone_lr_mult=args.backbone_lr_mult,
         anchor_sizes=args.anchor_sizes,
         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, size=args.size, arch=args.arch,
@@ -183,14 +183,20 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
     """``train`` and ``evaluate``."""
     p = sub.add_parser(
         "train",
-        help="train a Faster R-CNN on an NIH-layout dataset",
-        description="Train a Faster R-CNN detector. Presets: cpu-demo (MobileNetV2-FPN from torchvision's ImageNet "
-        "weights, 256 px, 10 minutes on 2 CPU cores, for synthetic data) and r50-fpn (ResNet-50-FPN, 800 px, the GPU "
-        "configuration). Options given explicitly override the preset. Multi-GPU: torchrun --nproc-per-node N -m cxr.cli train ...",
+        help="train a Faster R-CNN (or, --task segment, a Mask R-CNN) on an NIH-layout dataset",
+        description="Train a Faster R-CNN detector, or with --task segment a Mask R-CNN (boxes and instance masks; "
+        "the data needs masks.json, which `cxr synth` writes). Presets: cpu-demo (MobileNetV2-FPN from torchvision's "
+        "ImageNet weights, 256 px, 10 minutes on 2 CPU cores, for synthetic data), cpu-demo-seg (its Mask R-CNN) and "
+        "r50-fpn (ResNet-50-FPN, 800 px, the GPU configuration; with --task segment torchvision's maskrcnn_resnet50_fpn). "
+        "Options given explicitly override the preset. Multi-GPU: torchrun --nproc-per-node N -m cxr.cli train ...",
     )
     p.add_argument("--data", type=Path, required=True, help="dataset folder in NIH ChestX-ray14 layout")
     p.add_argument("--out", type=Path, default=None, help="run folder for checkpoints (default runs/PRESET)")
-    p.add_argument("--preset", default="r50-fpn", choices=("cpu-demo", "r50-fpn"), help="configuration preset (default r50-fpn)")
+    p.add_argument("--preset", default="r50-fpn", choices=("cpu-demo", "cpu-demo-seg", "r50-fpn"),
+                   help="configuration preset (default r50-fpn)")
+    p.add_argument("--task", default=None, choices=("detect", "segment"),
+                   help="detect: boxes (Faster R-CNN); segment: boxes and instance masks (the architecture's Mask R-CNN). "
+                   "Default: the preset's (cpu-demo-seg: segment, others: detect)")
     p.add_argument("--weights", default=None, metavar="NAME|PATH|none",
                    help="initial weights: imagenet (the cached ImageNet file for --arch; `cxr weights fetch` puts it there), "
                    "a name from `cxr weights list`, a local file (torchvision ImageNet backbone such as resnet50-0676ba61.pth, "
@@ -226,8 +232,9 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         help="clinical detection metrics of a checkpoint",
         description="Evaluate a checkpoint: per-class AP@0.5, mAP@0.5/0.4, COCO AP@[.5:.95], FROC, image-level "
-        "precision/recall/F1/accuracy/AUROC with bootstrap 95%% intervals. Writes metrics.json, metrics.md, "
-        "predictions.csv and plots into --out.",
+        "precision/recall/F1/accuracy/AUROC with bootstrap 95%% intervals; a Mask R-CNN adds COCO segm AP/AP50/AP75 "
+        "and the Dice and IoU of matched instances. Writes metrics.json, metrics.md, predictions.csv "
+        "(segmentations.json for masks) and plots into --out.",
     )
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--data", type=Path, required=True, help="dataset folder in NIH ChestX-ray14 layout")

@@ -11,7 +11,8 @@ import torch
 from tqdm import tqdm
 
 from cxr.boxes import LetterboxRecord
-from cxr.postprocess import PostprocessConfig, postprocess
+from cxr.masks import paste_in_original
+from cxr.postprocess import PostprocessConfig, postprocess_indexed
 
 
 def train_one_epoch(
@@ -28,6 +29,7 @@ def train_one_epoch(
     should_stop: Callable[[], bool] = lambda: False,
     precision=None,
     ema=None,
+    loss_weights: dict[str, float] | None = None,
 ) -> list[dict]:
     """One pass over ``loader``; returns one row per iteration (losses, lr, images/s).
 
@@ -37,12 +39,14 @@ def train_one_epoch(
     Raises ``FloatingPointError`` on a non-finite loss instead of training on NaNs.
     precision: a :class:`~cxr.training.precision.TrainPrecision` (None: float16 AMP when
     ``scaler`` is given, else FP32); ema: a :class:`~cxr.training.ema.ModelEma` updated
-    after every optimiser step.
+    after every optimiser step; loss_weights: factors of named losses in the sum that is
+    optimised (e.g. ``{"loss_mask": 2.0}``; absent: 1), the rows keep the unweighted losses.
     """
     from cxr.training.precision import TrainPrecision, autocast
 
     if precision is None:
         precision = TrainPrecision.FP16 if scaler is not None else TrainPrecision.FP32
+    weights = {k: w for k, w in (loss_weights or {}).items() if w != 1.0}
     model.train()
     rows: list[dict] = []
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False, dynamic_ncols=True)
@@ -52,7 +56,7 @@ def train_one_epoch(
         targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
         with autocast(precision, device):
             losses = model(images, targets)
-            loss = sum(losses.values())
+            loss = sum(v * weights.get(k, 1.0) for k, v in losses.items()) if weights else sum(losses.values())
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}: {({k: v.item() for k, v in losses.items()})}")
         optimizer.zero_grad(set_to_none=True)
@@ -95,7 +99,9 @@ def predict(
     """Run the model over ``loader`` and apply :func:`cxr.postprocess.postprocess`.
 
     Returns, per image in loader order, ``{"boxes": [N, 4] xyxy ORIGINAL pixels,
-    "scores": [N], "labels": [N] (1-based)}`` as numpy arrays.
+    "scores": [N], "labels": [N] (1-based)}`` as numpy arrays; a Mask R-CNN adds
+    ``"masks"``, a :class:`cxr.masks.CroppedMasks` of the N detections in ORIGINAL pixels
+    (:func:`cxr.masks.paste_in_original` of the kept candidates' 28 x 28 probabilities).
     """
     model.eval()
     out: list[dict] = []
@@ -103,16 +109,38 @@ def predict(
         raw = model([im.to(device) for im in images])
         for r, t in zip(raw, targets):
             record = LetterboxRecord.from_array(t["record"].numpy())
-            det = postprocess(
-                r["boxes"].cpu().numpy(), r["scores"].cpu().numpy(), r["labels"].cpu().numpy(), record, postprocess_config
-            )
-            out.append({"boxes": det.boxes, "scores": det.scores, "labels": det.labels})
+            boxes = r["boxes"].cpu().numpy()
+            rows, det = postprocess_indexed(boxes, r["scores"].cpu().numpy(), r["labels"].cpu().numpy(), record,
+                                            postprocess_config)
+            pred = {"boxes": det.boxes, "scores": det.scores, "labels": det.labels}
+            if "masks" in r:
+                pred["masks"] = paste_in_original(r["masks"][:, 0].float().cpu().numpy()[rows], boxes[rows], record)
+            out.append(pred)
     return out
 
 
-def ground_truth(studies, labelset) -> list[dict]:
-    """Ground truth in the form the metrics module takes (ORIGINAL pixels)."""
-    return [
-        {"boxes": np.asarray(s.boxes, np.float32).reshape(-1, 4), "labels": np.asarray(labelset.class_ids(s.box_labels), np.int64)}
-        for s in studies
-    ]
+def ground_truth(studies, labelset, *, masks: bool = False) -> list[dict]:
+    """Ground truth in the form the metrics module takes (ORIGINAL pixels); ``masks=True`` adds
+    ``"masks"``, box ``i``'s COCO RLE (``Study.masks.rles``; what :mod:`cxr.training.seg_metrics` takes)."""
+    out = []
+    for s in studies:
+        g = {"boxes": np.asarray(s.boxes, np.float32).reshape(-1, 4), "labels": np.asarray(labelset.class_ids(s.box_labels), np.int64)}
+        if masks:
+            g["masks"] = list(s.masks.rles) if s.masks is not None else []
+        out.append(g)
+    return out
+
+
+def validate(model: torch.nn.Module, loader, gts: list, class_names, *, device: torch.device,
+             progress: bool = True) -> tuple[dict, dict]:
+    """Validation metrics (no bootstrap) and the image-level thresholds chosen on the same
+    predictions; a Mask R-CNN's metrics add ``segm`` (:func:`~cxr.training.seg_metrics.evaluate_masks`,
+    which needs ``gts`` with masks)."""
+    from cxr.training.metrics import choose_thresholds, evaluate_detections
+    from cxr.training.seg_metrics import evaluate_masks
+
+    preds = predict(model, loader, device, progress=progress, desc="validate")
+    metrics = evaluate_detections(preds, gts, class_names, bootstrap=0)
+    if preds and "masks" in preds[0]:
+        metrics["segm"] = evaluate_masks(preds, gts, class_names, bootstrap=0)
+    return metrics, choose_thresholds(preds, gts, class_names)

@@ -2,7 +2,10 @@
 
 Writes into OUT: ``metrics.json``, ``metrics.md`` (summary table),
 ``predictions.csv`` (image, label, score, x1, y1, x2, y2 in ORIGINAL pixels),
-``loss_curve.png``, ``pr_froc.png`` and ``examples.png``.
+``loss_curve.png``, ``pr_froc.png`` and ``examples.png``.  A Mask R-CNN checkpoint (task
+``segment``) adds ``metrics["segm"]`` (:mod:`cxr.training.seg_metrics`), its table in
+``metrics.md``, ``segmentations.json`` (COCO results: one RLE per detection, image ids as in
+:func:`cxr.training.coco.to_coco` of the split) and mask contours in ``examples.png``.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ def evaluate_checkpoint(
     from cxr.training.engine import ground_truth, predict
     from cxr.training.metrics import evaluate_detections, format_metrics_table
     from cxr.training.plots import plot_examples, plot_loss_curve, plot_pr_froc
+    from cxr.training.seg_metrics import evaluate_masks, format_segm_table
 
     ckpt = load_checkpoint(checkpoint)
     labelset = ckpt.labelset
@@ -60,18 +64,23 @@ def evaluate_checkpoint(
     studies = ds.detection_studies(None if split == "all" else split)[:max_images]
     if not studies:
         raise InvalidFileError(f"{data}: split {split!r} has no studies usable for detection")
+    segment = ckpt.model_config.task == "segment"
+    if segment:
+        _require_masks(studies, data)
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     model = ckpt.build_model().to(dev)
     dataset = DetectionDataset(studies, labelset, ckpt.preprocess)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
     preds = predict(model, loader, dev, postprocess_config=ckpt.postprocess, progress=progress, desc=f"evaluate {split}")
-    gts = ground_truth(studies, labelset)
+    gts = ground_truth(studies, labelset, masks=segment)
     metrics = evaluate_detections(
         preds, gts, labelset.names, image_ids=[s.image_id for s in studies],
         thresholds=ckpt.meta.get("thresholds") or None, bootstrap=bootstrap,
     )
     metrics.update(split=split, checkpoint=str(checkpoint), model_version=ckpt.model_version,
-                   duplicates=duplicate_rate(preds, gts, labelset.names))
+                   duplicates=duplicate_rate(preds, gts, labelset.names), task=ckpt.model_config.task)
+    if segment:
+        metrics["segm"] = evaluate_masks(preds, gts, labelset.names, bootstrap=bootstrap)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -79,8 +88,11 @@ def evaluate_checkpoint(
     (out / "metrics.md").write_text(
         f"# Evaluation of {Path(checkpoint).name} on {split} ({len(studies)} images)\n\n{format_metrics_table(metrics)}\n"
         f"{format_duplicates(metrics['duplicates'])}\n"
+        + (f"\n## Instance masks\n\n{format_segm_table(metrics['segm'])}\n" if segment else "")
     )
     write_predictions_csv(out / "predictions.csv", studies, preds, labelset.names)
+    if segment:
+        write_segmentations(out / "segmentations.json", preds)
     history = ckpt.meta.get("history") or []
     if history:
         plot_loss_curve(history, out / "loss_curve.png")
@@ -90,6 +102,28 @@ def evaluate_checkpoint(
     films = [decode_image(studies[i].path).pixels for i in shown]
     plot_examples(films, [preds[i] for i in shown], [gts[i] for i in shown], labelset.names, out / "examples.png")
     return metrics
+
+
+def _require_masks(studies, data) -> None:
+    """A mask model is scored against masks: every box of the split needs one."""
+    unmasked = [s.image_id for s in studies if len(s.boxes) and (s.masks is None or s.masks.count < len(s.boxes))]
+    if unmasked:
+        raise InvalidFileError(
+            f"{data}: {len(unmasked)} studies of the split have boxes without instance masks (e.g. {unmasked[:3]}); a "
+            "segment checkpoint is scored against masks: put masks.json beside the data (`cxr data info` counts them)")
+
+
+def write_segmentations(path: Path, preds) -> None:
+    """COCO results of the predicted masks: ``{image_id, category_id, score, bbox [x, y, w, h],
+    segmentation (compressed RLE)}`` per detection, ORIGINAL pixels, image ids ``1..N`` in split order."""
+    from cxr.boxes import xyxy_to_xywh
+    from cxr.training.seg_metrics import masks_to_rles
+
+    rows = [{"image_id": i, "category_id": int(lab), "score": round(float(score), 5),
+             "bbox": [round(float(v), 2) for v in box], "segmentation": rle}
+            for i, p in enumerate(preds, start=1)
+            for box, score, lab, rle in zip(xyxy_to_xywh(p["boxes"]), p["scores"], p["labels"], masks_to_rles(p["masks"]))]
+    path.write_text(json.dumps(rows, separators=(",", ":")) + "\n")
 
 
 def example_indices(studies, n: int = 8) -> list[int]:

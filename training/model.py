@@ -1,4 +1,4 @@
-"""Model factory: torchvision Faster R-CNN variants, built with no downloaded weights.
+"""Model factory: torchvision Faster R-CNN and Mask R-CNN variants, built with no downloaded weights.
 
 The models take input already preprocessed by :mod:`cxr.preprocess` (letterboxed to
 ``S x S`` and normalised), so torchvision's ``GeneralizedRCNNTransform`` is replaced
@@ -13,6 +13,13 @@ backbone levels from stride 32, which leaves a 15 px nodule at 256 px no feature
 that can see it (issue 14).  ``anchor_sizes`` are one size per level (or a multiple
 of five, split evenly), finest level first.
 
+A Mask R-CNN (``maskrcnn_*``, the ``segment`` task) is its detector twin (``fasterrcnn_*``:
+same backbone, FPN, anchors, RPN and box head) plus torchvision's mask branch: an ROI
+pooler on the box pooler's FPN levels (14 x 14), a head of 3 x 3 convolutions and a
+predictor of one ``28 x 28`` mask per class.  In eval mode it returns, per detection,
+``masks`` ``[K, 1, 28, 28]`` probabilities of the detection's class over its box in the
+letterbox frame; pasting them into the image is :func:`cxr.masks.paste_in_original`.
+
 Pretrained weights (:mod:`cxr.training.weights`) go in with :func:`load_pretrained`; only over
 them does :func:`freeze_backbone` freeze early stages -- frozen random layers stay
 random for the whole run.
@@ -26,9 +33,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
 from cxr.errors import InvalidFileError, InvalidOptionError, MissingFileError
@@ -39,7 +47,17 @@ ARCHITECTURES = (
     "fasterrcnn_resnet18_fpn",  # light backbone for CPU demos
     "fasterrcnn_mobilenet_v3_large_fpn",  # lightest; mobile/edge
     "fasterrcnn_mobilenet_v2_fpn",  # the CPU demo: torchvision's ImageNet file ships in a registry package
+    "maskrcnn_resnet50_fpn",  # torchvision's Mask R-CNN (the segment task's GPU model)
+    "maskrcnn_mobilenet_v2_fpn",  # the segment task's CPU demo, on the CPU demo detector's backbone
 )
+# Each Mask R-CNN and the detector whose backbone, FPN, RPN and box head it shares: ImageNet
+# weights initialise a backbone, so a mask model takes its twin's (`cxr weights`).
+DETECTOR_TWIN = {"maskrcnn_resnet50_fpn": "fasterrcnn_resnet50_fpn", "maskrcnn_mobilenet_v2_fpn": "fasterrcnn_mobilenet_v2_fpn"}
+TASKS = ("detect", "segment")  # boxes; boxes and instance masks (a maskrcnn_* architecture)
+MASK_POOL, MASK_SIZE = 14, 28  # torchvision's: ROI features 14 x 14, masks 28 x 28 (one transposed conv)
+# FPN levels the ROI poolers read (torchvision's default names; ROIAlign takes those present):
+# strides 4-32 on a ResNet, 8-32 on a MobileNet, whose coarser levels are "pool", "pool1".
+ROI_LEVELS = ("0", "1", "2", "3")
 FPN_LEVELS = 5  # every architecture (see the module docstring)
 MOBILENET_STRIDES = (8, 16, 32)  # the backbone stages a MobileNet FPN reads
 # Revision of the networks this factory builds.  2: MobileNet FPNs at strides 8-128 (issue 14);
@@ -64,6 +82,8 @@ class ModelConfig:
     fpn_channels: int = 256  # torchvision's; a MobileNet FPN at stride 8 costs more than its backbone at 256
     candidates: int = 300  # raw detections per image handed to postprocess (pre-NMS)
     candidate_score_threshold: float = 0.01  # below this a candidate never matters
+    mask_head_channels: int = 256  # Mask R-CNN only: width of the mask head's convolutions (torchvision's)
+    mask_head_layers: int = 4  # Mask R-CNN only: 3 x 3 convolutions before the 2x up-convolution (torchvision's)
     topology: int = TOPOLOGY
 
     def __post_init__(self) -> None:
@@ -77,10 +97,18 @@ class ModelConfig:
             raise InvalidOptionError(
                 f"anchor_sizes: {len(self.anchor_sizes)} sizes do not split evenly over the {FPN_LEVELS} FPN levels; "
                 f"give {FPN_LEVELS} (one per level, finest first) or a multiple of {FPN_LEVELS}")
+        if self.mask_head_channels < 1 or self.mask_head_layers < 1:
+            raise InvalidOptionError(f"the mask head needs at least one layer of one channel, got {self.mask_head_layers} "
+                                     f"layers of {self.mask_head_channels}")
         if self.topology != TOPOLOGY and "mobilenet" in self.arch:
             raise InvalidOptionError(
                 f"{self.arch} of model-factory topology {self.topology} (FPN on two stride-32 maps) is no longer built; "
                 f"this cxr builds topology {TOPOLOGY} (FPN levels at strides 8-128): retrain the model with this cxr")
+
+    @property
+    def task(self) -> str:
+        """``segment`` for a Mask R-CNN (boxes and instance masks), else ``detect``."""
+        return "segment" if self.arch in DETECTOR_TWIN else "detect"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -114,6 +142,12 @@ class PreprocessedInput(GeneralizedRCNNTransform):
         if image.shape[-2:] != (self.size, self.size):
             raise ValueError(f"model expects preprocessed {self.size}x{self.size} input, got {tuple(image.shape[-2:])}")
         return image, target
+
+    def postprocess(self, result, image_shapes, original_image_sizes):
+        """Detections stay in the letterbox frame (the input is never resized, so torchvision's
+        box rescale is a factor of 1) and masks stay the mask head's ``[K, 1, 28, 28]``:
+        un-letterboxing and pasting are :mod:`cxr.postprocess` and :mod:`cxr.masks`, as in serving."""
+        return result
 
 
 class SubsampledLevels(ExtraFPNBlock):
@@ -153,6 +187,7 @@ def _backbone(arch: str, fpn_channels: int):
     from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
     from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+    arch = DETECTOR_TWIN.get(arch, arch)
     if arch in ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet18_fpn"):
         name = "resnet50" if arch == "fasterrcnn_resnet50_fpn" else "resnet18"
         # BatchNorm (not torchvision's FrozenBatchNorm): it trains from scratch, adapts
@@ -170,8 +205,25 @@ def _backbone(arch: str, fpn_channels: int):
                            fpn_channels, extra_blocks=SubsampledLevels(FPN_LEVELS - len(stages)))
 
 
+def arch_for_task(arch: str, task: str) -> str:
+    """The architecture that does ``task`` on ``arch``'s backbone: ``segment`` turns a detector into its
+    Mask R-CNN twin; a Mask R-CNN asked to ``detect`` is refused (it would train masks it has no targets for)."""
+    if task not in TASKS:
+        raise InvalidOptionError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
+    twins = {det: mask for mask, det in DETECTOR_TWIN.items()}
+    if task == "segment" and arch not in DETECTOR_TWIN:
+        if arch not in twins:
+            raise InvalidOptionError(f"--task segment needs a Mask R-CNN and {arch} has none; choose --arch "
+                                     f"{' or '.join(DETECTOR_TWIN)} (or their detectors {', '.join(twins)})")
+        return twins[arch]
+    if task == "detect" and arch in DETECTOR_TWIN:
+        raise InvalidOptionError(f"{arch} is a Mask R-CNN: pass --task segment, or --arch {DETECTOR_TWIN[arch]} to detect")
+    return arch
+
+
 def build_model(config: ModelConfig) -> FasterRCNN:
-    """A Faster R-CNN for ``config`` with random weights (``weights=None`` always), every layer trainable."""
+    """A Faster R-CNN (or, for a ``maskrcnn_*`` arch, a Mask R-CNN) for ``config`` with random weights
+    (``weights=None`` always), every layer trainable."""
     common = dict(
         min_size=config.size,
         max_size=config.size,
@@ -196,13 +248,27 @@ def build_model(config: ModelConfig) -> FasterRCNN:
 
         backbone = _backbone(config.arch, config.fpn_channels)
         rep = config.representation_size
-        model = FasterRCNN(
-            backbone, rpn_anchor_generator=_anchors(config.anchor_sizes),
-            box_head=TwoMLPHead(backbone.out_channels * 7 * 7, rep),  # 7x7 = MultiScaleRoIAlign output
-            box_predictor=FastRCNNPredictor(rep, config.num_classes), **common,
-        )
+        heads = dict(rpn_anchor_generator=_anchors(config.anchor_sizes),
+                     box_roi_pool=MultiScaleRoIAlign(featmap_names=list(ROI_LEVELS), output_size=7, sampling_ratio=2),
+                     box_head=TwoMLPHead(backbone.out_channels * 7 * 7, rep),  # 7x7 = MultiScaleRoIAlign output
+                     box_predictor=FastRCNNPredictor(rep, config.num_classes))
+        if config.task == "segment":
+            model = MaskRCNN(backbone, **heads, **common, **_mask_branch(config, backbone.out_channels))
+        else:
+            model = FasterRCNN(backbone, **heads, **common)
     model.transform = PreprocessedInput(config.size)
     return model
+
+
+def _mask_branch(config: ModelConfig, in_channels: int) -> dict:
+    """torchvision's mask branch, its ROI pooler on the box pooler's FPN levels (:data:`ROI_LEVELS`),
+    so the mask head sees what the box head saw."""
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+
+    width = config.mask_head_channels
+    return dict(mask_roi_pool=MultiScaleRoIAlign(featmap_names=list(ROI_LEVELS), output_size=MASK_POOL, sampling_ratio=2),
+                mask_head=MaskRCNNHeads(in_channels, (width,) * config.mask_head_layers, 1),
+                mask_predictor=MaskRCNNPredictor(width, width, config.num_classes))
 
 
 def _anchors(sizes: tuple[int, ...]) -> AnchorGenerator:
@@ -305,7 +371,8 @@ def load_pretrained(model: FasterRCNN, path: str | Path, *, arch: str | None = N
     body = [k for k in own if k.startswith("backbone.body.")]
     missing_body = [k for k in body if k not in loaded]
     wrong = skipped if not classifier else []
-    wrong = [k for k in wrong if not k.startswith("roi_heads.box_predictor.")]  # another class count: re-initialised
+    class_heads = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
+    wrong = [k for k in wrong if not k.startswith(class_heads)]  # another class count: re-initialised
     if (classifier and missing_body) or wrong:
         bad = (skipped or missing_body or wrong)[0]
         shapes = f": {list(state[bad].shape)} in the file, {list(own[bad].shape)} here" if bad in state else " is not in the file"

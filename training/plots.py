@@ -3,7 +3,7 @@
 matplotlib is imported inside each function and figures are drawn on a bare
 ``Figure`` with the Agg canvas: no pyplot, no global backend switch, no display
 needed, and importing :mod:`cxr.training.plots` costs nothing until a plot is made.
-Boxes are ``xyxy`` in the pixels of the image they are drawn on.
+Boxes are ``xyxy`` in the pixels of the image they are drawn on, and so are masks.
 """
 
 from __future__ import annotations
@@ -146,6 +146,26 @@ def plot_loss_curve(history: Sequence[Mapping], path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def _mask_outline(ax, crop: np.ndarray, rect, **style) -> None:
+    """The outline of one mask, a bool ``crop`` at ``rect`` ``(x0, y0, x1, y1)`` of the film: the
+    0.5 contour of the crop padded by one empty pixel, so a mask touching its rectangle closes."""
+    x0, y0, x1, y1 = (int(v) for v in rect)
+    if crop.size and crop.any():
+        ax.contour(np.arange(x0 - 1, x1 + 1), np.arange(y0 - 1, y1 + 1), np.pad(crop, 1).astype(np.float32),
+                   levels=[0.5], **style)
+
+
+def _gt_masks(g: Mapping):
+    """A ground truth's masks (COCO RLEs, or a CroppedMasks) as CroppedMasks, or None without masks."""
+    from cxr.masks import CroppedMasks
+    from cxr.training.masks import decode_mask
+
+    masks = g.get("masks")
+    if masks is None or isinstance(masks, CroppedMasks) or not len(masks):
+        return masks or None
+    return CroppedMasks.from_masks(np.stack([decode_mask(rle) for rle in masks]))
+
+
 def plot_examples(
     images: Sequence[np.ndarray],
     preds: Sequence[Mapping],
@@ -162,7 +182,8 @@ def plot_examples(
     ``images`` are float ``[H, W]`` arrays in 0..1 and the boxes are in their pixels.
     Predictions below ``min_score`` are hidden and at most ``max_boxes`` (highest
     score first) are drawn per image, so a Faster R-CNN's low-score tail does not
-    hide the picture.
+    hide the picture.  Masks, where given (a prediction's ``"masks"``: CroppedMasks; a
+    ground truth's: COCO RLEs or CroppedMasks), are drawn as outlines in the same colours.
     """
     from matplotlib.patches import Rectangle
 
@@ -185,6 +206,9 @@ def plot_examples(
 
     for ax, img, p, g in zip(axes, images[:n], preds[:n], gts[:n]):
         ax.imshow(np.asarray(img, dtype=np.float32), cmap="gray", vmin=0.0, vmax=1.0)
+        gt_masks = _gt_masks(g)
+        for j in range(len(gt_masks) if gt_masks is not None else 0):
+            _mask_outline(ax, gt_masks.crops[j], gt_masks.rects[j], colors="lime", linewidths=1.5, linestyles="dashed")
         for b, lab in zip(np.asarray(g["boxes"]).reshape(-1, 4), np.asarray(g["labels"]).reshape(-1)):
             ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, edgecolor="lime", linestyle="--", linewidth=2))
             ax.text(b[0], b[3], name(lab), color="lime", fontsize=text_pt, va="top", clip_on=True,
@@ -202,11 +226,14 @@ def plot_examples(
             text = f"{name(labels[i])} {scores[i]:.2f}"
             y = caption_slot(float(b[0]), float(b[1]) - line, 0.62 * line * len(text), line, placed) + line  # its bottom
             ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, edgecolor="orange", linewidth=2))
+            if "masks" in p:
+                _mask_outline(ax, p["masks"].crops[i], p["masks"].rects[i], colors="orange", linewidths=1.5)
             ax.text(b[0], y, text, color="black", fontsize=text_pt, va="bottom", clip_on=True,
                     bbox={**label_box, "facecolor": "orange", "alpha": 0.9})
         ax.set_title(f"{len(np.asarray(g['labels']).reshape(-1))} GT, {len(keep)} pred ≥ {min_score:g}", fontsize=text_pt)
         ax.set_axis_off()
     for ax in axes[n:]:
         ax.set_axis_off()
-    fig.suptitle("ground truth: green dashed    prediction: orange (score)", fontsize=text_pt * 1.2)
+    masks = " (outlines: masks)" if any("masks" in p for p in preds[:n]) else ""
+    fig.suptitle(f"ground truth: green dashed    prediction: orange (score){masks}", fontsize=text_pt * 1.2)
     return _save(fig, path)
