@@ -34,7 +34,8 @@ class TrainConfig:
 
     data: Path = Path("data")
     out: Path = Path("runs/r50-fpn")
-    arch: str = "fasterrcnn_resnet50_fpn"
+    task: str = "detect"  # or "segment": a Mask R-CNN (boxes and instance masks; the data needs masks.json)
+    arch: str = "fasterrcnn_resnet50_fpn"  # --task segment takes its Mask R-CNN twin (model.arch_for_task)
     size: int = 800  # S: close to torchvision's COCO min_size; NIH films are 1024
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
     labelset: str = LabelSetName.NIH_BBOX.value  # any LabelSetName value
@@ -67,6 +68,9 @@ class TrainConfig:
     box_batch_size_per_image: int = 512
     representation_size: int = 1024
     fpn_channels: int = 256
+    mask_head_channels: int = 256  # segment task: torchvision's mask head width
+    mask_head_layers: int = 4  # segment task: torchvision's 3x3 convolutions in the mask head
+    mask_loss_weight: float = 1.0  # segment task: factor of the mask loss in the optimised sum (torchvision: 1)
     augment: bool = True
     device: str = "auto"
     progress: bool = True
@@ -102,6 +106,10 @@ PRESETS: dict[str, dict] = {
     # The real configuration for a GPU (NIH bbox subset or VinDr-CXR).
     "r50-fpn": dict(),
 }
+# The segment task's CPU demo: the cpu-demo detector plus torchvision's mask branch, narrowed to the
+# FPN's 128 channels (the mask head runs on every positive ROI in training, every candidate in eval).
+PRESETS["cpu-demo-seg"] = {**PRESETS["cpu-demo"], "task": "segment", "arch": "maskrcnn_mobilenet_v2_fpn",
+                           "mask_head_channels": 128}
 
 
 def model_config(cfg: TrainConfig, num_classes: int):
@@ -113,7 +121,7 @@ def model_config(cfg: TrainConfig, num_classes: int):
         rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
         box_batch_size_per_image=cfg.box_batch_size_per_image, representation_size=cfg.representation_size,
-        fpn_channels=cfg.fpn_channels,
+        fpn_channels=cfg.fpn_channels, mask_head_channels=cfg.mask_head_channels, mask_head_layers=cfg.mask_head_layers,
     )
 
 
@@ -127,6 +135,9 @@ def make_config(preset: str = "r50-fpn", **overrides) -> TrainConfig:
         raise InvalidOptionError(f"unknown training options: {sorted(unknown)}")
     values.setdefault("out", Path("runs") / preset)
     cfg = TrainConfig(**values)
+    from cxr.training.model import arch_for_task
+
+    cfg.arch = arch_for_task(cfg.arch, cfg.task)
     if cfg.optimizer not in ("sgd", "adamw"):
         raise InvalidOptionError(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adamw")
     if cfg.schedule not in ("cosine", "step"):
@@ -187,6 +198,7 @@ def _train(cfg: TrainConfig, device: torch.device) -> Path:
     from cxr.training.checkpoint import Checkpoint, data_fingerprint, load_checkpoint
     from cxr.training.engine import ground_truth, train_one_epoch
     from cxr.machine import cpu_info, isa_line
+    from cxr.training.model import DETECTOR_TWIN  # a Mask R-CNN's backbone takes its detector twin's ImageNet file
     from cxr.training.precision import TrainPrecision
     from cxr.training.weights import resolve as resolve_weights
 
@@ -197,7 +209,7 @@ def _train(cfg: TrainConfig, device: torch.device) -> Path:
     train_studies, val_studies = _studies(cfg, labelset)
 
     prev = load_checkpoint(cfg.resume) if cfg.resume is not None else None
-    weights = resolve_weights(cfg.weights, arch=cfg.arch) if prev is None else None  # resumed: the checkpoint's
+    weights = resolve_weights(cfg.weights, arch=DETECTOR_TWIN.get(cfg.arch, cfg.arch)) if prev is None else None  # resumed: the checkpoint's
     pre = PreprocessConfig(size=cfg.size)
     check_normalisation(weights, pre)
     mcfg = model_config(cfg, labelset.num_classes)
@@ -226,14 +238,14 @@ def _train(cfg: TrainConfig, device: torch.device) -> Path:
     # What every checkpoint of this run shares; each save adds its epoch's metadata and state.
     run_ckpt = Checkpoint(state={}, model_config=mcfg, preprocess=pre, class_names=labelset.names, labelset_name=labelset.name,
                           model_version=f"{_dt.date.today():%Y.%m.%d}+{fingerprint[:8]}", meta=run_meta)
-    gts = ground_truth(val_studies, labelset)
+    gts = ground_truth(val_studies, labelset, masks=cfg.task == "segment")
 
     for epoch in range(start_epoch, cfg.epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
         rows = train_one_epoch(ddp_model, optimizer, train_loader, device, epoch, scheduler=scheduler, scaler=scaler,
                                clip_grad_norm=cfg.clip_grad_norm, progress=cfg.progress and rank == 0, should_stop=budget.expired,
-                               precision=precision, ema=ema)
+                               precision=precision, ema=ema, loss_weights={"loss_mask": cfg.mask_loss_weight})
         out_of_time = budget.expired()
         if out_of_time:  # every rank says where it stopped: the same place, or DDP would hang
             log.info("time budget of %g min used up: stopping after iteration %d/%d of epoch %d (rank %d of %d)",
@@ -244,8 +256,11 @@ def _train(cfg: TrainConfig, device: torch.device) -> Path:
             judged = model if ema is None else ema.module  # the EMA weights are the model that is kept
             m, thresholds = _validate(judged, val_loader, gts, labelset.names, device=device, progress=cfg.progress)
             epoch_row.update(val_map50=m["map50"], val_map40=m["map40"], val_froc_mean=m["froc_mean"])
-            score = m["map50"] if m["map50"] is not None else -1.0
-            meta = {**run_meta, "history": history + [epoch_row], "val_metrics": {k: m[k] for k in ("map50", "map40", "map50_95", "froc_mean")},
+            segm = {f"segm_{k}": m["segm"][k] for k in ("ap", "ap50", "dice_median")} if "segm" in m else {}
+            epoch_row.update({f"val_{k}": v for k, v in segm.items()})
+            chosen = m["segm"]["ap50"] if segm else m["map50"]  # the segment task is judged by its masks
+            score = chosen if chosen is not None else -1.0
+            meta = {**run_meta, "history": history + [epoch_row], "val_metrics": {**{k: m[k] for k in ("map50", "map40", "map50_95", "froc_mean")}, **segm},
                     "thresholds": thresholds, "epoch": epoch}
             state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch, "best": max(best, score),
                      "ema": None if ema is None else ema.state_dict()}
@@ -317,7 +332,9 @@ def _loaders(cfg: TrainConfig, train_studies, val_studies, labelset, pre: Prepro
 
     from cxr.training.torch_dataset import Augmenter, DetectionDataset, collate
 
-    train_set = DetectionDataset(train_studies, labelset, pre, augment=Augmenter() if cfg.augment else None, seed=cfg.seed + rank)
+    masks = cfg.task == "segment"  # targets carry instance masks
+    train_set = DetectionDataset(train_studies, labelset, pre, augment=Augmenter() if cfg.augment else None, seed=cfg.seed + rank,
+                                 masks=masks)
     val_set = DetectionDataset(val_studies, labelset, pre)
     sampler = DistributedSampler(train_set, seed=cfg.seed) if world > 1 else None
     loader_gen = torch.Generator().manual_seed(cfg.seed)
@@ -358,12 +375,10 @@ def _epoch_row(epoch: int, rows: list[dict]) -> dict:
 
 
 def _validate(model: torch.nn.Module, loader, gts: list, class_names, *, device: torch.device, progress: bool) -> tuple[dict, dict]:
-    """Validation metrics (no bootstrap) and the image-level thresholds chosen on the same predictions."""
-    from cxr.training.engine import predict
-    from cxr.training.metrics import choose_thresholds, evaluate_detections
+    """Validation metrics (no bootstrap; a Mask R-CNN's with ``segm``) and the image-level thresholds chosen on the same predictions."""
+    from cxr.training.engine import validate
 
-    preds = predict(model, loader, device, progress=progress, desc="validate")
-    return evaluate_detections(preds, gts, class_names, bootstrap=0), choose_thresholds(preds, gts, class_names)
+    return validate(model, loader, gts, class_names, device=device, progress=progress)
 
 
 def _save(out: Path, model: torch.nn.Module, kept: torch.nn.Module, ckpt, *, is_best: bool) -> None:
