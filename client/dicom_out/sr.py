@@ -11,6 +11,7 @@ from pydicom.uid import generate_uid
 
 from cxr.client.dicom_out.findings import finding_code
 from cxr.client.dicom_out.source import checked_source, closed_rectangle, tracking_id, tracking_uid
+from cxr.client.dicom_out.viewers import check_for_viewers
 from cxr.client.results import Detection, StudyResult
 
 __all__ = ["structured_report"]
@@ -20,6 +21,10 @@ __all__ = ["structured_report"]
 # record it in percent, so the 0..1 score is written as 0..100 %.
 _CERTAINTY = codes.DCM.CertaintyOfFinding
 _PERCENT = codes.UCUM.Percent
+# What a viewer shows as the finding's label: (121106, DCM, "Comment"), the concept OHIF and
+# Cornerstone3D themselves write and read back as a measurement's label.  "Cardiomegaly 0.87",
+# the GSPS caption's text, so both outputs name and score a finding the same way.
+_COMMENT = codes.DCM.Comment
 # Procedure reported (TID 1500): the radiography entry of CID 100, the value set TID 1500
 # names.  SCT 413815006 "Chest imaging" would say more, but DICOM's dictionary also
 # gives that code the meaning "Imaging guidance" (CID 12246), so it is left out.
@@ -43,8 +48,11 @@ def structured_report(
 
     One planar ROI group (TID 1410) per detection: an ``ImageRegion`` (closed POLYLINE,
     5 points, source pixel coordinates) referencing ``source``, the finding from
-    :func:`~cxr.client.dicom_out.finding_code`, the score as "Certainty of Finding" in %,
-    a tracking identifier and the algorithm (``model_name`` / ``model_version``).  With no
+    :func:`~cxr.client.dicom_out.finding_code`, the score as "Certainty of Finding" in %
+    with the same polyline as its INFERRED FROM source, a caption "Cardiomegaly 0.87"
+    (:func:`caption`, as a "Comment"), a tracking identifier and the algorithm
+    (``model_name`` / ``model_version``).  That shape is what OHIF hydrates into boxes
+    listed by name and score (:mod:`~cxr.client.dicom_out.viewers` checks it).  With no
     detections the report holds one image-level group (TID 1501) whose finding is
     (111286, DCM, "No abnormality"): "the model ran and found nothing" is stated,
     not implied by absence.
@@ -74,7 +82,7 @@ def structured_report(
         manufacturer_name=manufacturer,
         model_name=result.model_name,
     )
-    return hd.sr.Comprehensive3DSR(
+    sr = hd.sr.Comprehensive3DSR(
         evidence=[source],
         content=_measurement_report(source, groups, device)[0],
         series_instance_uid=hd.UID(),
@@ -87,6 +95,8 @@ def structured_report(
         is_verified=False,
         series_description=f"AI findings {result.model_name} {result.model_version}"[:64],
     )
+    check_for_viewers(sr)  # what OHIF needs to hydrate the boxes, kept true by every change here
+    return sr
 
 
 def _roi_group(
@@ -97,20 +107,46 @@ def _roi_group(
     algorithm: hd.sr.AlgorithmIdentification,
     region_source: hd.sr.SourceImageForRegion,
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    """TID 1410 for detection ``index``: its box as a closed polyline, finding, score, tracking."""
-    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+    """TID 1410 for detection ``index``: its box as a closed polyline, finding, score, tracking, caption.
+
+    The box is written twice, by value: as the group's Image Region (TID 1410) and as an
+    INFERRED FROM child of the score, in the shape TID 300 gives a measurement's source
+    (TID 320 coordinates).  OHIF's SR reader (Cornerstone3D's adapters in OHIF 3.13.2) takes
+    a group's *first NUM* as the holder of the coordinates it hydrates: with the score
+    beside the region only, "track measurements" loads none.  TID 1419, which holds a
+    planar ROI's measurements, is extensible (PS3.16), so the child is allowed there;
+    highdicom's builder refuses it (stricter than the standard), hence it is added after
+    building.  So is the caption, a CONTAINS TEXT "Comment" (TID 1410 is extensible too):
+    OHIF lists it as the measurement's label, the only place its panel shows the score.
+    """
+    polygon = closed_rectangle(det.box_xyxy_px, result.image_size)
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=tracking_uid(source, result, index), identifier=tracking_id(det, index)
         ),
         referenced_region=hd.sr.ImageRegion(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-            graphic_data=closed_rectangle(det.box_xyxy_px, result.image_size),
-            source_image=region_source,
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=polygon, source_image=region_source
         ),
         finding_type=finding_code(det.label),
         algorithm_id=algorithm,
         measurements=[hd.sr.Measurement(name=_CERTAINTY, value=_percent(det.score), unit=_PERCENT)],
     )
+    items = group[0].ContentSequence
+    (score,) = (item for item in items if item.ValueType == "NUM")
+    score.ContentSequence = [
+        hd.sr.CoordinatesForMeasurement(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=polygon, source_image=region_source
+        )
+    ]
+    items.append(
+        hd.sr.TextContentItem(name=_COMMENT, value=caption(det), relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    )
+    return group
+
+
+def caption(det: Detection) -> str:
+    """What a viewer labels a finding with: "Cardiomegaly 0.87" (the GSPS draws the same text)."""
+    return f"{det.label} {det.score:.2f}"
 
 
 def _no_finding_group(
