@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from cxr.client.tls import add_tls_arguments, tls_options
+from cxr.client.viewer.cli import add_viewer_parser
 from cxr.contract import LOCAL_URL
 from cxr.errors import UsageError
 
@@ -80,7 +81,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Register ``predict`` (and ``pacs`` when its packages are installed)."""
+    """Register ``predict``, ``viewer`` (and ``pacs`` when its packages are installed)."""
     p = sub.add_parser(
         "predict",
         help="send studies to a running server and show the findings",
@@ -116,6 +117,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    f"{SALIENCY_TIMEOUT_S:.0f} with --saliency)")
     add_tls_arguments(p)
     p.set_defaults(func=cmd_predict)
+    add_viewer_parser(sub)  # OHIF over Orthanc: the standard library and pydicom only
     try:
         from cxr.client.pacs_cli import add_pacs_parser  # needs the client extra (pynetdicom, highdicom)
     except ImportError:
