@@ -122,6 +122,8 @@ class ViewerServer:
         if not self.isolate:
             return subprocess.Popen([orthanc, str(config)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         listener = socket.socket()
+        # A restart finds the last run's connections in TIME_WAIT on this port: reuse it, as servers do.
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             listener.bind(("127.0.0.1", self.port))
         except OSError as exc:
