@@ -52,7 +52,7 @@ class BenchModel:
 
 def preset_for(arch: str) -> str:
     """The training preset whose model fields an architecture is benchmarked with."""
-    from cxr.training.train import PRESETS
+    from cxr.training.config import PRESETS
 
     return next((name for name, values in PRESETS.items() if values.get("arch") == arch), "r50-fpn")
 
@@ -61,7 +61,7 @@ def parse_spec(spec: str, sizes: tuple[int, ...]) -> list[tuple[str, int]]:
     """``ARCH[@SIZE]`` or ``PRESET[@SIZE]`` -> [(arch, size), ...]; without @SIZE every size of ``sizes``
     (empty: the preset's own size, e.g. 256 for cpu-demo and 800 -- the GPU size -- for r50-fpn)."""
     from cxr.training.model import ARCHITECTURES
-    from cxr.training.train import PRESETS, make_config
+    from cxr.training.config import PRESETS, make_config
 
     name, _, size_text = spec.partition("@")
     if name in PRESETS:
@@ -93,7 +93,7 @@ def untrained_checkpoint(arch: str, size: int, *, seed: int = UNTRAINED_SEED):
     from cxr.preprocess import PreprocessConfig
     from cxr.training.checkpoint import Checkpoint
     from cxr.training.model import build_model
-    from cxr.training.train import make_config, model_config
+    from cxr.training.config import make_config, model_config
 
     cfg = make_config(preset_for(arch), arch=arch, size=size)
     labels = get_labelset(LabelSetName.NIH_BBOX)

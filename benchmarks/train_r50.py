@@ -44,9 +44,9 @@ DEFAULT_MINUTES = 120.0
 
 
 def train_config(data: Path, out: Path, *, minutes: float = DEFAULT_MINUTES, seed: int = 0, progress: bool = True):
-    """The :class:`cxr.training.train.TrainConfig`: ``--preset r50-fpn`` plus :data:`CPU_OVERRIDES`."""
+    """The :class:`cxr.training.config.TrainConfig`: ``--preset r50-fpn`` plus :data:`CPU_OVERRIDES`."""
     from cxr.errors import InvalidOptionError
-    from cxr.training.train import make_config
+    from cxr.training.config import make_config
 
     if not minutes > 0:
         raise InvalidOptionError(f"--minutes must be positive, got {minutes}")

@@ -31,7 +31,8 @@ def measure(data: Path, *, preset: str = "cpu-demo", precisions=("fp32", "bf16")
     from cxr.training.model import build_model, load_pretrained
     from cxr.training.precision import TrainPrecision, autocast, resolve
     from cxr.training.torch_dataset import Augmenter, DetectionDataset, collate
-    from cxr.training.train import make_config, model_config, param_groups
+    from cxr.training.config import make_config, model_config
+    from cxr.training.schedule import param_groups
     from cxr.training.weights import resolve as resolve_weights
 
     cfg = make_config(preset, data=data, seed=seed)

@@ -59,7 +59,8 @@ def synth_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def checkpoint(synth_data, tmp_path_factory) -> Path:
-    from cxr.training.train import make_config, train
+    from cxr.training.config import make_config
+    from cxr.training.train import train
 
     out = tmp_path_factory.mktemp("e2e-run")
     # From scratch: the served-model tests must not depend on the weights cache (tests/e2e/test_pretrained_served.py does).

@@ -61,7 +61,8 @@ def _int_tuple(text: str) -> tuple[int, ...]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from cxr.training.train import make_config, train
+    from cxr.training.config import make_config
+    from cxr.training.train import train
 
     cfg = make_config(
         args.preset, data=args.data, out=args.out, task=args.task, weights=args.weights, epochs=args.epochs,
@@ -70,7 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, size=args.size, arch=args.arch,
         seed=args.seed, resume=args.resume, max_minutes=args.max_minutes, device=args.device,
         labelset=args.labels, precision=args.precision, ema_decay=args.ema_decay, select=args.select,
-        warmup_iters=args.warmup_iters,
+        warmup_iters=args.warmup_iters, nms_iou=args.nms_iou,
     )
     best = train(cfg)
     print(f"best checkpoint: {best}")
@@ -224,6 +225,8 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
                    help="keep an exponential moving average of the weights with this decay and validate/save it "
                    "(0 = off; cpu-demo: the preset's)")
     p.add_argument("--warmup-iters", type=int, default=None, help="learning-rate warm-up iterations")
+    p.add_argument("--nms-iou", type=float, default=None, metavar="IOU",
+                   help="per-class NMS IoU threshold stored in the checkpoint (the served default; a request may override it)")
     p.add_argument("--select", default=None, choices=("best-val", "last"),
                    help="best.pt holds the weights of the best validation epoch (best-val) or the final ones (last)")
     p.set_defaults(func=cmd_train)

@@ -132,14 +132,15 @@ def ground_truth(studies, labelset, *, masks: bool = False) -> list[dict]:
 
 
 def validate(model: torch.nn.Module, loader, gts: list, class_names, *, device: torch.device,
-             progress: bool = True) -> tuple[dict, dict]:
+             progress: bool = True, postprocess_config: PostprocessConfig | None = None) -> tuple[dict, dict]:
     """Validation metrics (no bootstrap) and the image-level thresholds chosen on the same
     predictions; a Mask R-CNN's metrics add ``segm`` (:func:`~cxr.training.seg_metrics.evaluate_masks`,
     which needs ``gts`` with masks)."""
     from cxr.training.metrics import choose_thresholds, evaluate_detections
     from cxr.training.seg_metrics import evaluate_masks
 
-    preds = predict(model, loader, device, progress=progress, desc="validate")
+    preds = predict(model, loader, device, progress=progress, desc="validate",
+                    postprocess_config=postprocess_config or PostprocessConfig())
     metrics = evaluate_detections(preds, gts, class_names, bootstrap=0)
     if preds and "masks" in preds[0]:
         metrics["segm"] = evaluate_masks(preds, gts, class_names, bootstrap=0)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:  # train.py imports this module: the config type only for the annotations
-    from cxr.training.train import TrainConfig
+    from cxr.training.config import TrainConfig
 
 
 def param_groups(model: torch.nn.Module, lr: float, backbone_lr_mult: float) -> list[dict]:

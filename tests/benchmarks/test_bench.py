@@ -365,7 +365,7 @@ def test_bench_untrained_arch_exports_its_own_artifacts_and_says_untrained(tmp_p
     assert rows["onnx"]["status"] == rows["onnx-int8"]["status"] == "ok"
     assert rows["onnx"]["accuracy"] == "untrained" and rows["onnx-int8"]["precision"] == "int8"
     assert section["artifacts"]["onnx"] == "exported" and section["artifacts"]["onnx-int8"]["op_types"] == "all"
-    from cxr.training.train import PRESETS
+    from cxr.training.config import PRESETS
 
     repo = out / "models" / f"{PRESETS['cpu-demo']['arch']}@64" / "model_repository"
     assert (repo / "detector/1/model.int8.onnx").is_file()

@@ -12,7 +12,7 @@ from cxr.benchmarks.cli import config_from_args
 from cxr.benchmarks.models import parse_spec, untrained_checkpoint
 from cxr.cli import build_parser
 from cxr.errors import InvalidOptionError, UsageError
-from cxr.training.train import PRESETS
+from cxr.training.config import PRESETS
 
 DEMO_ARCH = PRESETS["cpu-demo"]["arch"]  # `--arch cpu-demo` is whatever the preset trains
 
@@ -84,7 +84,7 @@ def test_merged_peaks_keep_the_better_measurement_per_precision():
 def test_train_r50_is_the_r50_preset_with_cpu_overrides(capsys):
     from cxr.benchmarks.cli import main
     from cxr.benchmarks.train_r50 import CPU_OVERRIDES, train_config
-    from cxr.training.train import make_config
+    from cxr.training.config import make_config
 
     cfg = train_config(Path("d"), Path("o"), minutes=90)
     gpu = make_config("r50-fpn")

@@ -25,7 +25,8 @@ SAME = Tolerance(min_match_rate=1.0, match_iou=0.99, report_score=0.05, score_ma
 @pytest.fixture(scope="module")
 def pretrained(imagenet_weights, synth_data, tmp_path_factory):
     from cxr.export.commands import run_export
-    from cxr.training.train import make_config, train
+    from cxr.training.config import make_config
+    from cxr.training.train import train
 
     out = tmp_path_factory.mktemp("pretrained-run")
     best = train(make_config("cpu-demo", data=synth_data, out=out, size=128, epochs=1, progress=False, max_minutes=None))

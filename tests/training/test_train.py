@@ -202,7 +202,7 @@ def test_train_cli_missing_weights_is_a_clear_error(tiny_dataset, tmp_path, caps
 
 
 def test_unknown_preset_lists_choices():
-    from cxr.training.train import make_config
+    from cxr.training.config import make_config
 
     with pytest.raises(ValueError, match="cpu-demo, r50-fpn"):
         make_config("huge")
