@@ -254,8 +254,8 @@ def _resume(prev, model: torch.nn.Module, optimizer, scheduler, ema=None) -> tup
 def _log_epoch(cfg: TrainConfig, epoch: int, start_epoch: int, row: dict, score: float, best: float, elapsed: float) -> None:
     """One line per validated epoch, with the time left: training is bounded by work (epochs), not minutes."""
     left = elapsed / (epoch + 1 - start_epoch) * (cfg.epochs - epoch - 1)
-    log.info("epoch %d/%d: loss %.3f, val mAP@0.5 %.3f (best %.3f), %.1f img/s, %.1f min, about %.1f min left",
-             epoch + 1, cfg.epochs, row["loss"], score, best, row["images_per_s"], elapsed / 60, left / 60)
+    log.info("epoch %d/%d: loss %.3f, val %s %.3f (best %.3f), %.1f img/s, %.1f min, about %.1f min left", epoch + 1, cfg.epochs,
+             row["loss"], "segm AP50" if cfg.task == "segment" else "mAP@0.5", score, best, row["images_per_s"], elapsed / 60, left / 60)
 
 
 def _epoch_row(epoch: int, rows: list[dict]) -> dict:
