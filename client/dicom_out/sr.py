@@ -53,9 +53,10 @@ def structured_report(
     (:func:`caption`, as a "Comment"), a tracking identifier and the algorithm
     (``model_name`` / ``model_version``).  That shape is what OHIF hydrates into boxes
     listed by name and score (:mod:`~cxr.client.dicom_out.viewers` checks it).  With no
-    detections the report holds one image-level group (TID 1501) whose finding is
-    (111286, DCM, "No abnormality"): "the model ran and found nothing" is stated,
-    not implied by absence.
+    detections the report holds one planar group over the whole image whose finding is
+    (111286, DCM, "No abnormality"), captioned "No finding (model version)": "the model
+    ran and found nothing" is stated, not implied by absence (a TID 1501 image-level group
+    would say it too, but OHIF fails on groups without coordinates).
 
     Patient and study attributes are copied from ``source``; the StudyInstanceUID is
     kept, SeriesInstanceUID and SOPInstanceUID are new, and ``source`` is listed in the
@@ -74,7 +75,7 @@ def structured_report(
         _roi_group(source, result, index, det, algorithm, region_source) for index, det in enumerate(result.detections)
     ]
     if not groups:
-        groups.append(_no_finding_group(source, result, algorithm))
+        groups.append(_no_finding_group(source, result, algorithm, region_source))
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         # Same model, same device UID: a PACS can group every report of one model build.
         uid=generate_uid(entropy_srcs=["cxr-triton-device", result.model_name, result.model_version]),
@@ -150,15 +151,36 @@ def caption(det: Detection) -> str:
 
 
 def _no_finding_group(
-    source: pydicom.Dataset, result: StudyResult, algorithm: hd.sr.AlgorithmIdentification
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """TID 1501 on the whole image: the model ran and found nothing."""
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
+    source: pydicom.Dataset,
+    result: StudyResult,
+    algorithm: hd.sr.AlgorithmIdentification,
+    region_source: hd.sr.SourceImageForRegion,
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1410 over the whole image, finding "No abnormality": the model looked at all of it and found nothing.
+
+    An image-level group (TID 1501) would say the same without a region, but OHIF 3.13.2's
+    SR viewport fails on any group without coordinates ("Cannot read properties of undefined
+    (reading 'ReferencedSOPSequence')"): a radiologist opening the report of a normal film
+    would get an error.  The region is the film's outline, captioned "No finding (model version)".
+    """
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid(source, result, -1), identifier="No finding"),
+        referenced_region=hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=closed_rectangle((0.0, 0.0, *reversed(result.image_size)), result.image_size),
+            source_image=region_source,
+        ),
         finding_type=finding_code("No finding"),
         algorithm_id=algorithm,
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
     )
+    group[0].ContentSequence.append(
+        hd.sr.TextContentItem(
+            name=_COMMENT,
+            value=f"No finding ({result.model_name} {result.model_version})",
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+    )
+    return group
 
 
 def _measurement_report(

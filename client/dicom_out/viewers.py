@@ -6,7 +6,8 @@ in Chromium; ``tests/client/test_viewer_checks.py`` keeps those objects), with t
 gave, so a writer learns the fix from the error:
 
 * SR (TID 1500): a planar ROI group whose first NUM carries no SCOORD hydrates into no
-  measurement ("No spatial coordinates group found").
+  measurement ("No spatial coordinates group found"); a group without any coordinates (an
+  image-level TID 1501 group) makes the SR viewport fail ("reading 'ReferencedSOPSequence'").
 * Segmentation of a film: without Pixel Measures the page crashes ("Cannot destructure
   property 'SpacingBetweenSlices' of 'PixelMeasures'"); without a Plane Orientation the SEG
   fails to load ("reading 'ImageOrientationPatient'"); an orientation other than the plane
@@ -191,14 +192,19 @@ def _sr_problems(sr: Dataset) -> list[str]:
     problems = []
     for group in _measurement_groups(sr):
         items = group.get("ContentSequence") or []
-        if not any(item.ValueType in ("SCOORD", "SCOORD3D") for item in items):
-            continue  # an image-level group (TID 1501): nothing to draw, nothing to hydrate
+        name = next((str(i.TextValue) for i in items if _code(i) == _TRACKING_IDENTIFIER), "?")
         first_num = next((item for item in items if item.ValueType == "NUM"), None)
-        if first_num is None:
+        if not any(item.ValueType in ("SCOORD", "SCOORD3D") for item in items):
+            children = (first_num.get("ContentSequence") or []) if first_num is not None else []
+            if not any(c.ValueType in ("SCOORD", "SCOORD3D") for c in children):
+                problems.append(f"measurement group {name!r} has no coordinates (an image-level group): {VIEWER}'s SR "
+                                "viewport fails on it (\"Cannot read properties of undefined (reading "
+                                "'ReferencedSOPSequence')\"); give it an image region (the whole image if need be)")
             continue
+        if first_num is None:
+            continue  # the region alone: hydrated from the group's SCOORD
         children = first_num.get("ContentSequence") or []
         if not any(c.ValueType in ("SCOORD", "SCOORD3D") and c.RelationshipType == "INFERRED FROM" for c in children):
-            name = next((str(i.TextValue) for i in items if _code(i) == _TRACKING_IDENTIFIER), "?")
             problems.append(f"measurement group {name!r}: its first NUM ({first_num.ConceptNameCodeSequence[0].CodeMeaning}) "
                             f"has no INFERRED FROM SCOORD, so {VIEWER} hydrates no measurement from it (\"No spatial "
                             "coordinates group found\"); give that NUM the region as its child")

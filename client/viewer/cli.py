@@ -96,7 +96,7 @@ def _print_urls(server, studies: list[Study], stored: int, *, isolated: bool) ->
              f"{server.port} on shared machines")
     kinds = Counter(m for study in studies for m in study.modalities)
     print(f"OHIF {ohif.VERSION} over Orthanc at {server.url}{ohif.BASE}/ ({where})")
-    print(f"  {stored} objects in {len(studies)} {'study' if len(studies) == 1 else 'studies'}: "
+    print(f"  {stored} object{'s' * (stored != 1)} in {len(studies)} {'study' if len(studies) == 1 else 'studies'}: "
           + ", ".join(f"{n} {m}" for m, n in sorted(kinds.items())))
     print(f"  study list  {server.study_list_url}")
     width = max(len(s.label) for s in studies)

@@ -180,7 +180,8 @@ class ViewerServer:
         self._temporary.clear()
 
     def __enter__(self) -> ViewerServer:
-        return self.start()
+        running = self.process is not None and self.process.poll() is None
+        return self if running else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -202,11 +202,14 @@ def test_sr_empty_result_says_no_finding(dx_source, tmp_path):
     ds = _write_read(structured_report(dx_source, _result(dx_source, ())), tmp_path / "empty.dcm")
     assert ds.SOPClassUID == COMPREHENSIVE_3D_SR
     report = hd.sr.srread(tmp_path / "empty.dcm").content
-    assert report.get_planar_roi_measurement_groups() == []
-    (group,) = report.get_image_measurement_groups()
+    # A region over the whole film, not an image-level group: OHIF 3.13.2 fails on groups without coordinates.
+    assert report.get_image_measurement_groups() == []
+    (group,) = report.get_planar_roi_measurement_groups()
     assert group.finding_type == codes.DCM.NoAbnormality
-    assert group.source_images[0].referenced_sop_instance_uid == dx_source.SOPInstanceUID
+    assert group.roi.value.tolist() == _rectangle((0, 0, 1024, 1024)).tolist()
+    assert group.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == dx_source.SOPInstanceUID
     assert _texts(group, "111001") == ["frcnn-r50-fpn"]
+    assert _texts(group, "121106") == ["No finding (frcnn-r50-fpn 2024.01.1)"]
 
 
 def test_sr_on_real_cr_monochrome1(cr_source, tmp_path):

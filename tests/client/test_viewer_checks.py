@@ -161,10 +161,25 @@ def test_an_sr_whose_score_sits_beside_the_box_is_caught_as_ohif_saw_it():
     assert viewer_problems(before) == []
 
 
-def test_an_sr_without_findings_has_nothing_to_hydrate_and_passes():
+def test_an_sr_without_findings_says_so_over_the_whole_film_and_passes():
     film = _film()
     empty = StudyResult(detections=(), model_name="m", model_version="1", image_size=(SIZE, SIZE), latency_ms=1.0)
-    assert viewer_problems(structured_report(film, empty)) == []
+    sr = structured_report(film, empty)
+    assert viewer_problems(sr) == []
+    (group,) = sr.ContentSequence[-1].ContentSequence
+    (region,) = [i for i in group.ContentSequence if i.ValueType == "SCOORD"]
+    assert list(region.GraphicData) == [0, 0, SIZE, 0, SIZE, SIZE, 0, SIZE, 0, 0]
+
+
+def test_an_image_level_group_is_caught_as_it_breaks_the_sr_viewport():
+    """The "No finding" group as first written (TID 1501, no coordinates): OHIF's SR viewport failed on it."""
+    film = _film()
+    empty = StudyResult(detections=(), model_name="m", model_version="1", image_size=(SIZE, SIZE), latency_ms=1.0)
+    sr = structured_report(film, empty)
+    (group,) = sr.ContentSequence[-1].ContentSequence
+    group.ContentSequence = [i for i in group.ContentSequence if i.ValueType != "SCOORD"]
+    (problem,) = viewer_problems(sr)
+    assert "'No finding' has no coordinates" in problem and "reading 'ReferencedSOPSequence'" in problem
 
 
 # --- Segmentation ------------------------------------------------------------------------------
