@@ -9,11 +9,15 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= demo-out
 DEMO_IMAGES ?= 300
 # The real DICOM peers the tests talk to: Orthanc (a PACS, with DICOMweb), dcmtk, dicom3tools'
-# dciodvfy, and the encoders that make test films in every transfer syntax.
-APT_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools openjph-tools libgdcm-tools
+# dciodvfy, and the encoders that make test films in every transfer syntax; Chromium, the real
+# browser that opens our results in OHIF (tests/client/test_viewer_browser.py).  npm (for
+# `cxr viewer fetch`) is added when the machine has none: a Node.js from elsewhere brings its own.
+APT_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools openjph-tools libgdcm-tools chromium
 PEERS  := $(VENV)/.peers-installed
+# The 12 held-out films `make demo` predicts on, whose SR and GSPS `make viewer` shows.
+DEMO_FILMS = $$(sed 's|^|$(DEMO)/data/dicom/|; s|\.png$$|.dcm|' $(DEMO)/data/test_list.txt | head -n 12)
 
-.PHONY: help setup peers weights test demo clean
+.PHONY: help setup peers weights ohif test demo viewer clean
 
 help:
 	@echo "make demo    set up .venv and run the end-to-end demo on the embedded CPU default (writes $(DEMO)/)"
@@ -21,6 +25,8 @@ help:
 	@echo "make setup   only create .venv and install cxr-triton[all]"
 	@echo "make peers   only install the Debian packages the tests use as DICOM peers (root)"
 	@echo "make weights fetch the pretrained weights the demo starts from into the cache (once; verified by SHA-256)"
+	@echo "make ohif    fetch the pinned OHIF viewer build into the cache (once, with npm; verified by SHA-512)"
+	@echo "make viewer  show the demo's films, SR and GSPS in OHIF over Orthanc on 127.0.0.1 (after make demo)"
 	@echo "make clean   remove .venv and demo output"
 
 setup: $(STAMP)
@@ -37,10 +43,11 @@ $(STAMP): pyproject.toml
 peers: $(PEERS)
 
 $(PEERS): | $(STAMP)
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(APT_PACKAGES); \
+	@npm=$$(command -v npm >/dev/null || echo npm); \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(APT_PACKAGES) $$npm; \
 	else \
-		echo "note: not root (or no apt-get): install the DICOM test peers with: sudo apt-get install -y $(APT_PACKAGES)"; \
+		echo "note: not root (or no apt-get): install the DICOM test peers with: sudo apt-get install -y $(APT_PACKAGES) $$npm"; \
 	fi
 	touch $@
 
@@ -50,8 +57,14 @@ $(PEERS): | $(STAMP)
 weights: setup
 	$(CXR) weights fetch mobilenet_v2
 
+# The OHIF build (client/viewer/ohif.py): `npm pack @ohif/app@3.13.2` at set-up, verified against the
+# pinned SHA-512, prepared for /ohif/ and cached in ~/.cache/cxr-triton/ohif. A good cache is kept, so
+# this fetches nothing the second time; nothing is fetched when the viewer runs.
+ohif: setup peers
+	$(CXR) viewer fetch
+
 # CXR_REQUIRE_WEIGHTS=1: the tests on the real ImageNet weights fail (not skip) if the file is missing.
-test: setup peers weights
+test: setup peers weights ohif
 	CXR_REQUIRE_WEIGHTS=1 $(PY) -m pytest -q
 
 demo: setup weights
@@ -74,6 +87,12 @@ demo: setup weights
 	@echo "  artifacts    $(DEMO)/model_repository/detector/1/ (model.onnx; model.int8.onnx if it passed parity)"
 	@echo "  predictions  $(DEMO)/annotated/*.png, DICOM SR in $(DEMO)/sr, GSPS in $(DEMO)/gsps (served by Triton over gRPC)"
 	@echo "  serve it     $(CXR) serve --model-repository $(DEMO)/model_repository"
+
+# Orthanc + OHIF on 127.0.0.1:8042 (in a private network namespace) with the demo's films and
+# results stored; prints the study list and one URL per study; Ctrl-C stops it.
+viewer: setup ohif
+	@test -d $(DEMO)/sr || { echo "no $(DEMO)/sr: run make demo first"; exit 2; }
+	$(CXR) viewer serve $(DEMO_FILMS) $(DEMO)/sr $$(test -d $(DEMO)/gsps && echo $(DEMO)/gsps)
 
 clean:
 	rm -rf $(VENV) $(DEMO)
