@@ -12,7 +12,6 @@ import copy
 
 import highdicom as hd
 import numpy as np
-import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
@@ -28,10 +27,12 @@ from cxr.client.dicom_out.viewers import (
     viewer_problems,
 )
 from cxr.client.results import Detection, StudyResult
+from viewer_objects import EQUIPMENT, parametric_map_of, seg_of
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"
 SIZE = 64
 BOX = (8.0, 16.0, 40.0, 48.0)  # xyxy in film pixels
+MASK_BOX = (8, 16, 40, 48)
 
 
 def _film() -> Dataset:
@@ -61,52 +62,12 @@ def _result(film: Dataset) -> StudyResult:
                        sop_instance_uid=film.SOPInstanceUID)
 
 
-_EQUIPMENT = dict(manufacturer="cxr-triton", manufacturer_model_name="cpu-demo", software_versions="1",
-                  device_serial_number="1")
-
-
 def _seg(film: Dataset, segmentation_type: str = "BINARY", **options) -> hd.seg.Segmentation:
-    """A highdicom SEG of a box on ``film``, as a writer first makes it (no plane for a film)."""
-    mask = np.zeros((1, SIZE, SIZE), np.float32)
-    mask[0, 16:48, 8:40] = 1.0 if segmentation_type == "BINARY" else 0.8
-    description = hd.seg.SegmentDescription(
-        segment_number=1, segment_label="Cardiomegaly", segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-        segmented_property_type=codes.SCT.Mass, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=hd.AlgorithmIdentificationSequence(name="cpu-demo", version="1",
-                                                                    family=codes.DCM.ArtificialIntelligence))
-    seg = hd.seg.Segmentation([film], mask if segmentation_type != "BINARY" else mask.astype(bool), segmentation_type,
-                              [description], series_instance_uid=hd.UID(), series_number=9903, sop_instance_uid=hd.UID(),
-                              instance_number=1, **_EQUIPMENT, **options)
-    seg.PatientOrientation = film.PatientOrientation  # General Image 2C: what a writer copies from the film
-    return seg
+    return seg_of(film, MASK_BOX, segmentation_type, **options)
 
 
 def _parametric_map(film: Dataset, *, fix: bool) -> hd.pm.ParametricMap:
-    """highdicom 0.28.2's Parametric Map of ``film``, built past the check that makes its constructor fail.
-
-    ``fix`` gives each frame its Dimension Index Value and the film's plane, as a writer must."""
-    import highdicom.image
-
-    heat = np.zeros((1, SIZE, SIZE), np.float32)
-    heat[0, 16:48, 8:40] = 0.8
-    mapping = hd.pm.RealWorldValueMapping(lut_label="D-RISE", lut_explanation="saliency", unit=codes.UCUM.NoUnits,
-                                          value_range=(0.0, 1.0), slope=1.0, intercept=0.0)
-    check = highdicom.image._Image._build_luts
-    highdicom.image._Image._build_luts = lambda self: None  # the step that raises for a film
-    try:
-        pmap = hd.pm.ParametricMap([film], heat, series_instance_uid=hd.UID(), series_number=9904, sop_instance_uid=hd.UID(),
-                                   instance_number=1, **_EQUIPMENT, contains_recognizable_visual_features=False,
-                                   real_world_value_mappings=[mapping],
-                                   voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)])
-    finally:
-        highdicom.image._Image._build_luts = check
-    if fix:
-        for frame in pmap.PerFrameFunctionalGroupsSequence:
-            frame.FrameContentSequence[0].DimensionIndexValues = [1]
-            frame.FrameContentSequence[0].FrameLabel = "saliency"
-        add_film_plane(pmap, film)
-        pmap.BodyPartExamined = "CHEST"  # General Series: Laterality is then not required (an unpaired part)
-    return pmap
+    return parametric_map_of(film, MASK_BOX, fix=fix)
 
 
 def _dciodvfy_errors(obj: Dataset, tmp_path) -> list[str]:
@@ -265,7 +226,7 @@ def test_highdicom_writes_a_parametric_map_of_a_film():
     mapping = hd.pm.RealWorldValueMapping(lut_label="D-RISE", lut_explanation="saliency", unit=codes.UCUM.NoUnits,
                                           value_range=(0.0, 1.0), slope=1.0, intercept=0.0)
     hd.pm.ParametricMap([_film()], heat, series_instance_uid=hd.UID(), series_number=9904, sop_instance_uid=hd.UID(),
-                        instance_number=1, **_EQUIPMENT, contains_recognizable_visual_features=False,
+                        instance_number=1, **EQUIPMENT, contains_recognizable_visual_features=False,
                         real_world_value_mappings=[mapping],
                         voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)])
 
