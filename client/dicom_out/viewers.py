@@ -13,7 +13,7 @@ gave, so a writer learns the fix from the error:
   fails to load ("reading 'ImageOrientationPatient'"); an orientation other than the plane
   OHIF assumes for a film without one, (1, 0, 0, 0, 1, 0), is refused ("orthogonal to the
   acquisition plane"); FRACTIONAL is refused ("Fractional segmentations are not yet
-  supported").
+  supported"); a segment without a colour gets a warning and a colour of OHIF's choosing.
 * Parametric Map of a film: the same plane rules ("oblique to the acquisition plane"); and
   highdicom 0.28.2 leaves Dimension Index Values empty for a film (its own constructor then
   fails; dciodvfy reports the mismatch).
@@ -124,6 +124,12 @@ def viewer_problems(obj: Dataset, film: Dataset | None = None) -> list[str]:
             problems.append(
                 f"Segmentation Type is {obj.get('SegmentationType')!r}: {VIEWER} refuses anything but BINARY "
                 "(\"Fractional segmentations are not yet supported\"); threshold the probabilities and write BINARY")
+        for segment in obj.get("SegmentSequence") or []:
+            if not segment.get("RecommendedDisplayCIELabValue"):
+                problems.append(
+                    f"segment {segment.get('SegmentNumber')} ({segment.get('SegmentLabel')}) has no Recommended "
+                    f"Display CIELab Value: {VIEWER} warns (\"RecommendedDisplayCIELabValue not found\") and picks a "
+                    "colour of its own; give each segment its colour (highdicom: SegmentDescription(display_color=))")
         return problems + _plane_problems(obj, film)
     if sop_class == PARAMETRIC_MAP:
         problems = _dimension_index_problems(obj)

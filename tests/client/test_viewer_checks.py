@@ -155,6 +155,14 @@ def test_highdicoms_binary_seg_of_a_film_is_caught_before_it_crashes_the_page(tm
     assert any("reading 'ImageOrientationPatient'" in p for p in problems), problems
 
 
+def test_a_segment_without_a_colour_is_named():
+    film = _film()
+    seg = seg_of(film, MASK_BOX, colour=False)
+    add_film_plane(seg, film)
+    (problem,) = viewer_problems(seg, film)
+    assert "segment 1 (Cardiomegaly) has no Recommended Display CIELab Value" in problem
+
+
 def test_a_fractional_seg_is_refused_as_ohif_refuses_it():
     film = _film()
     seg = _seg(film, "FRACTIONAL")

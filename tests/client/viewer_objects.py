@@ -26,14 +26,15 @@ def _region(film: Dataset, box: tuple[int, int, int, int], value: float) -> np.n
     return frame
 
 
-def seg_of(film: Dataset, box: tuple[int, int, int, int], segmentation_type: str = "BINARY",
+def seg_of(film: Dataset, box: tuple[int, int, int, int], segmentation_type: str = "BINARY", *, colour: bool = True,
            **options) -> hd.seg.Segmentation:
     """highdicom's SEG of ``box`` on ``film`` (no plane for a film: highdicom adds none without a Frame of Reference)."""
     description = hd.seg.SegmentDescription(
         segment_number=1, segment_label="Cardiomegaly", segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
         segmented_property_type=codes.SCT.Mass, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=hd.AlgorithmIdentificationSequence(name="cpu-demo", version="1",
-                                                                    family=codes.DCM.ArtificialIntelligence))
+                                                                    family=codes.DCM.ArtificialIntelligence),
+        display_color=hd.color.CIELabColor(53.2, 80.1, 67.2) if colour else None)  # red
     binary = segmentation_type == "BINARY"
     pixels = _region(film, box, 1.0 if binary else 0.8)
     seg = hd.seg.Segmentation([film], pixels.astype(bool) if binary else pixels, segmentation_type, [description],
