@@ -10,8 +10,8 @@ from cxr.errors import InvalidOptionError
 from cxr.postprocess import DetectionArrays
 from cxr.preprocess import PreprocessConfig, letterbox, preprocess
 from cxr.saliency import (
-    DriseRun, SaliencyConfig, black_value, content_box, crop_content, explain, masked_images, random_masks, similarity,
-    to_original,
+    DriseRun, SaliencyConfig, black_value, content_box, crop_content, explain, mask_coverage, masked_images, random_masks,
+    saliency_maps, similarity, to_original,
 )
 
 PRE = PreprocessConfig(size=64)
@@ -128,6 +128,21 @@ def test_the_map_is_in_similarity_units():
     maps = explain(image, record, dets, detect, SaliencyConfig(masks=200, grid=4, seed=2), PRE)
     # E[w | pixel kept] with w = the kept share of the region in [0, 1]
     assert 0.0 <= maps.min() and maps.max() <= 1.0 and maps[0, 10:14, 10:14].mean() > 0.5
+
+
+def test_weights_that_ignore_the_pixels_give_a_flat_map_whatever_the_masks():
+    """The map divides by how often each pixel was kept, not by its expectation N p: with N p the
+    masks' own coverage pattern (about sqrt((1 - p) / (N p)), 14 % at 50 masks) would show in every
+    map, and two unrelated models' maps would rank-correlate through it."""
+    masks = random_masks(64, SaliencyConfig(masks=50, grid=4, seed=9))
+    constant = np.full((50, 2), 0.4, np.float32)
+    constant[:, 1] = 0.9
+    maps = saliency_maps(constant, masks)
+    np.testing.assert_allclose(maps[0], 0.4, rtol=1e-5)
+    np.testing.assert_allclose(maps[1], 0.9, rtol=1e-5)
+    coverage = mask_coverage(masks) / (50 * 0.5)
+    assert coverage.std() > 0.05  # what N p would have left in the map
+    assert mask_coverage(masks) is mask_coverage(masks)  # computed once per cached mask set
 
 
 def test_zero_detections_give_zero_maps_and_no_masked_pass():
