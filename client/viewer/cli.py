@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from collections import Counter
@@ -69,23 +70,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     build = ohif.prepared(args.cache_dir)  # before anything starts: say how to set up
     studies = studies_of(dicom_files(args.paths))
-    with ViewerServer(build, port=args.port, isolate=not args.no_isolation) as server:
-        stored = 0
-        for study in studies:
-            for path in study.files:
-                server.store(path)
-                stored += 1
-        _print_urls(server, studies, stored, isolated=not args.no_isolation)
-        if args.exit:
-            return 0
-        try:
+    # A supervisor's SIGTERM stops the viewer like Ctrl-C: Orthanc stopped, the stored copies deleted.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with ViewerServer(build, port=args.port, isolate=not args.no_isolation) as server:
+            stored = 0
+            for study in studies:
+                for path in study.files:
+                    server.store(path)
+                    stored += 1
+            _print_urls(server, studies, stored, isolated=not args.no_isolation)
+            if args.exit:
+                return 0
             while server.process.poll() is None:
                 time.sleep(1)
-        except KeyboardInterrupt:
-            print("\ncxr viewer: stopped; the stored copies are deleted", file=sys.stderr)
-            return 0
+    except KeyboardInterrupt:
+        print("\ncxr viewer: stopped; the stored copies are deleted", file=sys.stderr)
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(f"cxr viewer: Orthanc exited with status {server.process.returncode}; see its log above", file=sys.stderr)
     return 1
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _print_urls(server, studies: list[Study], stored: int, *, isolated: bool) -> None:

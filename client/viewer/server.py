@@ -113,6 +113,9 @@ class ViewerServer:
         log = open(self.root / "orthanc.log", "ab")
         try:
             self.process = self._launch(orthanc, config, inner, log)
+        except BaseException:
+            self.stop()  # the run folder and the served link go with it
+            raise
         finally:
             log.close()
         self._wait_ready(timeout)

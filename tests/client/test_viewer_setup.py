@@ -151,6 +151,19 @@ def test_orthanc_runs_in_a_network_namespace_of_its_own(server):
     assert (config["RemoteAccessAllowed"], config["DicomServerEnabled"]) == (False, False)
 
 
+def test_without_isolation_orthanc_itself_serves_the_port():
+    """--no-isolation, for hosts where no namespace can be made: Orthanc on the port, in our namespace."""
+    _cached_tarball()
+    from cxr.server.net import stable_port
+
+    with ViewerServer(ohif.prepared(), port=stable_port(), isolate=False) as plain:
+        assert "Orthanc" in Path(f"/proc/{plain.process.pid}/cmdline").read_text()
+        assert os.readlink(f"/proc/{plain.process.pid}/ns/net") == os.readlink("/proc/self/ns/net")
+        assert json.loads((plain.root / "orthanc.json").read_text())["HttpPort"] == plain.port
+        assert _get(f"{plain.url}/ohif/viewer")[:2] == (200, "text/html")
+    assert plain.process.poll() is not None
+
+
 def test_a_file_orthanc_refuses_is_named(server, tmp_path):
     junk = tmp_path / "junk.dcm"
     junk.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
@@ -158,9 +171,16 @@ def test_a_file_orthanc_refuses_is_named(server, tmp_path):
         server.store(junk)
 
 
-def test_a_taken_port_is_named(server):
+def test_a_taken_port_is_named_and_nothing_is_left_behind(server):
+    import tempfile
+
+    def leftovers() -> set[Path]:
+        return {p for pattern in ("cxr-viewer-*", "cxr_ohif_*") for p in Path(tempfile.gettempdir()).glob(pattern)}
+
+    before = leftovers()
     with pytest.raises(UsageError, match=f"127.0.0.1:{server.port} is taken"):
         ViewerServer(ohif.prepared(), port=server.port).start()
+    assert leftovers() == before
 
 
 def test_cxr_viewer_serve_stores_the_files_and_prints_the_urls(tmp_path, capsys, real_cr_files):
