@@ -18,16 +18,17 @@ gave, so a writer learns the fix from the error:
   highdicom 0.28.2 leaves Dimension Index Values empty for a film (its own constructor then
   fails; dciodvfy reports the mismatch).
 
-Where the standard and OHIF pull apart, :func:`add_film_plane` takes the form both accept:
-CR and DX films have no Frame of Reference, and PS3.3 (Table A.51-2) allows a SEG's Pixel
-Measures and Plane Orientation only when "the Frame of Reference is defined in the
-patient-relative Reference Coordinate System"; a SEG of a film "may" carry a Frame of
-Reference module (Table A.51-1) and a Parametric Map must (A.75).  So the object gets a
-Frame of Reference of its own (one per film, derived from its SOPInstanceUID, so the SEG and
-the map of one film share it), the film's pixel spacing, the identity orientation and a zero
-position: the plane of the film, which is what viewers assume for a projection image.  The
-film's Patient Orientation, copied into the object, keeps saying where the patient's left
-and feet are; the identity orientation says nothing about them.
+Where the standard and OHIF pull apart, :func:`add_film_plane` takes the form both accept.
+CR films have no Frame of Reference, DX films at most the module, neither an image plane;
+PS3.3 (Table A.51-2) allows a SEG's Pixel Measures and Plane Orientation only when "the
+Frame of Reference is defined in the patient-relative Reference Coordinate System"; a SEG of
+a film "may" carry a Frame of Reference module (Table A.51-1) and a Parametric Map must
+(A.75).  So the object gets the film's Frame of Reference or one of its own (one per film,
+derived from its SOPInstanceUID, so the SEG and the map of one film share it), the film's
+pixel spacing, the identity orientation and a zero position: the plane of the film, which
+is what viewers assume for a projection image.  The film's Patient Orientation, copied into
+the object, keeps saying where the patient's left and feet are; the identity orientation
+says nothing about them.
 """
 
 from __future__ import annotations
@@ -70,20 +71,20 @@ def _film_spacing(film: Dataset) -> list[float]:
 
 
 def add_film_plane(obj: Dataset, film: Dataset) -> None:
-    """Give a SEG or Parametric Map built on a film without a Frame of Reference the plane
-    geometry viewers need (see the module docstring for why this form), in place.
+    """Give a SEG or Parametric Map built on a film without an image plane the plane geometry
+    viewers need (see the module docstring for why this form), in place.
 
-    Adds a Frame of Reference module (:func:`film_frame_of_reference`, empty Position
-    Reference Indicator), shared Pixel Measures (the film's spacing; Slice Thickness 1 mm,
-    a nominal value for a projection, type 1C there), the shared Plane Orientation
-    :data:`FILM_ORIENTATION` and a zero Plane Position per frame.  A film with its own
-    Frame of Reference is left to highdicom, which copies the plane from it: nothing is
-    changed then.
+    Adds a Frame of Reference module (:func:`film_frame_of_reference`: the film's own when it
+    has one, as a DX may without an Image Plane; empty Position Reference Indicator), shared
+    Pixel Measures (the film's spacing; Slice Thickness 1 mm, a nominal value for a
+    projection, type 1C there), the shared Plane Orientation :data:`FILM_ORIENTATION` and a
+    zero Plane Position per frame.  A film with an Image Position and Orientation (Patient)
+    is left to highdicom, which copies its plane: nothing is changed then.
     """
-    if film.get("FrameOfReferenceUID"):
+    if film.get("ImageOrientationPatient") and film.get("ImagePositionPatient"):
         return
     obj.FrameOfReferenceUID = film_frame_of_reference(film)
-    obj.PositionReferenceIndicator = ""
+    obj.PositionReferenceIndicator = str(film.get("PositionReferenceIndicator") or "")
     if "SharedFunctionalGroupsSequence" not in obj or not obj.SharedFunctionalGroupsSequence:
         obj.SharedFunctionalGroupsSequence = [Dataset()]
     shared = obj.SharedFunctionalGroupsSequence[0]

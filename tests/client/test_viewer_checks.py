@@ -215,13 +215,17 @@ def test_a_seg_off_the_films_grid_is_caught():
     assert "64x64 pixels on a 128x128 film" in problem
 
 
-def test_a_film_with_its_own_frame_of_reference_keeps_its_plane():
+def test_a_film_with_an_image_plane_keeps_it_and_one_with_only_a_frame_of_reference_lends_that():
     film = _film()
-    film.FrameOfReferenceUID = generate_uid()
-    seg = Dataset()
+    film.FrameOfReferenceUID = generate_uid()  # a DX may carry the module without an Image Plane
+    seg = _seg(film)
     add_film_plane(seg, film)
-    assert seg == Dataset()
-    assert film_frame_of_reference(film) == film.FrameOfReferenceUID
+    assert seg.FrameOfReferenceUID == film.FrameOfReferenceUID == film_frame_of_reference(film)
+    assert viewer_problems(seg, film) == []
+    film.ImagePositionPatient, film.ImageOrientationPatient = [0, 0, 0], [1, 0, 0, 0, 1, 0]
+    untouched = Dataset()
+    add_film_plane(untouched, film)  # highdicom copies a film's own plane
+    assert untouched == Dataset()
 
 
 # --- Parametric Map ----------------------------------------------------------------------------
