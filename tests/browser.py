@@ -76,11 +76,16 @@ class Browser:
         self.events: list[dict] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        target = next(t for t in self.call("Target.getTargets", timeout=timeout)["targetInfos"] if t["type"] == "page")
-        self.session = self.call("Target.attachToTarget", targetId=target["targetId"], flatten=True)["sessionId"]
-        for domain in ("Page", "Runtime", "Log"):
-            self.page(f"{domain}.enable")
-        self.page("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+        try:
+            target = next(t for t in self.call("Target.getTargets", timeout=timeout)["targetInfos"] if t["type"] == "page")
+            self.session = self.call("Target.attachToTarget", targetId=target["targetId"], flatten=True)["sessionId"]
+            for domain in ("Page", "Runtime", "Log"):
+                self.page(f"{domain}.enable")
+            self.page("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+        except Exception as exc:
+            log = (self.profile / "chromium.log").read_text(errors="replace")[-500:].strip()
+            self.close()  # no browser or profile left behind
+            raise RuntimeError(f"Chromium did not start ({exc}); its log: {log or 'empty'}") from exc
 
     def _read(self) -> None:
         pending = b""
