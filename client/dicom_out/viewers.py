@@ -37,7 +37,8 @@ import math
 from collections.abc import Iterable
 
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import (Comprehensive3DSRStorage, ComprehensiveSRStorage, EnhancedSRStorage, ParametricMapStorage,
+                         SegmentationStorage, generate_uid)
 
 __all__ = ["FILM_ORIENTATION", "add_film_plane", "check_for_viewers", "film_frame_of_reference", "viewer_problems"]
 
@@ -45,9 +46,9 @@ VIEWER = "OHIF 3.13.2"
 # The plane a viewer assumes for an image without Image Orientation (Patient): rows along +x,
 # columns along +y.  Cornerstone3D compares a SEG's or map's orientation with it.
 FILM_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
-SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
-PARAMETRIC_MAP = "1.2.840.10008.5.1.4.1.1.30"
-_SR_CLASSES = {"1.2.840.10008.5.1.4.1.1.88.22", "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.34"}
+SEGMENTATION = SegmentationStorage
+PARAMETRIC_MAP = ParametricMapStorage
+_SR_CLASSES = {EnhancedSRStorage, ComprehensiveSRStorage, Comprehensive3DSRStorage}
 _MEASUREMENT_GROUP = "125007"  # (125007, DCM, "Measurement Group")
 _IMAGING_MEASUREMENTS = "126010"  # (126010, DCM, "Imaging Measurements")
 _TRACKING_IDENTIFIER = "112039"
