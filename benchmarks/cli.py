@@ -234,7 +234,7 @@ def build_bench_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     default lives once, in :class:`BenchConfig` or ``SoakConfig``.
     """
     add_bench_arguments(p)
-    sub = p.add_subparsers(dest="mode", metavar="{all,latency,parity,soak,train-r50}", title="subcommands")
+    sub = p.add_subparsers(dest="mode", metavar="{all,latency,parity,soak,train-r50,train-speed}", title="subcommands")
     p.set_defaults(func=cmd_bench, mode="all")  # after add_subparsers: it sets that action's default
     for mode, summary in SUBCOMMANDS.items():
         q = sub.add_parser(mode, help=summary, description=f"{summary}. {BENCH_DESCRIPTION}",
@@ -250,6 +250,12 @@ def build_bench_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        description=train_r50.DESCRIPTION, argument_default=argparse.SUPPRESS)
     train_r50.add_arguments(q)
     q.set_defaults(func=train_r50.cmd_train_r50)
+    from cxr.benchmarks import train_speed
+
+    q = sub.add_parser("train-speed", help="training images/s, FP32 vs BF16, measured in one run on this CPU",
+                       description=train_speed.DESCRIPTION)
+    train_speed.add_arguments(q)
+    q.set_defaults(func=train_speed.cmd_train_speed)
     return p
 
 

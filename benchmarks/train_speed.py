@@ -17,12 +17,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxr.errors import InvalidFileError, InvalidOptionError
 from cxr.machine import cpu_info, isa_line
 
 
 def measure(data: Path, *, preset: str = "cpu-demo", precisions=("fp32", "bf16"), iterations: int = 10,
             rounds: int = 5, warmup: int = 3, seed: int = 0, progress: bool = True) -> dict:
     """Images/s of ``iterations`` training steps per round, ``rounds`` rounds per precision, interleaved."""
+    if iterations < 1 or rounds < 1 or warmup < 0:
+        raise InvalidOptionError(f"need iterations >= 1, rounds >= 1 and warmup >= 0 (got {iterations}, {rounds}, {warmup})")
     from torch.utils.data import DataLoader
 
     from cxr.labels import get_labelset
@@ -42,11 +45,14 @@ def measure(data: Path, *, preset: str = "cpu-demo", precisions=("fp32", "bf16")
     dataset = DetectionDataset(studies, labelset, pre, augment=Augmenter(), seed=seed)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
                         generator=torch.Generator().manual_seed(seed))
-    batches = []
-    for images, targets in loader:  # the same batches for every precision
-        batches.append((images, targets))
-        if len(batches) == iterations + warmup:
-            break
+    if not studies:
+        raise InvalidFileError(f"{data}: no training studies with images to time")
+    batches = []  # the same batches for every precision; a small split is gone through again
+    while len(batches) < iterations + warmup:
+        for images, targets in loader:
+            batches.append((images, targets))
+            if len(batches) == iterations + warmup:
+                break
     torch.manual_seed(seed)
     base = build_model(model_config(cfg, labelset.num_classes))
     weights = resolve_weights(cfg.weights, arch=cfg.arch)
@@ -83,3 +89,35 @@ def measure(data: Path, *, preset: str = "cpu-demo", precisions=("fp32", "bf16")
             "images_per_s": {p: {"median": med[p], "rounds": rates[p]} for p in precisions},
             "ratio_to_fp32": {p: med[p] / med["fp32"] for p in precisions} if "fp32" in med else {},
             "load_average": list(np.round(__import__("os").getloadavg(), 2))}
+
+
+DESCRIPTION = (
+    "Training images/s of a preset per precision on this CPU, measured in one process: FP32 and BF16 take turns in "
+    "short rounds of the same batches from the same initial weights, so machine load hits both alike; prints each "
+    "precision's median over its rounds and the ratio to FP32, with the CPU and its ISA. Data: a training split, "
+    "e.g. the demo's demo-out/data.")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--data", type=Path, metavar="DIR", required=True, help="NIH-layout dataset with a training split")
+    p.add_argument("--preset", default="cpu-demo", help="training preset (default cpu-demo)")
+    p.add_argument("--iterations", type=int, default=10, metavar="N", help="timed training steps per round (default 10)")
+    p.add_argument("--rounds", type=int, default=5, metavar="R", help="rounds per precision (default 5)")
+    p.add_argument("--warmup", type=int, default=3, metavar="W", help="untimed steps at the start of each round (default 3)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def cmd_train_speed(args) -> int:
+    import json
+
+    result = measure(args.data, preset=getattr(args, "preset", "cpu-demo"), iterations=getattr(args, "iterations", 10),
+                     rounds=getattr(args, "rounds", 5), warmup=getattr(args, "warmup", 3), progress=not getattr(args, "json", False))
+    if getattr(args, "json", False):
+        print(json.dumps(result, indent=1))
+        return 0
+    print(f"{result['preset']} on {result['cpu']} ({result['isa']}), {result['threads']} threads, batch {result['batch_size']}:")
+    for name, v in result["images_per_s"].items():
+        ratio = result["ratio_to_fp32"].get(name)
+        print(f"  {name:5s} {v['median']:6.2f} images/s (median of {len(v['rounds'])} rounds)"
+              + (f"  {ratio:.2f}x FP32" if ratio is not None else ""))
+    return 0
