@@ -100,22 +100,35 @@ def preprocess_outputs(size: int, channels: int) -> tuple[Tensor, Tensor]:
 # The exported graph (ONNX/TensorRT) and the detector step: input and raw outputs.
 DETECTOR_INPUT = "images"
 RAW_OUTPUTS = ("boxes", "scores", "labels", "valid")  # the graph's output order
+# A Mask R-CNN's graph adds each candidate's M x M mask probabilities (its own class, over its
+# box in the S x S frame) as a fifth output; pasting is cxr.masks, after NMS (export/README.md).
+MASK_PROBS = "masks"
+SEGMENT_RAW_OUTPUTS = (*RAW_OUTPUTS, MASK_PROBS)
+
+
+def raw_outputs(segment: bool) -> tuple[str, ...]:
+    """The graph's output names in order: a detector's four, a Mask R-CNN's five."""
+    return SEGMENT_RAW_OUTPUTS if segment else RAW_OUTPUTS
 
 
 def detector_input(size: int, channels: int) -> Tensor:
     return Tensor(DETECTOR_INPUT, "TYPE_FP32", (channels, size, size))
 
 
-def detector_outputs(candidates: int, *, for_postprocess: bool = False) -> tuple[Tensor, ...]:
-    """The graph's ``boxes [K, 4]``, ``scores [K]``, ``labels [K]`` and ``valid``.
+def detector_outputs(candidates: int, *, for_postprocess: bool = False, mask_size: int | None = None) -> tuple[Tensor, ...]:
+    """The graph's ``boxes [K, 4]``, ``scores [K]``, ``labels [K]`` and ``valid`` (and, with
+    ``mask_size`` M, a Mask R-CNN's ``masks [K, M, M]``).
 
     The graph returns ``valid`` as ``[B]``; Triton needs at least one dimension after
     the batch, so the detector's config declares ``[1]`` reshaped to ``[]``, and the
     postprocess step receives it as ``[1]`` (``for_postprocess``).
     """
     valid = Tensor("valid", "TYPE_INT64", (1,), reshape=None if for_postprocess else ())
-    return (Tensor("boxes", "TYPE_FP32", (candidates, 4)), Tensor("scores", "TYPE_FP32", (candidates,)),
-            Tensor("labels", "TYPE_INT64", (candidates,)), valid)
+    out = (Tensor("boxes", "TYPE_FP32", (candidates, 4)), Tensor("scores", "TYPE_FP32", (candidates,)),
+           Tensor("labels", "TYPE_INT64", (candidates,)), valid)
+    if mask_size is None:
+        return out
+    return (*out, Tensor(MASK_PROBS, "TYPE_FP32", (candidates, mask_size, mask_size)))
 
 
 class Step(ClosedVocabulary, label="ensemble step"):

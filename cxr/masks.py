@@ -248,3 +248,20 @@ def paste_in_original(probs: np.ndarray, boxes: np.ndarray, record: LetterboxRec
     Triton postprocess call."""
     return paste_masks(probs, letterbox_to_original(boxes, record), record.orig_h, record.orig_w,
                        threshold=threshold, padding=padding)
+
+
+def crop_iou(a: CroppedMasks, i: int, b: CroppedMasks, j: int) -> float:
+    """IoU of mask ``i`` of ``a`` and mask ``j`` of ``b`` (the same image grid), computed on their
+    rectangles' overlap only; two empty masks: 1.0 (they agree)."""
+    if (a.height, a.width) != (b.height, b.width):
+        raise ValueError(f"masks on a {a.width}x{a.height} and a {b.width}x{b.height} image cannot be compared")
+    ra, rb = (int(v) for v in a.rects[i]), (int(v) for v in b.rects[j])
+    ax0, ay0, ax1, ay1 = ra
+    bx0, by0, bx1, by1 = rb
+    na, nb = int(a.crops[i].sum()), int(b.crops[j].sum())
+    x0, y0, x1, y1 = max(ax0, bx0), max(ay0, by0), min(ax1, bx1), min(ay1, by1)
+    inter = 0
+    if x1 > x0 and y1 > y0:
+        inter = int((a.crops[i][y0 - ay0 : y1 - ay0, x0 - ax0 : x1 - ax0] & b.crops[j][y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0]).sum())
+    union = na + nb - inter
+    return inter / union if union else 1.0

@@ -10,11 +10,15 @@ baselines and the Triton postprocess model all call it.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cxr.boxes import LetterboxRecord, as_boxes, box_iou, valid_boxes
 from cxr.errors import InvalidOptionError
+
+if TYPE_CHECKING:
+    from cxr.masks import CroppedMasks
 
 
 @dataclass(frozen=True)
@@ -49,13 +53,16 @@ class DetectionArrays:
 
     boxes: float32 ``[N, 4]`` xyxy in ORIGINAL image pixels; scores: float32 ``[N]``
     sorted descending; labels: int64 ``[N]`` model class ids (1-based);
-    boxes_mm: float32 ``[N, 4]`` xyxy in mm from the top-left corner, or None.
+    boxes_mm: float32 ``[N, 4]`` xyxy in mm from the top-left corner, or None;
+    masks: a Mask R-CNN's binary masks of the N detections in ORIGINAL pixels
+    (:class:`cxr.masks.CroppedMasks`), or None for a detector.
     """
 
     boxes: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
     boxes_mm: np.ndarray | None = None
+    masks: CroppedMasks | None = None
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])

@@ -63,7 +63,9 @@ def check_parity(ckpt, detector, studies, *, tolerance: Tolerance, batch_size: i
     paths = [s.path for s in studies]
     reference = Pipeline(TorchDetector(ckpt), ckpt.preprocess, ckpt.postprocess)(paths, batch_size=batch_size)
     artifact = Pipeline(detector, ckpt.preprocess, ckpt.postprocess)(paths, batch_size=batch_size)
-    return compare(reference, artifact, names=[s.image_id for s in studies], ground_truth=ground_truth(studies, ckpt.labelset),
+    segment = ckpt.model_config.task == "segment"  # masks too: matched-mask IoU, segm AP against the data's masks
+    gts = ground_truth(studies, ckpt.labelset, masks=segment)  # segm AP only where every box has its mask
+    return compare(reference, artifact, names=[s.image_id for s in studies], ground_truth=gts,
                    class_names=ckpt.class_names, tolerance=tolerance)
 
 
@@ -81,7 +83,8 @@ class Int8Disagreement:
     A detection (any above the postprocess score threshold: mAP counts all of them)
     is unchanged when an INT8 detection of its label overlaps it at IoU >= 0.5 (the
     parity matcher) with a score within ``score_step``; missing, moved, re-scored and
-    extra detections all count as changed.  Studies are decoded once; FP32 runs once.
+    extra detections all count as changed; a Mask R-CNN's detection also changes when its mask
+    moves below IoU ``mask_iou`` with the FP32 one.  Studies are decoded once; FP32 runs once.
 
     ``noise_floor`` is the same measure for the FP32 model itself with Gaussian noise
     of half an 8-bit grey level added to its input: how much a model changes under a
@@ -89,12 +92,13 @@ class Int8Disagreement:
     to do better; a weakly trained detector can be far above zero.
     """
 
-    def __init__(self, ckpt, fp32_path: str | Path, studies, *, score_step: float = 0.05, seed: int = 0) -> None:
+    def __init__(self, ckpt, fp32_path: str | Path, studies, *, score_step: float = 0.05, mask_iou: float = 0.8,
+                 seed: int = 0) -> None:
         from cxr.serving.pipeline import Pipeline
         from cxr.serving.runtime import OrtDetector
         from cxr.decode.image import decode_image
 
-        self.ckpt, self.score_step = ckpt, score_step
+        self.ckpt, self.score_step, self.mask_iou = ckpt, score_step, mask_iou
         self.images = [decode_image(s.path) for s in studies]
         fp32 = OrtDetector(fp32_path)
         self.reference = Pipeline(fp32, ckpt.preprocess, ckpt.postprocess)(self.images)
@@ -104,6 +108,7 @@ class Int8Disagreement:
 
     def _changed(self, detector) -> float:
         from cxr.export.parity import match_detections
+        from cxr.masks import crop_iou
         from cxr.serving.pipeline import Pipeline
 
         report = self.ckpt.postprocess.score_threshold
@@ -111,7 +116,8 @@ class Int8Disagreement:
         changed = total = 0
         for r, t in zip(self.reference, Pipeline(detector, self.ckpt.preprocess, self.ckpt.postprocess)(self.images)):
             pairs, n_ref, n_test = match_detections(r, t, TOLERANCES[Precision.INT8].match_iou, report_score=report, score_margin=margin)
-            kept = sum(1 for i, j in pairs if abs(float(r.scores[i]) - float(t.scores[j])) <= self.score_step)
+            kept = sum(1 for i, j in pairs if abs(float(r.scores[i]) - float(t.scores[j])) <= self.score_step
+                       and (r.masks is None or crop_iou(r.masks, i, t.masks, j) >= self.mask_iou))
             total += max(n_ref, n_test)
             changed += max(n_ref, n_test) - kept
         return changed / total if total else 0.0
@@ -172,6 +178,8 @@ def run_export(
         extra = {"precision": kind.precision.value}
         if report is not None:
             extra["parity"] = {k: getattr(report, k) for k in ("n_images", "match_rate", "max_score_delta", "max_box_dev_px", "map_delta")}
+            if report.masks is not None:
+                extra["parity"] |= {"mask_iou_median": report.masks.iou_median, "segm_ap_delta": report.masks.segm_ap_delta}
         dest = _deliver(kind, Path(built), out=out, repository=repository, meta=meta, extra=extra, force=force)
     return ExportResult(kind, dest, report)
 

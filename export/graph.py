@@ -17,7 +17,16 @@ Input ``images``: float32 ``[B, C, S, S]`` (already preprocessed by ``cxr``).
 Outputs: ``boxes`` float32 ``[B, K, 4]`` xyxy in the ``S x S`` frame, ``scores``
 float32 ``[B, K]`` (descending), ``labels`` int64 ``[B, K]`` (1-based), ``valid``
 int64 ``[B]`` (rows ``[:valid]`` are candidates, the rest padding).  Final NMS is
-:func:`cxr.postprocess.postprocess`.  The eager forward gives the same candidates
+:func:`cxr.postprocess.postprocess`.
+
+A Mask R-CNN (the segment task) adds ``masks`` float32 ``[B, K, M, M]`` (M = 28): each
+candidate's mask probabilities for its own class over its box, as torchvision's
+``maskrcnn_inference`` returns them (the mask branch pools the K candidate boxes on the box
+pooler's levels, 14 x 14, then head, predictor, sigmoid).  Pasting into the image is NOT in
+the graph (MMDeploy's, detectron2's and NVIDIA's choice): :func:`cxr.masks.paste_in_original`
+does it after NMS, for the kept rows only.  Zero detections cannot reach the mask head with
+zero ROIs (the crash of torchvision's own exported masks): the graph always pools exactly K
+rows per image, padding included, and ``valid`` says which count.  The eager forward gives the same candidates
 as the torchvision model it wraps (tested), so PyTorch parity holds by construction.
 """
 
@@ -111,6 +120,17 @@ class ServingGraph(nn.Module):
             self.pool_scales = [float(s) for s in scales]
             self.pool_output = pooler.output_size
             self.sampling_ratio = pooler.sampling_ratio
+        mask_pool = getattr(model.roi_heads, "mask_roi_pool", None)
+        self.has_masks = mask_pool is not None
+        if self.has_masks:
+            if list(mask_pool.featmap_names) != list(pooler.featmap_names):
+                raise ValueError(f"the mask pooler reads levels {mask_pool.featmap_names}, the box pooler "
+                                 f"{pooler.featmap_names}: the serving graph pools both on the same levels")
+            self.mask_pool_output = mask_pool.output_size
+            self.mask_sampling_ratio = mask_pool.sampling_ratio
+            with torch.no_grad():  # M, a constant of the graph (a traced shape would leave M symbolic in ONNX)
+                probe = torch.zeros(1, model.backbone.out_channels, *mask_pool.output_size)
+                self.mask_size = int(model.roi_heads.mask_predictor(model.roi_heads.mask_head(probe)).shape[-1])
 
     @classmethod
     def from_checkpoint(cls, ckpt) -> ServingGraph:
@@ -151,23 +171,27 @@ class ServingGraph(nn.Module):
         return props, valid
 
     # ---------------------------------------------------------------------- ROI
-    def roi_align(self, feats: dict[str, torch.Tensor], props: torch.Tensor) -> torch.Tensor:
+    def roi_align(self, feats: dict[str, torch.Tensor], props: torch.Tensor, output_size=None,
+                  sampling_ratio: int | None = None) -> torch.Tensor:
+        """``[B, N, 4]`` boxes -> pooled features ``[B * N, C, h, w]`` (the box pooler's size unless given)."""
+        output_size = self.pool_output if output_size is None else output_size
+        sampling_ratio = self.sampling_ratio if sampling_ratio is None else sampling_ratio
         batch, n = props.shape[:2]
         flat = props.reshape(-1, 4)
         image_ids = torch.arange(batch, device=props.device, dtype=props.dtype)[:, None].expand(batch, n).reshape(-1)
         rois = torch.cat([image_ids[:, None], flat], 1)
         if self.mapper.k_min == self.mapper.k_max:  # one pooling level (MobileNet FPN): every ROI pools there
-            return torchvision.ops.roi_align(feats[self.pool_names[0]], rois, self.pool_output, spatial_scale=self.pool_scales[0],
-                                             sampling_ratio=self.sampling_ratio, aligned=False)
+            return torchvision.ops.roi_align(feats[self.pool_names[0]], rois, output_size, spatial_scale=self.pool_scales[0],
+                                             sampling_ratio=sampling_ratio, aligned=False)
         levels = self.mapper([flat])
         channels = feats[self.pool_names[0]].shape[1]
-        out = rois.new_zeros((rois.shape[0], channels, *self.pool_output))
+        out = rois.new_zeros((rois.shape[0], channels, *output_size))
         for lvl, (name, scale) in enumerate(zip(self.pool_names, self.pool_scales)):
             # Pool each ROI on its own level only (NonZero -> RoiAlign -> ScatterND):
             # pooling every ROI on every level and selecting afterwards cost L times
             # the RoiAlign work, about half the CPU time of the whole graph.
             idx = torch.nonzero(levels == lvl).squeeze(1)
-            pooled = torchvision.ops.roi_align(feats[name], rois[idx], self.pool_output, spatial_scale=scale, sampling_ratio=self.sampling_ratio, aligned=False)
+            pooled = torchvision.ops.roi_align(feats[name], rois[idx], output_size, spatial_scale=scale, sampling_ratio=sampling_ratio, aligned=False)
             out = out.index_put((idx,), pooled)
         return out
 
@@ -193,4 +217,16 @@ class ServingGraph(nn.Module):
         out_boxes = boxes.reshape(batch, -1, 4).gather(1, idx[..., None].expand(-1, -1, 4))
         out_labels = labels.reshape(batch, -1).gather(1, idx)
         count = (top > self.score_thresh).sum(1)
-        return out_boxes, top, out_labels, count
+        if not self.has_masks:
+            return out_boxes, top, out_labels, count
+        return out_boxes, top, out_labels, count, self.masks(feats, out_boxes, out_labels)
+
+    def masks(self, feats: dict[str, torch.Tensor], boxes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Candidates' boxes ``[B, K, 4]`` (S x S frame) and labels ``[B, K]`` -> mask probabilities
+        ``[B, K, M, M]`` of each candidate's own class (torchvision's ``maskrcnn_inference``)."""
+        batch, k = boxes.shape[:2]
+        pooled = self.roi_align(feats, boxes, self.mask_pool_output, self.mask_sampling_ratio)
+        logits = self.roi_heads.mask_predictor(self.roi_heads.mask_head(pooled))  # [B*K, classes, M, M]
+        m = self.mask_size
+        chosen = logits.gather(1, labels.reshape(-1, 1, 1, 1).expand(-1, 1, m, m))
+        return torch.sigmoid(chosen).reshape(batch, k, m, m)

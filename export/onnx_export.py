@@ -4,7 +4,8 @@ Uses the TorchScript-based exporter (``dynamo=False``): the dynamo exporter fail
 torchvision detection models (pytorch/vision #9306, #9462).  The graph is
 :class:`cxr.export.graph.ServingGraph`; the checkpoint's metadata (class list,
 input size, preprocessing, model version) is stamped into the model's
-``metadata_props`` under the key ``cxr``.
+``metadata_props`` under the key ``cxr``.  A segment-task checkpoint (Mask R-CNN) exports the
+same graph with a fifth output, ``masks`` (:data:`cxr.contract.SEGMENT_RAW_OUTPUTS`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 
 from cxr.contract import DETECTOR_INPUT as INPUT_NAME
-from cxr.contract import RAW_OUTPUTS as OUTPUT_NAMES
+from cxr.contract import raw_outputs
 from cxr.export.graph import OPSET, ServingGraph
 
 log = logging.getLogger(__name__)
@@ -37,13 +38,14 @@ def export_onnx(ckpt, path: str | Path, *, opset: int = OPSET, simplify: bool = 
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = ServingGraph.from_checkpoint(ckpt)
     dummy = torch.zeros(export_batch, ckpt.preprocess.channels, graph.size, graph.size)
+    output_names = list(raw_outputs(graph.has_masks))  # a Mask R-CNN adds "masks" [B, K, 28, 28]
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python ints in the graph are expected here
         torch.onnx.export(
             graph, (dummy,), buf, dynamo=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-            dynamic_axes={INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}},
+            input_names=[INPUT_NAME], output_names=output_names,
+            dynamic_axes={INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in output_names}},
             do_constant_folding=True,
         )
     model = onnx.load_from_string(buf.getvalue())

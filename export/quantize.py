@@ -1,10 +1,10 @@
 """ONNX FP32 -> ONNX INT8 (static, QDQ) for CPU inference with ONNX Runtime.
 
-Only the network is quantized: the nodes of the backbone, FPN, RPN head and box head
-(:data:`NETWORK_SCOPE`).  The arithmetic around them -- anchor decoding, NMS, ROI
+Only the network is quantized: the nodes of the backbone, FPN, RPN head, box head and (a Mask
+R-CNN) mask head (:data:`NETWORK_SCOPE`).  The arithmetic around them -- anchor decoding, NMS, ROI
 Align, softmax, top-k -- stays FP32, and so do the two final layers of the box
 predictor (class scores and box regression), where 8-bit steps would move scores and
-box edges visibly.  Weights are per-channel int8; activations uint8 (the U8S8 kernels
+box edges visibly, and the mask predictor's two (up-convolution, per-class logits).  Weights are per-channel int8; activations uint8 (the U8S8 kernels
 that x86 CPUs run fastest), calibrated with MinMax on preprocessed training images.
 
 Which ops (:class:`Int8Options`).  Quantizing only Conv/MatMul/Gemm leaves every residual
@@ -44,9 +44,10 @@ log = logging.getLogger(__name__)
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")  # the compute-heavy ops; mixed precision groups are made of these
 # Node-name prefixes of the network (torch.onnx names nodes after module paths; the
 # ServingGraph's own arithmetic -- anchor decoding, NMS, ROI Align, top-k -- is unprefixed).
-NETWORK_SCOPE = ("/backbone/", "/rpn_head/", "/box_head/")
-# Node-name fragments kept in FP32.
-SENSITIVE_NODES = ("box_predictor",)
+NETWORK_SCOPE = ("/backbone/", "/rpn_head/", "/box_head/", "/mask_head/")  # mask_head: a Mask R-CNN's 3x3 convs
+# Node-name fragments kept in FP32: the box predictor's two layers and the mask predictor's
+# (its 2x up-convolution and the per-class 1x1 logits: 8-bit steps there move mask edges).
+SENSITIVE_NODES = ("box_predictor", "mask_predictor")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 

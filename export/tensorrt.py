@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.contract import RAW_OUTPUTS
+from cxr.contract import SEGMENT_RAW_OUTPUTS
 from cxr.errors import InvalidOptionError, UsageError
 
 log = logging.getLogger(__name__)
@@ -126,8 +126,18 @@ def engine_metadata_path(plan_path: str | Path) -> Path:
     return Path(str(plan_path) + ".json")
 
 
+def graph_outputs(names) -> list[str]:
+    """An engine's output tensor names in the graph's order (:func:`cxr.contract.raw_outputs`): a detector's
+    four, a Mask R-CNN's five (TensorRT lists I/O tensors in its own order); an engine lacking one of the
+    four is refused by name."""
+    missing = [n for n in SEGMENT_RAW_OUTPUTS[:4] if n not in names]
+    if missing:
+        raise ValueError(f"the engine has no output {', '.join(missing)} (it has {', '.join(names)}): not a cxr serving graph")
+    return [n for n in SEGMENT_RAW_OUTPUTS if n in names]
+
+
 class TrtDetector:
-    """Callable ``[B, C, S, S]`` float32 -> (boxes, scores, labels, valid) on the GPU."""
+    """Callable ``[B, C, S, S]`` float32 -> (boxes, scores, labels, valid[, masks]) on the GPU."""
 
     def __init__(self, plan_path: str | Path) -> None:
         trt = require_tensorrt()
@@ -156,4 +166,4 @@ class TrtDetector:
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError("TensorRT execution failed")
         stream.synchronize()
-        return tuple(outs[n].cpu().numpy() for n in RAW_OUTPUTS)
+        return tuple(outs[n].cpu().numpy() for n in graph_outputs(self.output_names))

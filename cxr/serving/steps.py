@@ -6,6 +6,7 @@ call these same functions, so the two cannot drift apart.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -19,10 +20,12 @@ from cxr.decode.types import DecodedImage
 from cxr.errors import InvalidImageError, InvalidRequestError
 from cxr.boxes import LetterboxRecord
 from cxr.contract import RAW_OUTPUTS
-from cxr.postprocess import DetectionArrays, PostprocessConfig, postprocess
+from cxr.masks import paste_in_original
+from cxr.postprocess import DetectionArrays, PostprocessConfig, postprocess, postprocess_indexed
 from cxr.preprocess import PreprocessConfig, preprocess_batch
 
-RawOutput = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # boxes, scores, labels, valid: the graph's outputs
+# boxes, scores, labels, valid -- and a Mask R-CNN's masks [B, K, M, M]: the graph's outputs (cxr.contract.raw_outputs)
+RawOutput = tuple[np.ndarray, ...]
 
 
 def decode_request_image(data: bytes | None, pixels: np.ndarray | None, params: dict) -> DecodedImage:
@@ -104,8 +107,26 @@ def prepare_batch(decoded: list[DecodedImage], config: PreprocessConfig) -> tupl
 
 def unmap_detections(raw: RawOutput, records: np.ndarray, config: PostprocessConfig) -> list[DetectionArrays]:
     """The detector's raw batch (``boxes [B, K, 4]`` in the S x S frame, ``scores``, ``labels``, ``valid``)
-    -> per image: thresholds, per-class NMS, boxes back in ORIGINAL pixels (the way out of :func:`prepare_batch`)."""
-    boxes, scores, labels, valid = raw
+    -> per image: thresholds, per-class NMS, boxes back in ORIGINAL pixels (the way out of :func:`prepare_batch`).
+
+    A Mask R-CNN's fifth output (``masks [B, K, M, M]``) gives each final detection its binary mask in
+    the ORIGINAL grid (:func:`unmap_masks`)."""
+    boxes, scores, labels, valid = raw[:4]
+    if len(raw) > 4:
+        return [unmap_masks(boxes[i], scores[i], labels[i], raw[4][i], LetterboxRecord.from_array(records[i]), config,
+                            valid_count=int(np.asarray(valid[i]).reshape(-1)[0]))
+                for i in range(len(boxes))]
     return [postprocess(boxes[i], scores[i], labels[i], LetterboxRecord.from_array(records[i]), config,
                         valid_count=int(np.asarray(valid[i]).reshape(-1)[0]))
             for i in range(len(boxes))]
+
+
+def unmap_masks(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, masks: np.ndarray, record: LetterboxRecord,
+                config: PostprocessConfig, *, valid_count: int) -> DetectionArrays:
+    """One image's candidates and their ``[K, M, M]`` mask probabilities -> final detections carrying
+    their :class:`~cxr.masks.CroppedMasks` in ORIGINAL pixels: :func:`~cxr.postprocess.postprocess_indexed`
+    picks the rows, :func:`~cxr.masks.paste_in_original` pastes the kept rows' masks over their
+    (unclipped) letterbox boxes -- what ``cxr.training.engine.predict`` does with the eager model."""
+    rows, dets = postprocess_indexed(boxes, scores, labels, record, config, valid_count=valid_count)
+    pasted = paste_in_original(np.asarray(masks, np.float32)[rows], np.asarray(boxes, np.float32)[rows], record)
+    return dataclasses.replace(dets, masks=pasted)

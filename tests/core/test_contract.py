@@ -25,7 +25,8 @@ CONTRACT = ROOT / "cxr" / "contract.py"
 GRAPH_READERS = ["export/triton_config.py", "model_repository/preprocess/1/model.py",
                  "model_repository/detector/1/model.py", "model_repository/postprocess/1/model.py",
                  "export/onnx_export.py", "export/tensorrt.py"]
-GRAPH_NAMES = {"DETECTOR_INPUT", "RAW_OUTPUTS", "detector_input", "detector_outputs", "preprocess_outputs"}
+GRAPH_NAMES = {"DETECTOR_INPUT", "RAW_OUTPUTS", "SEGMENT_RAW_OUTPUTS", "MASK_PROBS", "raw_outputs", "detector_input",
+               "detector_outputs", "preprocess_outputs"}
 
 
 def _string_literals(path: Path) -> set[str]:
@@ -56,7 +57,7 @@ def test_record_length_is_the_letterbox_record_layout():
 def test_no_file_restates_a_tensor_name_or_artifact_file():
     names = {t.name for t in (*contract.ENSEMBLE_INPUTS, *contract.EXPLAIN_OUTPUTS, contract.RECORD)}
     names |= {contract.ENSEMBLE, contract.EXPLAIN, "IMAGES", *(a.file for a in Artifact), *(a.path for a in Artifact)}
-    graph_names = {contract.DETECTOR_INPUT, *contract.RAW_OUTPUTS}  # common words: only where the graph is wired
+    graph_names = {contract.DETECTOR_INPUT, *contract.SEGMENT_RAW_OUTPUTS}  # common words: only where the graph is wired
     found = {f.relative_to(ROOT).as_posix(): sorted(_string_literals(f) & (names | (graph_names if _wires_the_graph(f) else set())))
              for f in PRODUCT if f != CONTRACT}
     assert not {f: hits for f, hits in found.items() if hits}, "use the names in cxr.contract"
