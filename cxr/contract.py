@@ -59,8 +59,8 @@ class Tensor:
         return replace(self, dims=tuple(int(d) for d in dims))
 
 
-_NUMPY = {"TYPE_FP32": "float32", "TYPE_FP16": "float16", "TYPE_INT64": "int64", "TYPE_UINT16": "uint16",
-          "TYPE_UINT8": "uint8", "TYPE_STRING": "object"}
+_NUMPY = {"TYPE_FP32": "float32", "TYPE_FP16": "float16", "TYPE_INT64": "int64", "TYPE_INT32": "int32",
+          "TYPE_UINT16": "uint16", "TYPE_UINT8": "uint8", "TYPE_STRING": "object"}
 
 ENSEMBLE = "cxr_detector"  # the only model clients call
 # Largest encoded study accepted in one request (a 4300x4300 16-bit DICOM is ~37 MB).
@@ -180,6 +180,35 @@ SALIENCY_GRID = RequestParameter("saliency_grid", int, "cells per side of each r
 SALIENCY_SEED = RequestParameter("saliency_seed", int, "seed of the masks: the same seed gives the same maps")
 # The explainer's overrides and the cxr.saliency.SaliencyConfig field each one sets.
 SALIENCY_OVERRIDES = {SALIENCY_MASKS: "masks", SALIENCY_GRID: "grid", SALIENCY_SEED: "seed"}
+
+
+# ------------------------------------------------------------------ segmentation
+
+# A Mask R-CNN repository (``cxr export`` of a segment-task checkpoint) serves a second
+# ensemble beside ``cxr_detector`` (which stays as it is: it ignores the detector's masks):
+# preprocess -> detector (graph with MASK_PROBS) -> segment_postprocess (cxr.postprocess, then
+# cxr.masks pastes each kept detection's M x M probabilities into the ORIGINAL grid and encodes
+# them as cxr.masks.CroppedMasks.to_wire does).
+SEGMENT = "cxr_segment"
+SEGMENT_POSTPROCESS = "segment_postprocess"
+MASK_SIZE = 28  # M: the graph's masks are [K, M, M] (torchvision's mask head: 14 x 14 pooled, 2x up-convolution)
+# The wire form of one study's masks, per detection in BOXES order (N = the detections, the
+# rows whose SCORES are not the -1 padding):
+MASK_RECTS = Tensor("MASK_RECTS", "TYPE_INT32", (-1, 4))  # (x0, y0, x1, y1) half-open, ORIGINAL pixels; (0, 0, 0, 0): empty
+MASK_BITS = Tensor("MASK_BITS", "TYPE_UINT8", (-1,))  # each rect's crop row-major, 8 pixels a byte (first in the high bit), padded to a byte
+MASK_GRID = Tensor("MASK_GRID", "TYPE_INT32", (2,))  # (rows, columns) of the ORIGINAL image
+SEGMENT_OUTPUTS = (*ENSEMBLE_OUTPUTS, MASK_RECTS, MASK_BITS, MASK_GRID)
+# A study's masks on the wire take 16 N + sum_i ceil(h_i w_i / 8) bytes (+ 8 for the grid):
+# each rect is its mask's tight bounding box, inside the detection's box grown by 30/28 (the
+# paste's padding) and cut to the film, so w_i h_i <= (30/28)^2 (box_w + 1)(box_h + 1).  A study
+# whose masks would exceed MAX_MASK_BYTES is refused (INVALID_ARG, naming the size and the
+# score_threshold / top_k that bound it); several studies in one request are padded to the longest.
+MAX_MASK_BYTES = 32 * 1024 * 1024
+
+
+def mask_wire_bound(detections: int, rows: int, columns: int) -> int:
+    """The most bytes one study's masks can take: every mask a whole ``rows x columns`` film."""
+    return 8 + detections * (16 + (rows * columns + 7) // 8)
 
 
 # Keys of the ``parameters`` that ``cxr export`` stamps into the model configs.

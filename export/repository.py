@@ -19,7 +19,7 @@ import json
 import shutil
 from pathlib import Path
 
-from cxr.contract import EXPLAIN, Artifact, Step
+from cxr.contract import EXPLAIN, SEGMENT_POSTPROCESS, Artifact, Step
 from cxr.errors import UsageError
 
 METADATA_FILE = "cxr-metadata.json"
@@ -93,7 +93,7 @@ def place_artifact(repository: str | Path, kind: Artifact | str, source: str | P
     artifacts = dict(existing.get("artifacts", {}))
     kind = Artifact(kind)
     artifacts[kind.value] = {"file": kind.path, "bytes": dest.stat().st_size, **(extra or {})}
-    record = {**_identity(meta), **{k: meta[k] for k in ("labelset", "postprocess", "thresholds", "data_fingerprint") if k in meta}}
+    record = {**_identity(meta), **{k: meta[k] for k in ("task", "labelset", "postprocess", "thresholds", "data_fingerprint") if k in meta}}
     record["artifacts"] = artifacts
     (repository / METADATA_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return dest
@@ -104,13 +104,14 @@ def ensure_repository(repository: str | Path, meta: dict) -> Path:
 
     Copies the Python model adapters from the source tree when the folder is not
     the committed one, and renders every ``config.pbtxt`` with ``meta`` stamped
-    into its parameters.
+    into its parameters.  A Mask R-CNN (``meta["task"] == "segment"``) also gets the
+    ``cxr_segment`` ensemble and its ``segment_postprocess`` step.
     """
-    from cxr.export.triton_config import write_configs
+    from cxr.export.triton_config import is_segment, write_configs
 
     repository = Path(repository)
     if repository.resolve() != TEMPLATE.resolve():
-        for model in PYTHON_MODELS:
+        for model in (*PYTHON_MODELS, *((SEGMENT_POSTPROCESS,) if is_segment(meta) else ())):
             src = TEMPLATE / model / "1" / "model.py"
             if not src.is_file():
                 raise UsageError(f"model adapters not found at {src}: serving needs a source checkout of cxr-triton")

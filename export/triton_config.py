@@ -6,7 +6,9 @@ One ensemble, ``cxr_detector``, is the model clients call for detections::
     (or PIXELS)      (python)                     (python/ORT | onnxruntime_onnx | tensorrt_plan)  (python)
 
 ``cxr_explain`` (:func:`explain_config`) is the one they call for detections with a saliency
-map each: a Python model that sends masked copies to ``detector`` (BLS).
+map each: a Python model that sends masked copies to ``detector`` (BLS).  A Mask R-CNN's
+repository adds ``cxr_segment`` (:func:`segment_configs`): the same preprocess and detector,
+then ``segment_postprocess`` (detections plus masks in the wire form of ``cxr.contract``).
 
 ``detector`` has one ``config.pbtxt`` per target: the default is the embedded CPU
 server's Python-backend model running ONNX Runtime; ``configs/gpu-onnx.pbtxt`` and
@@ -21,9 +23,9 @@ import json
 from pathlib import Path
 
 from cxr.contract import (
-    DETECTOR_INPUT, ENSEMBLE, ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS, EXPLAIN, EXPLAIN_MAX_BATCH, EXPLAIN_OUTPUTS, MAX_BATCH,
-    RAW_OUTPUTS, RECORD, Artifact, ConfigKey, Precision, DetectorRuntime, ServeTarget, Step, Tensor, detector_input,
-    detector_outputs, preprocess_outputs,
+    DETECTOR_INPUT, ENSEMBLE, ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS, EXPLAIN, EXPLAIN_MAX_BATCH, EXPLAIN_OUTPUTS, MASK_SIZE,
+    MAX_BATCH, RAW_OUTPUTS, RECORD, SEGMENT, SEGMENT_OUTPUTS, SEGMENT_POSTPROCESS, SEGMENT_RAW_OUTPUTS, Artifact, ConfigKey,
+    Precision, DetectorRuntime, ServeTarget, Step, Tensor, detector_input, detector_outputs, preprocess_outputs,
 )
 from cxr.saliency import SaliencyConfig
 
@@ -46,6 +48,14 @@ EXPLAIN_QUEUE_TIMEOUT_US = 600_000_000
 # Tensors inside the ensemble: the preprocess outputs and the detector's raw outputs.
 _IMAGES, _RECORD = DETECTOR_INPUT, "record"
 _RAW = {name: f"raw_{name}" for name in RAW_OUTPUTS}
+_SEGMENT_RAW = {name: f"raw_{name}" for name in SEGMENT_RAW_OUTPUTS}
+# Written only for a Mask R-CNN (meta["task"] == "segment"); removed from a repository that no longer holds one.
+SEGMENT_CONFIGS = (f"{SEGMENT}/config.pbtxt", f"{SEGMENT_POSTPROCESS}/config.pbtxt")
+
+
+def is_segment(meta: dict) -> bool:
+    """A Mask R-CNN's metadata: its graph has the masks output and it gets ``cxr_segment``."""
+    return meta.get("task") == "segment"
 
 
 def _params(**values) -> str:
@@ -84,8 +94,8 @@ def _delays(queue_delay_us) -> dict:
     return delays
 
 
-def detector_io(size: int, channels: int, candidates: int) -> tuple[str, str]:
-    return _io("input", [detector_input(size, channels)]), _io("output", detector_outputs(candidates))
+def detector_io(size: int, channels: int, candidates: int, mask_size: int | None = None) -> tuple[str, str]:
+    return _io("input", [detector_input(size, channels)]), _io("output", detector_outputs(candidates, mask_size=mask_size))
 
 
 def _instances(kind: str) -> str:
@@ -123,7 +133,7 @@ def render(meta: dict, *, cpu_threads: int = 0, queue_delay_us: dict | None = No
         _params(**{ConfigKey.PREPROCESS: pre, ConfigKey.MODEL_VERSION: version}),
     ]) + "\n"
 
-    det_in, det_out = detector_io(size, channels, candidates)
+    det_in, det_out = detector_io(size, channels, candidates, MASK_SIZE if is_segment(meta) else None)
     stamped = _params(**{ConfigKey.MODEL_VERSION: version, ConfigKey.CLASS_NAMES: classes})
     files[f"{Step.DETECTOR}/config.pbtxt"] = "\n".join([
         _header(Step.DETECTOR, "python", delays[Step.DETECTOR]), det_in, det_out, _instances("KIND_CPU"), stamped,
@@ -160,7 +170,37 @@ def render(meta: dict, *, cpu_threads: int = 0, queue_delay_us: dict | None = No
         _params(**{ConfigKey.MODEL_VERSION: version, ConfigKey.CLASS_NAMES: classes}),
     ]) + "\n"
     files[f"{EXPLAIN}/config.pbtxt"] = explain_config(meta)
+    if is_segment(meta):
+        files.update(segment_configs(meta, candidates, delays[Step.POSTPROCESS]))
     return files
+
+
+def segment_configs(meta: dict, candidates: int, queue: int) -> dict[str, str]:
+    """A Mask R-CNN's ``cxr_segment`` ensemble (preprocess -> detector -> segment_postprocess) and
+    its last step; the two first steps are ``cxr_detector``'s own models."""
+    size, channels = int(meta["preprocess"]["size"]), int(meta["preprocess"]["channels"])
+    version = meta.get(ConfigKey.MODEL_VERSION, "unexported")
+    classes = meta[ConfigKey.CLASS_NAMES]
+    post = "\n".join([
+        _header(SEGMENT_POSTPROCESS, "python", queue),
+        _io("input", [*detector_outputs(candidates, for_postprocess=True, mask_size=MASK_SIZE), RECORD]),
+        _io("output", SEGMENT_OUTPUTS),
+        _instances("KIND_CPU"),
+        _params(**{ConfigKey.POSTPROCESS: meta["postprocess"], ConfigKey.CLASS_NAMES: classes, ConfigKey.MODEL_VERSION: version}),
+    ]) + "\n"
+    images, record = preprocess_outputs(size, channels)
+    ensemble = "\n".join([
+        _header(SEGMENT, "ensemble", None),
+        _io("input", ENSEMBLE_INPUTS),
+        _io("output", SEGMENT_OUTPUTS),
+        "ensemble_scheduling {",
+        _step(Step.PREPROCESS, {t.name: t.name for t in ENSEMBLE_INPUTS}, {images.name: _IMAGES, record.name: _RECORD}),
+        _step(Step.DETECTOR, {detector_input(size, channels).name: _IMAGES}, _SEGMENT_RAW),
+        _step(SEGMENT_POSTPROCESS, {**_SEGMENT_RAW, RECORD.name: _RECORD}, {t.name: t.name for t in SEGMENT_OUTPUTS}),
+        "}",
+        _params(**{ConfigKey.MODEL_VERSION: version, ConfigKey.CLASS_NAMES: classes}),
+    ]) + "\n"
+    return {SEGMENT_CONFIGS[0]: ensemble, SEGMENT_CONFIGS[1]: post}
 
 
 def explain_config(meta: dict) -> str:
@@ -199,4 +239,9 @@ def write_configs(repository: str | Path, meta: dict, **kwargs) -> list[Path]:
         path.write_text(text)
         written.append(path)
     (repository / ENSEMBLE / "1").mkdir(parents=True, exist_ok=True)  # Triton wants a version folder
+    if is_segment(meta):
+        (repository / SEGMENT / "1").mkdir(parents=True, exist_ok=True)
+    else:  # a detector replaced a Mask R-CNN: no cxr_segment over a graph without masks
+        for rel in SEGMENT_CONFIGS:
+            (repository / rel).unlink(missing_ok=True)
     return written

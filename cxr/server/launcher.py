@@ -23,7 +23,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cxr.contract import ENSEMBLE, EXPLAIN, GRPC_PORT, HTTP_PORT, METRICS_PORT, PRECISION_ENV, Artifact, Precision, ServeTarget
+from cxr.contract import ENSEMBLE, EXPLAIN, GRPC_PORT, SEGMENT, HTTP_PORT, METRICS_PORT, PRECISION_ENV, Artifact, Precision, ServeTarget
 from cxr.errors import InvalidOptionError, UsageError
 from cxr.server.install import TritonInstall, prepare_backends
 from cxr.server.net import free_ports, host_port, is_loopback
@@ -137,11 +137,13 @@ class TritonServer:
     def model_names(self) -> tuple[str, ...]:
         """What the server loads: ``models``, or cxr_detector (the ensemble pulls in its three
         steps) and cxr_explain when the repository has it (one exported before it existed does
-        not); an idle cxr_explain costs a Python stub (~75 MB) until someone asks for a map."""
+        not); an idle cxr_explain costs a Python stub (~75 MB) until someone asks for a map.  A
+        Mask R-CNN's repository adds cxr_segment (its segment_postprocess step comes with it)."""
         if self.models:
             return tuple(self.models)
-        explain = (EXPLAIN,) if (Path(self.model_repository) / EXPLAIN / "config.pbtxt").is_file() else ()
-        return (ENSEMBLE, *explain)
+        repo = Path(self.model_repository)
+        optional = tuple(m for m in (EXPLAIN, SEGMENT) if (repo / m / "config.pbtxt").is_file())
+        return (ENSEMBLE, *optional)
 
     def start(self, *, timeout: float = 120.0) -> TritonServer:
         repo = Path(self.model_repository)

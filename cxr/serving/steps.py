@@ -12,8 +12,8 @@ import math
 import numpy as np
 
 from cxr.contract import (
-    BITS_STORED, BOXES, BOXES_MM, IMAGE_BYTES, LABELS, MAX_REQUEST_BYTES, PIXELS, POSTPROCESS_OVERRIDES, SCORES,
-    SPACING_COL_MM, SPACING_ROW_MM,
+    BITS_STORED, BOXES, BOXES_MM, IMAGE_BYTES, LABELS, MASK_BITS, MASK_GRID, MASK_RECTS, MAX_MASK_BYTES, MAX_REQUEST_BYTES,
+    PIXELS, POSTPROCESS_OVERRIDES, SCORE_THRESHOLD, SCORES, SPACING_COL_MM, SPACING_ROW_MM, TOP_K,
 )
 from cxr.decode.image import decode_image, decode_pixels
 from cxr.decode.types import DecodedImage
@@ -92,6 +92,30 @@ def detection_tensors(dets: list[DetectionArrays], class_names) -> dict[str, np.
             mm[i, :k] = d.boxes_mm
         labels[i, :k] = [class_names[int(c) - 1].encode() for c in d.labels]
     return {BOXES.name: boxes, BOXES_MM.name: mm, SCORES.name: scores, LABELS.name: labels}
+
+
+def mask_tensors(dets: list[DetectionArrays]) -> dict[str, np.ndarray]:
+    """The masks of one request's ``b`` images in their wire form (:data:`cxr.contract.MASK_RECTS`,
+    ``MASK_BITS``, ``MASK_GRID``; :meth:`cxr.masks.CroppedMasks.to_wire`), padded like
+    :func:`detection_tensors`: rects with ``(0, 0, 0, 0)``, bits with zero bytes after each image's own.
+
+    A study whose masks would take more than :data:`~cxr.contract.MAX_MASK_BYTES` is refused
+    (InvalidRequestError): the request's ``score_threshold`` / ``top_k`` decide how many there are."""
+    wires = [d.masks.to_wire() for d in dets]
+    for d, (rects, bits) in zip(dets, wires):
+        size = rects.nbytes + bits.nbytes + MASK_GRID.dims[0] * 4
+        if size > MAX_MASK_BYTES:
+            raise InvalidRequestError(
+                f"the masks of this study's {len(d)} detections take {size / 1e6:.1f} MB, above the "
+                f"{MAX_MASK_BYTES / 1e6:.0f} MB bound per study: raise {SCORE_THRESHOLD.name} or lower {TOP_K.name}")
+    n = max((len(r) for r, _ in wires), default=0)
+    length = max((len(b) for _, b in wires), default=0)
+    rects = np.zeros((len(dets), n, 4), np.int32)
+    bits = np.zeros((len(dets), length), np.uint8)
+    for i, (r, b) in enumerate(wires):
+        rects[i, : len(r)], bits[i, : len(b)] = r, b
+    grid = np.array([[d.masks.height, d.masks.width] for d in dets], np.int32).reshape(-1, 2)
+    return {MASK_RECTS.name: rects, MASK_BITS.name: bits, MASK_GRID.name: grid}
 
 
 def prepare_batch(decoded: list[DecodedImage], config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:

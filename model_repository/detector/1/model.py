@@ -14,7 +14,7 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-from cxr.contract import DETECTOR_INPUT, PRECISION_ENV, RAW_OUTPUTS, Artifact, ConfigKey, DetectorRuntime, Precision, Step
+from cxr.contract import DETECTOR_INPUT, PRECISION_ENV, SEGMENT_RAW_OUTPUTS, Artifact, ConfigKey, DetectorRuntime, Precision, Step
 from cxr.serving.runtime import OpenVinoDetector, OrtDetector
 from cxr.serving.boundary import model_parameters, respond_batched
 
@@ -54,4 +54,4 @@ class TritonPythonModel:
 
     def _run(self, batch):
         # valid is [n]; the config reshapes it to Triton's [n, 1]
-        return dict(zip(RAW_OUTPUTS, self.detector(batch)))
+        return dict(zip(SEGMENT_RAW_OUTPUTS, self.detector(batch)))  # a Mask R-CNN adds masks; a detector has four

@@ -1,0 +1,151 @@
+"""A Mask R-CNN served by the real embedded tritonserver: ``cxr_segment`` returns the in-process
+pipeline's detections and masks pixel for pixel (the wire form of cxr.contract), ``cxr_detector``
+of the same repository is unchanged, bad input fails alone.
+
+The model is tiny, random and deterministic (its mask logits scaled away from 0.5, as a
+trained head's are): this checks the plumbing and the frames, not accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from cxr import contract
+from cxr.masks import CroppedMasks, crop_iou, wire_size
+
+pytestmark = pytest.mark.e2e
+warnings.filterwarnings("ignore", message=".*trainable_backbone_layers.*")
+SEG = dict(arch="maskrcnn_mobilenet_v2_fpn", fpn_channels=64, size=128, anchor_sizes=(16, 32, 64, 128, 256),
+           rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50, representation_size=64, candidates=20,
+           mask_head_channels=32, mask_head_layers=2)
+
+
+@pytest.fixture(scope="module")
+def seg_repository(tmp_path_factory):
+    from cxr.export.commands import run_export
+    from cxr.labels import get_labelset
+    from cxr.preprocess import PreprocessConfig
+    from cxr.training.checkpoint import Checkpoint, save_checkpoint
+    from cxr.training.model import ModelConfig, build_model
+
+    tmp = tmp_path_factory.mktemp("seg-served")
+    torch.manual_seed(3)
+    cfg = ModelConfig(**SEG)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        model.roi_heads.mask_predictor.mask_fcn_logits.weight.mul_(30.0)
+    ls = get_labelset("nih-bbox")
+    ckpt = save_checkpoint(tmp / "seg.pt", model, Checkpoint(state={}, model_config=cfg, preprocess=PreprocessConfig(size=128),
+                                                           class_names=ls.names, labelset_name=ls.name,
+                                                           model_version="2026.12.04+served-seg"))
+    repo = tmp / "model_repository"
+    run_export("onnx", ckpt, repository=repo)
+    return ckpt, repo
+
+
+@pytest.fixture(scope="module")
+def seg_client(seg_repository):
+    from cxr.server.launcher import TritonServer
+
+    _, repo = seg_repository
+    srv = TritonServer.on_free_ports(repo, log_file=repo / "tritonserver.log")
+    assert contract.SEGMENT in srv.model_names
+    with srv:
+        c = grpcclient.InferenceServerClient(srv.url)
+        yield c
+        c.close()
+
+
+@pytest.fixture(scope="module")
+def seg_reference(seg_repository):
+    from cxr.serving.pipeline import Pipeline
+    from cxr.serving.runtime import OrtDetector
+    from cxr.training.checkpoint import load_checkpoint
+
+    ckpt_path, repo = seg_repository
+    ckpt = load_checkpoint(ckpt_path)
+    return Pipeline(OrtDetector(repo / contract.Artifact.ONNX.path, threads=1), ckpt.preprocess, ckpt.postprocess)
+
+
+@pytest.fixture(scope="module")
+def films(synth_data, real_cr_files):
+    pngs = sorted((synth_data / "images").glob("*.png"))[:4]
+    dicoms = sorted((synth_data / "dicom").glob("*.dcm"))[:2]
+    return [p.read_bytes() for p in pngs + dicoms] + [real_cr_files[0].read_bytes()]
+
+
+def _infer(client, data: bytes, model: str = contract.SEGMENT, outputs=contract.SEGMENT_OUTPUTS, params=None):
+    inp = grpcclient.InferInput(contract.IMAGE_BYTES.name, [1, 1], contract.IMAGE_BYTES.wire_dtype)
+    inp.set_data_from_numpy(np.array([[data]], dtype=object))
+    return client.infer(model, [inp], outputs=[grpcclient.InferRequestedOutput(t.name) for t in outputs],
+                        parameters=params, client_timeout=120)
+
+
+def _served_masks(result) -> CroppedMasks:
+    """The wire form back to masks, as a client reads it (N = the unpadded detections)."""
+    n = int((result.as_numpy(contract.SCORES.name)[0] >= 0).sum())
+    rects = result.as_numpy(contract.MASK_RECTS.name)[0][:n]
+    bits = result.as_numpy(contract.MASK_BITS.name)[0]
+    height, width = (int(v) for v in result.as_numpy(contract.MASK_GRID.name)[0])
+    assert not bits[wire_size(rects):].any(), "bytes after the masks are padding"
+    return CroppedMasks.from_wire(rects, bits[: wire_size(rects)], height, width)
+
+
+def test_cxr_segment_equals_the_in_process_pipeline_pixel_for_pixel(seg_client, seg_reference, films, seg_repository):
+    _, repo = seg_repository
+    classes = json.loads((repo / "cxr-metadata.json").read_text())["class_names"]
+    local = seg_reference(films, batch_size=1)
+    assert sum(len(d) for d in local) > 0, "the tiny model should detect something"
+    for data, ref in zip(films, local):
+        result = _infer(seg_client, data)
+        masks = _served_masks(result)
+        np.testing.assert_allclose(result.as_numpy(contract.BOXES.name)[0][: len(ref)], ref.boxes, atol=1e-3)
+        assert [x.decode() for x in result.as_numpy(contract.LABELS.name)[0]] == [classes[c - 1] for c in ref.labels]
+        assert (masks.height, masks.width) == (ref.masks.height, ref.masks.width)  # the ORIGINAL film's grid
+        np.testing.assert_array_equal(masks.rects, ref.masks.rects)
+        assert all(crop_iou(masks, i, ref.masks, i) == 1.0 for i in range(len(ref)))
+        wire = sum(result.as_numpy(t.name).nbytes for t in (contract.MASK_RECTS, contract.MASK_BITS, contract.MASK_GRID))
+        assert wire <= contract.mask_wire_bound(len(ref), masks.height, masks.width)
+
+
+def test_the_detection_ensemble_of_a_mask_repository_is_unchanged(seg_client, films, seg_repository):
+    from cxr.export.triton_config import render
+
+    _, repo = seg_repository
+    meta = json.loads((repo / "cxr-metadata.json").read_text())
+    for data in films[:3]:
+        seg = _infer(seg_client, data)
+        det = _infer(seg_client, data, model=contract.ENSEMBLE, outputs=contract.ENSEMBLE_OUTPUTS)
+        for t in (contract.BOXES, contract.SCORES, contract.LABELS):
+            np.testing.assert_array_equal(det.as_numpy(t.name), seg.as_numpy(t.name))
+    plain = render({**meta, "task": "detect", "model": meta["model"]})
+    for rel in (f"{contract.ENSEMBLE}/config.pbtxt", f"{contract.Step.POSTPROCESS}/config.pbtxt"):
+        assert (repo / rel).read_text() == plain[rel]
+
+
+def test_top_k_and_threshold_bound_the_masks(seg_client, films):
+    one = _infer(seg_client, films[0], params={"top_k": 1, "score_threshold": 0.0})
+    assert len(_served_masks(one)) == 1
+    none = _infer(seg_client, films[0], params={"score_threshold": 1.0})
+    empty = _served_masks(none)
+    assert len(empty) == 0 and none.as_numpy(contract.MASK_BITS.name).shape[-1] == 0
+
+
+@pytest.mark.parametrize("bad, message", [(b"", "empty input"), (b"GIF89a not a radiograph", "unrecognised image format")])
+def test_bad_input_fails_only_its_request(seg_client, films, bad, message):
+    import concurrent.futures as cf
+
+    with cf.ThreadPoolExecutor(3) as pool:
+        good = [pool.submit(_infer, seg_client, f) for f in films[:2]]
+        wrong = pool.submit(_infer, seg_client, bad)
+        with pytest.raises(InferenceServerException) as err:
+            wrong.result()
+        assert "INVALID_ARG" in str(err.value.status()) and message in err.value.message()
+        assert all(f.result().as_numpy(contract.MASK_GRID.name).shape == (1, 2) for f in good)
