@@ -33,7 +33,7 @@ import pydicom
 from cxr import contract
 from cxr.client.errors import DetectorError, client_error
 from cxr.boxes import LetterboxRecord
-from cxr.client.results import Detection, ExplainedResult, StudyResult
+from cxr.client.results import Detection, ExplainedResult, Mask, StudyResult
 from cxr.client.study import Study
 from cxr.contract import MAX_REQUEST_BYTES, RequestParameter
 from cxr.decode.header import check_size
@@ -46,7 +46,8 @@ from cxr.saliency import MAX_GRID, MAX_MASKS
 IMAGE_BYTES, PIXELS = contract.IMAGE_BYTES.name, contract.PIXELS.name
 REQUIRED_INPUTS = (IMAGE_BYTES, PIXELS)
 REQUIRED_OUTPUTS = tuple(t.name for t in contract.REQUIRED_OUTPUTS)
-OPTIONAL_OUTPUTS = tuple(t.name for t in contract.ENSEMBLE_OUTPUTS if t not in contract.REQUIRED_OUTPUTS)
+OPTIONAL_OUTPUTS = tuple(t.name for t in contract.SEGMENT_OUTPUTS if t not in contract.REQUIRED_OUTPUTS)  # masks: cxr_segment's
+MASK_OUTPUTS = (contract.MASK_RECTS.name, contract.MASK_BITS.name, contract.MASK_GRID.name)
 EXPLAIN_OUTPUTS = (contract.SALIENCY.name, contract.RECORD.name)  # cxr_explain's, besides the detection outputs
 
 
@@ -307,6 +308,8 @@ def parse_response(result: Any, request: Request, spec: ModelSpec, *, model_name
         if mm is not None and np.isfinite(mm[i]).all():
             box_mm = tuple(float(v) for v in mm[i])
         detections.append(Detection(label, float(scores[i]), tuple(float(v) for v in boxes[i]), box_mm))
+    if all(n in spec.outputs for n in MASK_OUTPUTS):
+        detections = _with_masks(detections, *(out(n) for n in MASK_OUTPUTS), request.image_size)
     version = out(contract.MODEL_VERSION.name)
     if version is not None and version.size:
         text = version.reshape(-1)[0]
@@ -315,6 +318,25 @@ def parse_response(result: Any, request: Request, spec: ModelSpec, *, model_name
         served_version = spec.version_parameter or model_version
     return StudyResult(tuple(detections), model_name, served_version, request.image_size, latency_ms,
                        request.sop_instance_uid)
+
+
+def _with_masks(detections: list[Detection], rects, bits, grid, image_size) -> list[Detection]:
+    """``cxr_segment``'s wire form (:mod:`cxr.masks`, ``CroppedMasks.from_wire``) -> each detection's Mask."""
+    from cxr.masks import CroppedMasks, wire_size
+
+    if rects is None or bits is None or grid is None:
+        raise DetectorError("INTERNAL", "server response lacks the mask outputs its config declares", retryable=False)
+    rows, columns = (int(v) for v in np.asarray(grid).reshape(-1)[:2])
+    if (rows, columns) != tuple(image_size):
+        raise DetectorError("INTERNAL", f"the server's masks are on a {rows}x{columns} grid, the study is "
+                            f"{image_size[0]}x{image_size[1]}: they cannot be this study's", retryable=False)
+    r = np.asarray(rects).reshape(-1, 4)[: len(detections)]
+    try:
+        masks = CroppedMasks.from_wire(r, np.asarray(bits).reshape(-1)[: wire_size(r)], rows, columns)
+    except ValueError as exc:
+        raise DetectorError("INTERNAL", f"the server's masks do not decode: {exc}", retryable=False) from exc
+    return [dataclasses.replace(d, mask=Mask(tuple(int(v) for v in masks.rects[i]), masks.crops[i], (rows, columns)))
+            for i, d in enumerate(detections)]
 
 
 def parse_explained(result: Any, request: Request, spec: ModelSpec, detected: StudyResult) -> ExplainedResult:

@@ -10,11 +10,42 @@ worklist.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from cxr.boxes import LetterboxRecord
+
+
+@dataclass(frozen=True, eq=False)
+class Mask:
+    """One detection's binary mask on the ORIGINAL image's pixel grid (a Mask R-CNN's, ``cxr_segment``).
+
+    rect: ``(x0, y0, x1, y1)``, the half-open rectangle holding the mask's pixels
+    (``(0, 0, 0, 0)``: no pixel); crop: bool ``[y1 - y0, x1 - x0]``, the mask inside it;
+    image_size: ``(height, width)`` of the image.  The wire form it comes from is
+    :mod:`cxr.masks` (``CroppedMasks``); :meth:`full` gives the whole frame.
+    """
+
+    rect: tuple[int, int, int, int]
+    crop: np.ndarray
+    image_size: tuple[int, int]
+
+    @property
+    def area(self) -> int:
+        """Pixels in the mask."""
+        return int(np.count_nonzero(self.crop))
+
+    def full(self) -> np.ndarray:
+        """The mask as bool ``[height, width]``."""
+        out = np.zeros(self.image_size, dtype=bool)
+        x0, y0, x1, y1 = self.rect
+        out[y0:y1, x0:x1] = self.crop
+        return out
+
+    def to_dict(self) -> dict:
+        """Where it is and how big (the pixels are an array: :meth:`full`)."""
+        return {"rect_xyxy_px": [int(v) for v in self.rect], "area_px": self.area}
 
 
 @dataclass(frozen=True)
@@ -24,21 +55,27 @@ class Detection:
     box_xyxy_px: ``(x1, y1, x2, y2)`` in ORIGINAL image pixels.
     box_mm: the same box in mm from the top-left corner, or ``None`` when the pixel
     spacing is unknown (PNG/JPEG, pixels sent without spacing).
+    mask: its :class:`Mask` when the model segments (``cxr_segment``), else ``None``
+    (not part of equality: two detections are equal by label, score and boxes).
     """
 
     label: str
     score: float
     box_xyxy_px: tuple[float, float, float, float]  # ORIGINAL image pixels
     box_mm: tuple[float, float, float, float] | None = None
+    mask: Mask | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict:
-        """JSON-ready: tuples become lists, numpy scalars become Python floats."""
-        return {
+        """JSON-ready: tuples become lists, numpy scalars become Python floats (``mask`` only when there is one)."""
+        out = {
             "label": self.label,
             "score": float(self.score),
             "box_xyxy_px": [float(v) for v in self.box_xyxy_px],
             "box_mm": None if self.box_mm is None else [float(v) for v in self.box_mm],
         }
+        if self.mask is not None:
+            out["mask"] = self.mask.to_dict()
+        return out
 
 
 @dataclass(frozen=True)

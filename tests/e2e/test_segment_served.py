@@ -51,16 +51,21 @@ def seg_repository(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def seg_client(seg_repository):
+def seg_server(seg_repository):
     from cxr.server.launcher import TritonServer
 
     _, repo = seg_repository
     srv = TritonServer.on_free_ports(repo, log_file=repo / "tritonserver.log")
     assert contract.SEGMENT in srv.model_names
     with srv:
-        c = grpcclient.InferenceServerClient(srv.url)
-        yield c
-        c.close()
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def seg_client(seg_server):
+    c = grpcclient.InferenceServerClient(seg_server.url)
+    yield c
+    c.close()
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +154,20 @@ def test_bad_input_fails_only_its_request(seg_client, films, bad, message):
             wrong.result()
         assert "INVALID_ARG" in str(err.value.status()) and message in err.value.message()
         assert all(f.result().as_numpy(contract.MASK_GRID.name).shape == (1, 2) for f in good)
+
+
+def test_the_sdk_returns_each_detections_mask(seg_server, seg_reference, films):
+    from cxr.client import DetectorClient
+
+    local = seg_reference(films[-3:], batch_size=1)
+    with DetectorClient(url=seg_server.url, model_name=contract.SEGMENT) as client:
+        results = [client.predict(f) for f in films[-3:]]  # synth DICOMs and pydicom's real CR
+    for result, ref in zip(results, local):
+        assert len(result.detections) == len(ref) > 0
+        for i, det in enumerate(result.detections):
+            assert det.mask is not None and det.mask.image_size == result.image_size
+            np.testing.assert_array_equal(det.mask.full(), ref.masks.mask(i))
+            assert det.to_dict()["mask"]["area_px"] == int(ref.masks.mask(i).sum())
+    with DetectorClient(url=seg_server.url) as client:  # cxr_detector: the same boxes, no masks
+        plain = client.predict(films[-1])
+    assert plain.detections == results[-1].detections and all(d.mask is None for d in plain.detections)
