@@ -99,13 +99,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--saliency", type=Path, default=None, metavar="DIR",
                    help="also explain each finding shown (a D-RISE saliency map per finding, served by cxr_explain) and "
                    "write one overlay PNG per study into DIR: a panel per finding with its heat map, box, label and "
-                   "colour bar")
+                   "colour bar; for a DICOM study also a Parametric Map and a Secondary Capture per finding "
+                   "(NAME.pmK.dcm, NAME.scK.dcm), stored with --stow")
     p.add_argument("--saliency-masks", type=int, default=None, metavar="N",
                    help="D-RISE masked passes per study with --saliency (default: the server's); time grows with N")
     p.add_argument("--sr", type=Path, default=None, metavar="DIR", help="write DICOM SR (TID 1500) files into DIR")
     p.add_argument("--gsps", type=Path, default=None, metavar="DIR", help="write DICOM GSPS overlays into DIR")
     p.add_argument("--stow", default=None, metavar="URL",
-                   help="also store each DICOM study's SR (and GSPS with --gsps) with DICOMweb STOW-RS at this service "
+                   help="also store each DICOM study's SR (GSPS with --gsps, maps with --saliency) with DICOMweb STOW-RS at "
+                   "this service "
                    "root, e.g. http://pacs:8042/dicom-web")
     p.add_argument("--dicomweb-auth", type=Path, default=None, metavar="FILE",
                    help="file (mode 600) with 'basic USER:PASSWORD' or 'bearer TOKEN' for --stow; else "

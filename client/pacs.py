@@ -42,6 +42,7 @@ from pynetdicom import sop_class
 from cxr.client.destinations import RESULT_SYNTAXES, CStoreDestination, StowDestination
 from cxr.client.pacs_queue import (COMPREHENSIVE_3D_SR, GSPS, QueueState, Spool, WorkQueue, Worker, is_valid_uid,
                                    study_id)
+from cxr.client.pacs_results import result_classes
 from cxr.contract import LOCAL_URL
 from cxr.errors import InvalidOptionError
 from cxr.decode.transfer_syntaxes import decodable
@@ -93,7 +94,7 @@ class PacsConfig:
     views: tuple[str, ...] = ("PA", "AP", "")  # frontal films only; laterals are not read
     queue_size: int = 64  # studies accepted but not delivered; beyond it senders get 0xA700
     gsps: bool = False  # also send a presentation state (for viewers without SR display)
-    saliency: bool = False  # ask cxr_explain for a D-RISE map per finding (logged; DICOM carriers to come)
+    saliency: bool = False  # ask cxr_explain for a D-RISE map per finding; send each as Parametric Map + Secondary Capture
     retry_backoff_s: float = 2.0  # first retry wait; doubles per attempt
     max_attempts_per_pass: int = 3  # then the study rests for pass_pause_s (and survives restarts)
     detector_url: str = LOCAL_URL
@@ -188,7 +189,7 @@ class PacsBridge:
         self._scp.require_calling_aet = [] if config.allow_any else list(config.allowed_aes)
         self._scp.require_called_aet = True  # a misrouted sender is told so, not silently served
         self._scu = AE(ae_title=config.ae_title)
-        for uid in (COMPREHENSIVE_3D_SR, GSPS) if config.gsps else (COMPREHENSIVE_3D_SR,):
+        for uid in result_classes(config):
             self._scu.add_requested_context(uid, list(RESULT_SYNTAXES))
         for ae in (self._scp, self._scu):
             ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = config.timeout_s

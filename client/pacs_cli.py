@@ -64,8 +64,8 @@ def add_pacs_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--spool", type=Path, default=d.spool, help=f"spool folder; holds patient data (default {d.spool})")
     p.add_argument("--gsps", action="store_true", help="also send a Grayscale Softcopy Presentation State")
     p.add_argument("--saliency", action="store_true",
-                   help="also ask the server's cxr_explain for a D-RISE saliency map per finding and log them "
-                   "(the DICOM objects that carry them are not written yet); raise --timeout to match")
+                   help="also ask the server's cxr_explain for a D-RISE saliency map per finding and send each as a "
+                   "Parametric Map and a Secondary Capture (nine at most); raise --timeout to match")
     p.add_argument("--modality", action="append", default=None, metavar="M",
                    help=f"modality to read (repeatable; default {' '.join(d.modalities)})")
     p.add_argument("--queue-size", type=int, default=d.queue_size, help=f"studies pending at most (default {d.queue_size})")
@@ -116,7 +116,7 @@ def _serve_until(stop: threading.Event, bridge: PacsBridge, config: PacsConfig, 
     how = "STOW-RS" if config.forward_dicomweb else "C-STORE"
     print(f"  results   {bridge.destination} ({how}, SR{' + GSPS' if config.gsps else ''})")
     if config.saliency:
-        print("  saliency  a D-RISE map per finding from cxr_explain, logged (no DICOM carrier yet)")
+        print("  saliency  a D-RISE map per finding from cxr_explain, sent as Parametric Map and Secondary Capture")
     print(f"  accepts   CR, DX, SC in {len(bridge.syntaxes)} transfer syntaxes")
     print(f"  spool     {config.spool.resolve()}")
     print("Ctrl-C to stop.", flush=True)

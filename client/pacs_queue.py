@@ -43,7 +43,7 @@ import pydicom
 from pynetdicom.sop_class import Comprehensive3DSRStorage, GrayscaleSoftcopyPresentationStateStorage
 
 from cxr.client.destinations import DeliveryError
-from cxr.client.pacs_results import ask, result_objects
+from cxr.client.pacs_results import ask, describe_outputs, result_objects
 from cxr.client.errors import DetectorError
 from cxr.client.study import Study
 from cxr.errors import InvalidImageError
@@ -355,8 +355,8 @@ class Worker:
             try:
                 outputs = result_objects(ds, result, self.config)
             except Exception as exc:  # noqa: BLE001 - highdicom validation: the same input fails again
-                return self._fail(uid, f"building SR/GSPS: {type(exc).__name__}: {exc}",
-                                  f"building SR/GSPS failed ({type(exc).__name__})")
+                return self._fail(uid, f"building the results: {type(exc).__name__}: {exc}",
+                                  f"building the results failed ({type(exc).__name__})")
             built = outputs, {"findings": len(result.detections), "detector_ms": result.latency_ms}
             self.spool.write_results(uid, *built)
         outputs, summary = built
@@ -371,7 +371,7 @@ class Worker:
         self.queue.finish(uid)
         self.count("delivered")
         log.info("study %s delivered: %d findings, %s to %s, %.0f ms since received (detector %.0f ms)",
-                 sid, summary["findings"], "SR+GSPS" if self.config.gsps else "SR", self.destination,
+                 sid, summary["findings"], describe_outputs(outputs), self.destination,
                  max(0.0, time.time() - received_at) * 1000.0, summary["detector_ms"])
 
     def _retry(self, uid: str, attempt: int, why: str) -> None:

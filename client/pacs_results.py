@@ -3,9 +3,8 @@
 :func:`ask` calls ``predict`` -- or, when the bridge runs with ``saliency``, ``explain``: the same
 detections, each with its D-RISE saliency map (an :class:`~cxr.client.results.ExplainedResult`,
 logged here).  :func:`result_objects` gets that result and returns every object to deliver.
-It is the seam for the saliency carriers: a Parametric Map or a Secondary Capture writer
-(``client/dicom_out/``) adds its objects there when the result is an ExplainedResult; until
-then the maps are requested and logged, and the SR/GSPS are what is delivered.
+An explained result also leaves as one Parametric Map and one Secondary Capture per finding
+(the nine highest-scoring; ``client/dicom_out/pmap.py``, ``sc.py``), next to the SR (and GSPS).
 """
 
 from __future__ import annotations
@@ -14,8 +13,10 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import pydicom
+from pydicom.uid import (Comprehensive3DSRStorage, GrayscaleSoftcopyPresentationStateStorage, ParametricMapStorage,
+                         SecondaryCaptureImageStorage)
 
-from cxr.client.dicom_out import presentation_state, structured_report
+from cxr.client.dicom_out import MAX_MAPS, parametric_maps, presentation_state, secondary_captures, structured_report
 from cxr.client.results import ExplainedResult, StudyResult
 from cxr.client.study import Study
 
@@ -36,14 +37,38 @@ def ask(client: Any, study: Study, config: PacsConfig, sid: str) -> StudyResult:
     return result
 
 
+def result_classes(config: PacsConfig) -> tuple[str, ...]:
+    """The SOP classes :func:`result_objects` can deliver under ``config``: the storage contexts the
+    bridge asks its C-STORE destination for."""
+    classes = [Comprehensive3DSRStorage]
+    if config.gsps:
+        classes.append(GrayscaleSoftcopyPresentationStateStorage)
+    if config.saliency:
+        classes += [ParametricMapStorage, SecondaryCaptureImageStorage]
+    return tuple(classes)
+
+
 def result_objects(ds: pydicom.Dataset, result: StudyResult, config: PacsConfig) -> list[pydicom.Dataset]:
     """The objects to deliver for ``result``, each referencing ``ds`` (the study as received).
 
-    An :class:`~cxr.client.results.ExplainedResult` carries the maps (``result.saliency``,
-    ``result.saliency_map(i)`` on the film's grid): their DICOM writers belong here.
+    An :class:`~cxr.client.results.ExplainedResult` adds a Parametric Map and a Secondary Capture
+    per finding the SR lists (at most :data:`~cxr.client.dicom_out.MAX_MAPS`, the highest-scoring).
     """
     outputs = [structured_report(ds, result)]
     if config.gsps:
         outputs.append(presentation_state(ds, result))
-    # An ExplainedResult's Parametric Map / Secondary Capture joins `outputs` here (client/dicom_out/).
+    if isinstance(result, ExplainedResult):
+        outputs += parametric_maps(ds, result, max_maps=MAX_MAPS)
+        outputs += secondary_captures(ds, result, max_images=MAX_MAPS)
     return outputs
+
+
+def describe_outputs(outputs: list[pydicom.Dataset]) -> str:
+    """What is delivered, for the log: "SR+GSPS", "SR+2 PM+2 SC" (Parametric Maps, Secondary Captures)."""
+    names = {Comprehensive3DSRStorage: "SR", GrayscaleSoftcopyPresentationStateStorage: "GSPS",
+             ParametricMapStorage: "PM", SecondaryCaptureImageStorage: "SC"}
+    counts: dict[str, int] = {}
+    for ds in outputs:
+        name = names.get(ds.SOPClassUID, "other")
+        counts[name] = counts.get(name, 0) + 1
+    return "+".join(name if n == 1 else f"{n} {name}" for name, n in counts.items())

@@ -1,7 +1,8 @@
 """``cxr predict``: studies from files and folders through a running server.
 
 Prints a table (or ``--json``), and writes annotated PNGs (``--png DIR``), saliency
-overlays (``--saliency DIR``: one D-RISE map per finding, from ``cxr_explain``), DICOM
+overlays (``--saliency DIR``: one D-RISE map per finding, from ``cxr_explain``; for a DICOM
+study also as Parametric Maps and Secondary Captures, stored with ``--stow``), DICOM
 Structured Reports (``--sr DIR``) and presentation states (``--gsps DIR``) — the
 two DICOM outputs only for DICOM inputs, which they must reference — and with
 ``--stow URL`` stores the SR (and the GSPS with ``--gsps``) in a PACS with DICOMweb
@@ -135,7 +136,9 @@ def run_predict(paths: list[Path], client, *, png: Path | None = None, sr: Path 
 
     saliency: a folder for one saliency overlay PNG per study; the studies then go through
     ``client.explain(study, **explain)`` (the same detections, each with its map) instead of
-    ``client.predict``, and the SR/GSPS are built from that result.
+    ``client.predict``, and the SR/GSPS are built from that result.  A DICOM study also gets a
+    Parametric Map and a Secondary Capture per finding shown there (``NAME.pmK.dcm``,
+    ``NAME.scK.dcm``), which ``stow`` stores with the SR/GSPS.
     """
     files = collect_inputs(paths)
     dicom_outputs = sr is not None or gsps is not None or stow is not None
@@ -154,20 +157,19 @@ def run_predict(paths: list[Path], client, *, png: Path | None = None, sr: Path 
         name = path.stem if path.suffix.lower() == ".png" else f"{path.stem}_{path.suffix.lstrip('.').lower()}"
         if png is not None:
             written.append(annotated_png(study, result, png / f"{name}.png", min_score=min_score))
+        carriers: list = []
         if saliency is not None:
-            from cxr.client.saliency_png import saliency_overlay
-
-            written.append(saliency_overlay(study, result, saliency / f"{name}.png", min_score=min_score))
+            carriers = _write_saliency(study, result, saliency, name, written, min_score=min_score)
         stored, stow_error = (), None
-        if dicom_outputs and study.is_dicom:
-            outputs = _dicom_outputs(study, result, gsps=gsps is not None, min_score=min_score)
+        if (dicom_outputs or carriers) and study.is_dicom:
+            outputs = _dicom_outputs(study, result, gsps=gsps is not None, min_score=min_score) if dicom_outputs else {}
             for kind, folder in (("sr", sr), ("gsps", gsps)):
                 if folder is not None:
                     folder.mkdir(parents=True, exist_ok=True)
                     outputs[kind].save_as(folder / f"{path.stem}.{kind}.dcm", enforce_file_format=True)
                     written.append(folder / f"{path.stem}.{kind}.dcm")
             if stow is not None:
-                stored, stow_error = _store(stow, list(outputs.values()), path)
+                stored, stow_error = _store(stow, list(outputs.values()) + carriers, path)
         outcomes.append(Outcome(path, result=result, written=tuple(written), stored=stored, stow_error=stow_error))
     return outcomes
 
@@ -180,6 +182,28 @@ def _dicom_outputs(study: Study, result: StudyResult, *, gsps: bool, min_score: 
     if gsps:
         outputs["gsps"] = presentation_state(study.dataset, result, min_score=min_score)
     return outputs
+
+
+def _write_saliency(study: Study, result: StudyResult, folder: Path, name: str, written: list[Path], *,
+                    min_score: float) -> list:
+    """The overlay PNG and, for a DICOM study, one Parametric Map and one Secondary Capture per finding
+    shown (nine at most) beside it, from the Dataset and pixels the request and the PNG used; appends
+    what it wrote to ``written`` and returns the DICOM objects (``--stow`` stores them with the SR)."""
+    from cxr.client.saliency_png import saliency_overlay
+
+    written.append(saliency_overlay(study, result, folder / f"{name}.png", min_score=min_score))
+    if not study.is_dicom:
+        return []
+    from cxr.client.dicom_out import MAX_MAPS, parametric_maps, secondary_captures
+
+    kinds = {"pm": parametric_maps(study.dataset, result, min_score=min_score, max_maps=MAX_MAPS),
+             "sc": secondary_captures(study.dataset, result, film=study.decoded().pixels, min_score=min_score,
+                                      max_images=MAX_MAPS)}
+    for kind, objects in kinds.items():
+        for obj in objects:
+            written.append(folder / f"{Path(study.path or name).stem}.{kind}{obj.InstanceNumber}.dcm")
+            obj.save_as(written[-1], enforce_file_format=True)
+    return kinds["pm"] + kinds["sc"]
 
 
 def _store(stow, outputs: list, path: Path) -> tuple[tuple[str, ...], str | None]:

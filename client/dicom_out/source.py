@@ -80,3 +80,17 @@ def tracking_uid(source: pydicom.Dataset, result: StudyResult, index: int) -> st
             "cxr-triton-track", str(source.SOPInstanceUID), result.model_name, result.model_version, str(index)
         ]
     )
+
+
+def shown_detections(result: StudyResult, min_score: float, limit: int) -> list[int]:
+    """Indices of the detections at or above ``min_score``, the ``limit`` highest-scoring (results come best first)."""
+    return [i for i, d in enumerate(result.detections) if d.score >= min_score][:limit]
+
+
+def series_body_part(obj: pydicom.Dataset, source: pydicom.Dataset) -> None:
+    """General Series Laterality is type 2C, required unless BodyPartExamined names an unpaired
+    part (PS3.3 C.7.3.1); highdicom writes neither.  A chest film's body part is CHEST
+    (unpaired); a paired one keeps the source's Laterality."""
+    obj.BodyPartExamined = str(source.get("BodyPartExamined") or "").strip().upper() or "CHEST"
+    if obj.BodyPartExamined != "CHEST" and str(source.get("Laterality") or "") in ("L", "R"):
+        obj.Laterality = source.Laterality

@@ -111,23 +111,70 @@ def test_cxr_predict_saliency_writes_one_overlay_per_study(server, studies, tmp_
             assert (np.abs(img[..., 0] - img[..., 2]) > 60).mean() > 0.01
             assert img.shape[1] >= min(found, 3) * 768  # a panel per finding, three to a row
     assert len(list(sr.glob("*.sr.dcm"))) == 1  # the SR of the DICOM study, built from the explained result
+    shown = min(9, sum(d["score"] >= 0.05 for d in outcomes[0]["result"]["detections"]))
+    for kind in ("pm", "sc"):  # the DICOM study's Parametric Maps and Secondary Captures, none for the PNG
+        assert sorted(p.name for p in out.glob(f"*.{kind}*.dcm")) == [f"{studies['DX'].stem}.{kind}{k}.dcm"
+                                                                     for k in range(1, shown + 1)]
 
 
-def test_cxr_pacs_saliency_asks_for_the_maps_and_logs_them(server, studies, tmp_path, caplog):
-    from dicomnet import Destination, send
+@pytest.fixture(scope="module")
+def film_with_findings(client, synth_data) -> pydicom.Dataset:
+    """The first synthetic DICOM film (CR or DX) the session's model finds something on, with a new SOP Instance UID."""
+    for path in sorted((synth_data / "dicom").glob("*.dcm")):
+        if client.predict(path).detections:
+            ds = pydicom.dcmread(path)
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+            return ds
+    raise AssertionError("the session's model finds nothing on any synthetic DICOM film")
+
+
+def _carriers(orthanc, ds: pydicom.Dataset) -> dict[str, int]:
+    """How many instances of each SOP class Orthanc holds that reference ``ds`` (found with QIDO-RS)."""
+    from dicomnet import referenced_uids
+    from peers import qido_values
+
+    counts: dict[str, int] = {}
+    for inst in orthanc.qido_instances(ds.StudyInstanceUID):
+        stored = orthanc.instance(qido_values(inst, "00080018")[0])
+        if ds.SOPInstanceUID in referenced_uids(stored):
+            counts[pydicom.uid.UID(stored.SOPClassUID).name] = counts.get(pydicom.uid.UID(stored.SOPClassUID).name, 0) + 1
+    return counts
+
+
+def test_cxr_predict_saliency_stow_stores_maps_and_captures(server, film_with_findings, tmp_path, capsys):
+    from peers import Orthanc
+
+    film = tmp_path / "film.dcm"
+    film_with_findings.save_as(film, enforce_file_format=True)
+    with Orthanc(tmp_path / "orthanc") as orthanc:
+        rc = main(["predict", str(film), "--url", server.url, "--saliency", str(tmp_path / "out"),
+                   "--saliency-masks", "16", "--min-score", "0.05", "--stow", orthanc.dicomweb, "--json"])
+        (outcome,) = json.loads(capsys.readouterr().out)
+        assert rc == 0 and outcome.get("stow_error") is None, outcome
+        found = min(9, len(outcome["result"]["detections"]))
+        assert found >= 1 and _carriers(orthanc, film_with_findings) == {
+            "Comprehensive 3D SR Storage": 1, "Parametric Map Storage": found, "Secondary Capture Image Storage": found}
+
+
+def test_cxr_pacs_saliency_sends_maps_and_captures_to_orthanc(server, film_with_findings, tmp_path, caplog):
+    from dicomnet import send
+    from peers import Orthanc
     from cxr.client.pacs import PacsBridge, PacsConfig
     from cxr.client.pacs_queue import study_id
     from cxr.server.net import free_port
 
     caplog.set_level(logging.INFO, logger="cxr.pacs")
-    ds = pydicom.dcmread(studies["DX"])
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
-    with Destination() as dest:
-        config = PacsConfig(port=free_port(), allowed_aes=("MODALITY1",), forward=("127.0.0.1", dest.port, "PACS"),
-                            spool=tmp_path / "spool", detector_url=server.url, timeout_s=120.0, saliency=True)
+    ds = film_with_findings
+    with Orthanc(tmp_path / "orthanc") as orthanc:
+        config = PacsConfig(port=free_port(), allowed_aes=("MODALITY1",), spool=tmp_path / "spool",
+                            forward=("127.0.0.1", orthanc.dicom_port, orthanc.aet), detector_url=server.url,
+                            timeout_s=120.0, saliency=True)
         with PacsBridge(config) as bridge:
             assert send(bridge.address[1], [ds]) == [0x0000]
-            assert bridge.wait_idle(120)
-        assert len(dest.received) == 1  # the SR, built from the explained result
+            assert bridge.wait_idle(180) and bridge.stats["delivered"] == 1, caplog.text
+        found = min(9, int(caplog.text.split("explained: ")[1].split(" saliency maps")[0]))
+        assert found >= 1 and _carriers(orthanc, ds) == {  # by C-STORE, each referencing the film
+            "Comprehensive 3D SR Storage": 1, "Parametric Map Storage": found, "Secondary Capture Image Storage": found}
     assert f"study {study_id(ds.SOPInstanceUID)} explained:" in caplog.text
     assert "saliency maps (D-RISE, 200 masks" in caplog.text
+    assert f"SR+{found} PM+{found} SC" in caplog.text if found > 1 else "SR+PM+SC" in caplog.text
