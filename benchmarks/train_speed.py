@@ -22,8 +22,10 @@ from cxr.machine import cpu_info, isa_line
 
 
 def measure(data: Path, *, preset: str = "cpu-demo", precisions=("fp32", "bf16"), iterations: int = 10,
-            rounds: int = 5, warmup: int = 3, seed: int = 0, progress: bool = True) -> dict:
-    """Images/s of ``iterations`` training steps per round, ``rounds`` rounds per precision, interleaved."""
+            rounds: int = 5, warmup: int = 3, seed: int = 0, progress: bool = True, **overrides) -> dict:
+    """Images/s of ``iterations`` training steps per round, ``rounds`` rounds per precision, interleaved.
+
+    overrides: TrainConfig fields over the preset (e.g. size, batch_size: R50-FPN at a CPU-sized input)."""
     if iterations < 1 or rounds < 1 or warmup < 0:
         raise InvalidOptionError(f"need iterations >= 1, rounds >= 1 and warmup >= 0 (got {iterations}, {rounds}, {warmup})")
     from torch.utils.data import DataLoader
@@ -38,7 +40,7 @@ def measure(data: Path, *, preset: str = "cpu-demo", precisions=("fp32", "bf16")
     from cxr.training.schedule import param_groups
     from cxr.training.weights import resolve as resolve_weights
 
-    cfg = make_config(preset, data=data, seed=seed)
+    cfg = make_config(preset, data=data, seed=seed, **overrides)
     labelset = get_labelset(cfg.labelset)
     studies = NIHDataset.from_dir(data, labelset=labelset.name, seed=seed, require_images=True).detection_studies("train")
     pre = PreprocessConfig(size=cfg.size)
@@ -104,6 +106,8 @@ def add_arguments(p) -> None:
     p.add_argument("--iterations", type=int, default=10, metavar="N", help="timed training steps per round (default 10)")
     p.add_argument("--rounds", type=int, default=5, metavar="R", help="rounds per precision (default 5)")
     p.add_argument("--warmup", type=int, default=3, metavar="W", help="untimed steps at the start of each round (default 3)")
+    p.add_argument("--size", type=int, default=None, metavar="S", help="input size over the preset's")
+    p.add_argument("--batch-size", type=int, default=None, metavar="B", help="batch over the preset's")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -111,7 +115,8 @@ def cmd_train_speed(args) -> int:
     import json
 
     result = measure(args.data, preset=getattr(args, "preset", "cpu-demo"), iterations=getattr(args, "iterations", 10),
-                     rounds=getattr(args, "rounds", 5), warmup=getattr(args, "warmup", 3), progress=not getattr(args, "json", False))
+                     rounds=getattr(args, "rounds", 5), warmup=getattr(args, "warmup", 3), progress=not getattr(args, "json", False),
+                     size=getattr(args, "size", None), batch_size=getattr(args, "batch_size", None))
     if getattr(args, "json", False):
         print(json.dumps(result, indent=1))
         return 0
