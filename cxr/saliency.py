@@ -162,7 +162,7 @@ def similarity(targets: np.ndarray, target_labels: np.ndarray, raw: RawOutput,
     XAITK's DRISEScoring recommends the same for single-label detectors (one-hot class
     vector, the confidence as objectness).
     """
-    boxes, scores, labels, valid = raw
+    boxes, scores, labels, valid = raw[:4]  # a Mask R-CNN's fifth output (masks) plays no part
     n, k = scores.shape[:2]
     d = len(targets)
     if n == 0 or k == 0 or d == 0:

@@ -205,3 +205,15 @@ def test_int8_mixed_precision_counts_mask_changes(seg_export, seg_data):
     evaluate = Int8Disagreement(ckpt, fp32, _studies(seg_data, "val", 3, "nih-bbox"))
     assert all(d.masks is not None for d in evaluate.reference)
     assert evaluate(fp32) == 0.0
+
+
+def test_a_mask_model_can_be_explained_in_process(seg_export, seg_data):
+    """D-RISE reads the four detection outputs of a five-output graph (cxr_explain asks for those four)."""
+    from cxr.saliency import SaliencyConfig
+    from cxr.serving.pipeline import Pipeline
+
+    ckpt, path, _ = seg_export
+    study = _studies(seg_data, "train", 1, "nih-bbox")[0]
+    dets, maps, _ = Pipeline(OrtDetector(path, threads=1), ckpt.preprocess, ckpt.postprocess).explain(
+        study.path, SaliencyConfig(masks=4, grid=4))
+    assert len(dets) > 0 and dets.masks is not None and maps.shape[0] == len(dets)
