@@ -83,15 +83,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from cxr.training.evaluate import evaluate_checkpoint, format_duplicates
     from cxr.training.metrics import format_metrics_table
 
+    from cxr.training.faithfulness_report import faithfulness_config, format_faithfulness
+
+    saliency = faithfulness_config(args.saliency, args.saliency_masks, args.saliency_curve) if args.saliency else None
     metrics = evaluate_checkpoint(
         args.checkpoint, args.data, args.out, split=args.split, batch_size=args.batch_size,
-        bootstrap=args.bootstrap, device=args.device, progress=not args.json,
+        bootstrap=args.bootstrap, device=args.device, progress=not args.json, saliency=saliency,
     )
     if args.json:
         print_json(metrics)
     else:
         print(format_metrics_table(metrics))
         print(format_duplicates(metrics["duplicates"]))
+        if saliency is not None:
+            print("\nSaliency maps (D-RISE), faithfulness on true positives:\n" + format_faithfulness(metrics["saliency"]))
         print(f"\nwrote {args.out}/metrics.json, metrics.md, predictions.csv, pr_froc.png, examples.png, loss_curve.png")
     return 0
 
@@ -247,5 +252,11 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for 95%% intervals (0 = off)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--saliency", type=int, default=0, metavar="N",
+                   help="also measure the served D-RISE maps on the first N studies with true findings and masks "
+                   "(pointing game, energy inside, deletion/insertion AUC, model randomisation; training/README.md)")
+    p.add_argument("--saliency-masks", type=int, default=None, metavar="M", help="D-RISE masks (default: the served default)")
+    p.add_argument("--saliency-curve", default="", metavar="COUNTS",
+                   help="also the cost curve: pointing game and seconds per study at these mask counts, e.g. 50,100,200,500,1000")
     p.add_argument("--json", action="store_true", help="print metrics JSON on stdout")
     p.set_defaults(func=cmd_evaluate)

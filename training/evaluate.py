@@ -43,8 +43,11 @@ def evaluate_checkpoint(
     device: str = "auto",
     progress: bool = True,
     max_images: int | None = None,
+    saliency=None,
 ) -> dict:
-    """Evaluate ``checkpoint`` on ``split`` of the NIH-layout folder ``data``; returns the metrics."""
+    """Evaluate ``checkpoint`` on ``split`` of the NIH-layout folder ``data``; returns the metrics.
+
+    saliency: a :class:`cxr.training.faithfulness.FaithfulnessConfig` adds ``metrics["saliency"]``."""
     from torch.utils.data import DataLoader
 
     from cxr.decode.image import decode_image
@@ -81,6 +84,10 @@ def evaluate_checkpoint(
                    duplicates=duplicate_rate(preds, gts, labelset.names), task=ckpt.model_config.task)
     if segment:
         metrics["segm"] = evaluate_masks(preds, gts, labelset.names, bootstrap=bootstrap)
+    if saliency is not None:  # the served D-RISE maps against the true regions (training/faithfulness.py)
+        from cxr.training.faithfulness_report import evaluate_saliency, format_saliency_section
+
+        metrics["saliency"] = evaluate_saliency(ckpt, studies, saliency, progress=progress)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,6 +96,7 @@ def evaluate_checkpoint(
         f"# Evaluation of {Path(checkpoint).name} on {split} ({len(studies)} images)\n\n{format_metrics_table(metrics)}\n"
         f"{format_duplicates(metrics['duplicates'])}\n"
         + (f"\n## Instance masks\n\n{format_segm_table(metrics['segm'])}\n" if segment else "")
+        + (format_saliency_section(metrics["saliency"]) if saliency is not None else "")
     )
     write_predictions_csv(out / "predictions.csv", studies, preds, labelset.names)
     if segment:
