@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cxr.contract import CPU_PRECISIONS, ENSEMBLE, EXPLAIN, GRPC_PORT, HTTP_PORT, METRICS_PORT, ServeTarget
+from cxr.contract import CPU_PRECISIONS, ENSEMBLE, EXPLAIN, GRPC_PORT, HTTP_PORT, METRICS_PORT, SEGMENT, ServeTarget
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -33,6 +33,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"  metrics  http://{server.http_host}:{args.metrics_port}/metrics")
     if EXPLAIN in server.model_names:
         print(f"  maps     {EXPLAIN}: the detections with a D-RISE saliency map each (cxr predict --saliency)")
+    if SEGMENT in server.model_names:
+        print(f"  masks    {SEGMENT}: the detections with an instance mask each (DetectorClient(model_name={SEGMENT!r}))")
     print(f"  log      {log_file}")
     print("Ctrl-C to stop.", flush=True)
     try:
