@@ -55,3 +55,16 @@ def isa_line(cpu: dict) -> str:
     yes = lambda flag: "yes" if flag else "no"  # noqa: E731
     return (f"AVX2 {yes('avx2' in simd)}, AVX-512 {yes(cpu.get('avx512'))}, VNNI {yes(cpu.get('vnni'))}, "
             f"BF16 {yes(bool({'avx512_bf16', 'amx_bf16'} & simd))}, AMX {yes(cpu.get('amx'))}")
+
+
+def cpu_kind(cpu: dict) -> str:
+    """The class of CPU a quality or speed figure holds for: ``amx``, ``avx512-bf16`` (no AMX),
+    ``avx512-vnni``, ``avx512``, ``avx2`` or ``other`` (the kinds the project's machines come in)."""
+    simd = set(cpu.get("simd", []))
+    if cpu.get("amx"):
+        return "amx"
+    if "avx512_bf16" in simd:
+        return "avx512-bf16"
+    if cpu.get("avx512"):
+        return "avx512-vnni" if cpu.get("vnni") else "avx512"
+    return "avx2" if "avx2" in simd else "other"

@@ -86,15 +86,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from cxr.training.faithfulness_report import faithfulness_config, format_faithfulness
 
     saliency = faithfulness_config(args.saliency, args.saliency_masks, args.saliency_curve) if args.saliency else None
+    if args.reference:
+        from cxr.training.reference import check_preset
+
+        check_preset(args.reference)  # before the evaluation, not after it
     metrics = evaluate_checkpoint(
         args.checkpoint, args.data, args.out, split=args.split, batch_size=args.batch_size,
         bootstrap=args.bootstrap, device=args.device, progress=not args.json, saliency=saliency,
     )
+    if args.reference:
+        from cxr.machine import cpu_info
+        from cxr.training.reference import where_it_lies
+
+        metrics["reference"] = where_it_lies(metrics, args.reference, cpu_info())
     if args.json:
         print_json(metrics)
     else:
         print(format_metrics_table(metrics))
         print(format_duplicates(metrics["duplicates"]))
+        if args.reference:
+            print("\n" + metrics["reference"])
         if saliency is not None:
             print("\nSaliency maps (D-RISE), faithfulness on true positives:\n" + format_faithfulness(metrics["saliency"]))
         print(f"\nwrote {args.out}/metrics.json, metrics.md, predictions.csv, pr_froc.png, examples.png, loss_curve.png")
@@ -258,5 +269,8 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--saliency-masks", type=int, default=None, metavar="M", help="D-RISE masks (default: the served default)")
     p.add_argument("--saliency-curve", default="", metavar="COUNTS",
                    help="also the cost curve: pointing game and seconds per study at these mask counts, e.g. 50,100,200,500,1000")
+    p.add_argument("--reference", default=None, metavar="PRESET",
+                   help="also say where this model lies against PRESET's recorded training seeds (e.g. cpu-demo; "
+                   "on the reference held-out set: cxr synth DIR --images 500 --seed 2027, --split all)")
     p.add_argument("--json", action="store_true", help="print metrics JSON on stdout")
     p.set_defaults(func=cmd_evaluate)
