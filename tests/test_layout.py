@@ -54,3 +54,11 @@ def test_the_scan_finds_a_long_file_and_long_functions_nested_or_async():
     assert oversized("m.py", method) == ["m.py:2 f(): 81 lines (limit 80)"]
     assert oversized("ok.py", "x = 0\n" * 400) == []
     assert oversized("big.py", "x = 0\n" * 401) == ["big.py: 401 lines (limit 400)"]
+
+
+MAX_FRONT_PAGE_LINES = 300  # the README is a front page: what it is, first commands, status, links; manuals sit beside their wings
+
+
+def test_the_readme_front_page_stays_a_front_page():
+    lines = len((ROOT / "README.md").read_text().splitlines())
+    assert lines < MAX_FRONT_PAGE_LINES, f"README.md has {lines} lines (limit {MAX_FRONT_PAGE_LINES}): move detail to a wing's README"
