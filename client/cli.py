@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cxr.client.tls import add_tls_arguments, tls_options
 from cxr.client.viewer.cli import add_viewer_parser
-from cxr.contract import LOCAL_URL
+from cxr.contract import LOCAL_URL, SEGMENT
 from cxr.errors import UsageError
 
 PREDICT_TIMEOUT_S = 60.0
@@ -50,17 +50,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
         # Maps for what is shown: explaining the findings under --min-score would only make the answer bigger.
         explain = {"masks": args.saliency_masks,
                    "score_threshold": args.min_score if args.score_threshold is None else args.score_threshold}
-    with server, DetectorClient(url=url, timeout_s=timeout, score_threshold=args.score_threshold, **tls) as client:
+    if args.seg is not None and args.saliency is not None:
+        raise UsageError("--seg and --saliency ask two different models (cxr_segment, cxr_explain): run them one at a time")
+    model = {"model_name": SEGMENT} if args.seg is not None else {}
+    with server, DetectorClient(url=url, timeout_s=timeout, score_threshold=args.score_threshold, **model, **tls) as client:
+        if args.seg is not None:
+            require_segment(client, url)
         outcomes = run_predict(args.paths, client, png=args.png, sr=args.sr, gsps=args.gsps,
                                min_score=args.min_score, progress=not args.json, stow=stow, saliency=args.saliency,
-                               explain=explain)
+                               explain=explain, seg=args.seg)
     if args.json:
         print(outcomes_json(outcomes))
     else:
         print(format_table(outcomes, min_score=args.min_score))
         written = [p for o in outcomes for p in o.written]
         for label, folder in (("annotated PNGs", args.png), ("saliency PNGs", args.saliency), ("DICOM SR", args.sr),
-                              ("DICOM GSPS", args.gsps)):
+                              ("DICOM GSPS", args.gsps), ("DICOM SEG", args.seg)):
             if folder is not None:
                 n = sum(1 for p in written if p.parent == folder)
                 print(f"{label:<15} {n} written to {folder}")
@@ -78,6 +83,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"cxr predict: hint: {hint}", file=sys.stderr)
     return 1 if failed or not_stored else 0
 
+
+def require_segment(client, url: str) -> None:
+    """A UsageError (exit 2, one line) when the server has no ``cxr_segment`` (``--seg`` of predict and pacs); other failures are left
+    to each study, which reports its own."""
+    from cxr.client.errors import DetectorError
+
+    try:
+        client.model_spec()
+    except DetectorError as err:
+        if err.status == "NOT_FOUND":
+            raise UsageError(f"--seg needs a server that serves {SEGMENT} (a Mask R-CNN); the server at {url} has "
+                             f"none: export a --task segment checkpoint with cxr export and serve that repository") from None
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -103,12 +120,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    "(NAME.pmK.dcm, NAME.scK.dcm), stored with --stow")
     p.add_argument("--saliency-masks", type=int, default=None, metavar="N",
                    help="D-RISE masked passes per study with --saliency (default: the server's); time grows with N")
+    p.add_argument("--seg", type=Path, default=None, metavar="DIR",
+                   help="ask cxr_segment (a Mask R-CNN's ensemble) and write a DICOM Segmentation per DICOM study with a "
+                   "finding shown (NAME.seg.dcm, one segment per finding class) into DIR, stored with --stow; --png "
+                   "then draws each finding's mask outline")
     p.add_argument("--sr", type=Path, default=None, metavar="DIR", help="write DICOM SR (TID 1500) files into DIR")
     p.add_argument("--gsps", type=Path, default=None, metavar="DIR", help="write DICOM GSPS overlays into DIR")
     p.add_argument("--stow", default=None, metavar="URL",
-                   help="also store each DICOM study's SR (GSPS with --gsps, maps with --saliency) with DICOMweb STOW-RS at "
-                   "this service "
-                   "root, e.g. http://pacs:8042/dicom-web")
+                   help="also store each DICOM study's SR (GSPS with --gsps, maps with --saliency, SEG with --seg) with "
+                   "DICOMweb STOW-RS at this service root, e.g. http://pacs:8042/dicom-web")
     p.add_argument("--dicomweb-auth", type=Path, default=None, metavar="FILE",
                    help="file (mode 600) with 'basic USER:PASSWORD' or 'bearer TOKEN' for --stow; else "
                    "$CXR_DICOMWEB_AUTH if set. Never on the command line")

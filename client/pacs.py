@@ -43,7 +43,7 @@ from cxr.client.destinations import RESULT_SYNTAXES, CStoreDestination, StowDest
 from cxr.client.pacs_queue import (COMPREHENSIVE_3D_SR, GSPS, QueueState, Spool, WorkQueue, Worker, is_valid_uid,
                                    study_id)
 from cxr.client.pacs_results import result_classes
-from cxr.contract import LOCAL_URL
+from cxr.contract import LOCAL_URL, SEGMENT
 from cxr.errors import InvalidOptionError
 from cxr.decode.transfer_syntaxes import decodable
 
@@ -95,6 +95,7 @@ class PacsConfig:
     queue_size: int = 64  # studies accepted but not delivered; beyond it senders get 0xA700
     gsps: bool = False  # also send a presentation state (for viewers without SR display)
     saliency: bool = False  # ask cxr_explain for a D-RISE map per finding; send each as Parametric Map + Secondary Capture
+    seg: bool = False  # ask cxr_segment (a Mask R-CNN) and send its masks as a DICOM Segmentation with the SR
     retry_backoff_s: float = 2.0  # first retry wait; doubles per attempt
     max_attempts_per_pass: int = 3  # then the study rests for pass_pause_s (and survives restarts)
     detector_url: str = LOCAL_URL
@@ -132,6 +133,8 @@ class PacsConfig:
         for name in ("retry_backoff_s", "pass_pause_s"):
             if not getattr(self, name) >= 0:
                 raise InvalidOptionError(f"{name} must be >= 0 seconds, got {getattr(self, name)!r}")
+        if self.seg and self.saliency:
+            raise InvalidOptionError("seg and saliency ask two different models (cxr_segment, cxr_explain): choose one")
         if not self.timeout_s > 0:
             raise InvalidOptionError(f"timeout_s must be > 0 seconds, got {self.timeout_s!r}")
 
@@ -157,7 +160,8 @@ class PacsBridge:
     the spooled bytes, forwarded as they arrived) returning a
     :class:`~cxr.client.StudyResult` (a :class:`~cxr.client.DetectorClient`), and with
     ``config.saliency`` ``explain`` (the same, returning an ExplainedResult); when
-    None, one is built for ``config.detector_url`` and closed by :meth:`stop`.
+    None, one is built for ``config.detector_url`` (asking ``cxr_segment`` with ``config.seg``)
+    and closed by :meth:`stop`.
     """
 
     def __init__(self, config: PacsConfig, client: Any | None = None) -> None:
@@ -166,7 +170,8 @@ class PacsBridge:
         if client is None:
             from cxr.client.sdk import DetectorClient  # tritonclient: only when we build it
 
-            client = DetectorClient(url=config.detector_url, timeout_s=config.timeout_s, **config.detector_tls)
+            model = {"model_name": SEGMENT} if config.seg else {}
+            client = DetectorClient(url=config.detector_url, timeout_s=config.timeout_s, **model, **config.detector_tls)
         self.client = client
         self.spool = Spool(config.spool)
         self._queue = WorkQueue(config.queue_size)

@@ -13,6 +13,7 @@ from pathlib import Path
 from cxr.client.destinations import AUTH_ENV, read_auth
 from cxr.client.pacs import PacsBridge, PacsConfig, _check_ae
 from cxr.client.tls import add_tls_arguments, tls_options
+from cxr.contract import SEGMENT
 from cxr.errors import UsageError
 
 __all__ = ["add_pacs_parser", "cmd_pacs", "parse_forward"]
@@ -66,6 +67,9 @@ def add_pacs_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--saliency", action="store_true",
                    help="also ask the server's cxr_explain for a D-RISE saliency map per finding and send each as a "
                    "Parametric Map and a Secondary Capture (nine at most); raise --timeout to match")
+    p.add_argument("--seg", action="store_true",
+                   help="ask the server's cxr_segment (a Mask R-CNN) instead of cxr_detector and send the masks as a DICOM "
+                   "Segmentation (one segment per finding class) with the SR")
     p.add_argument("--modality", action="append", default=None, metavar="M",
                    help=f"modality to read (repeatable; default {' '.join(d.modalities)})")
     p.add_argument("--queue-size", type=int, default=d.queue_size, help=f"studies pending at most (default {d.queue_size})")
@@ -85,14 +89,19 @@ def cmd_pacs(args: argparse.Namespace) -> int:
     forward = {"forward": args.forward} if args.forward else {
         "forward_dicomweb": args.forward_dicomweb, "dicomweb_headers": read_auth(args.dicomweb_auth)}
     config = PacsConfig(port=args.port, ae_title=args.ae_title, host=args.host, allowed_aes=tuple(args.allow_ae),
-                        allow_any=args.allow_any, spool=args.spool, gsps=args.gsps, saliency=args.saliency,
+                        allow_any=args.allow_any, spool=args.spool, gsps=args.gsps, saliency=args.saliency, seg=args.seg,
                         modalities=tuple(args.modality or PacsConfig.modalities), queue_size=args.queue_size,
                         retry_backoff_s=args.retry_backoff, detector_url=args.url, timeout_s=args.timeout,
                         detector_tls=tls_options(args), **forward)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with DetectorClient(url=args.url, timeout_s=args.timeout, **config.detector_tls) as client:
+    model = {"model_name": SEGMENT} if config.seg else {}
+    with DetectorClient(url=args.url, timeout_s=args.timeout, **model, **config.detector_tls) as client:
+        if config.seg:
+            from cxr.client.cli import require_segment
+
+            require_segment(client, args.url)
         bridge = PacsBridge(config, client)
         try:
             bridge.start()
@@ -115,6 +124,8 @@ def _serve_until(stop: threading.Event, bridge: PacsBridge, config: PacsConfig, 
     print(f"  detector  {url}")
     how = "STOW-RS" if config.forward_dicomweb else "C-STORE"
     print(f"  results   {bridge.destination} ({how}, SR{' + GSPS' if config.gsps else ''})")
+    if config.seg:
+        print("  masks     from cxr_segment, sent as a DICOM Segmentation with the SR")
     if config.saliency:
         print("  saliency  a D-RISE map per finding from cxr_explain, sent as Parametric Map and Secondary Capture")
     print(f"  accepts   CR, DX, SC in {len(bridge.syntaxes)} transfer syntaxes")

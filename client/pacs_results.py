@@ -5,6 +5,8 @@ detections, each with its D-RISE saliency map (an :class:`~cxr.client.results.Ex
 logged here).  :func:`result_objects` gets that result and returns every object to deliver.
 An explained result also leaves as one Parametric Map and one Secondary Capture per finding
 (the nine highest-scoring; ``client/dicom_out/pmap.py``, ``sc.py``), next to the SR (and GSPS).
+With ``seg`` the bridge's client asks ``cxr_segment`` (a Mask R-CNN): each detection carries its
+mask and a study with findings also leaves as one DICOM Segmentation (``client/dicom_out/seg.py``).
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import pydicom
 from pydicom.uid import (Comprehensive3DSRStorage, GrayscaleSoftcopyPresentationStateStorage, ParametricMapStorage,
-                         SecondaryCaptureImageStorage)
+                         SecondaryCaptureImageStorage, SegmentationStorage)
 
-from cxr.client.dicom_out import MAX_MAPS, parametric_maps, presentation_state, secondary_captures, structured_report
+from cxr.client.dicom_out import (MAX_MAPS, parametric_maps, presentation_state, secondary_captures, segmentation,
+                                  structured_report)
 from cxr.client.results import ExplainedResult, StudyResult
 from cxr.client.study import Study
 
@@ -29,7 +32,11 @@ log = logging.getLogger("cxr.pacs")
 def ask(client: Any, study: Study, config: PacsConfig, sid: str) -> StudyResult:
     """The detector's answer for ``study`` (``sid``: its PHI-free log id); DetectorError as the SDK raises it."""
     if not config.saliency:
-        return client.predict(study, timeout_s=config.timeout_s)
+        result = client.predict(study, timeout_s=config.timeout_s)
+        if config.seg:
+            log.info("study %s segmented: %d masks (%s px) in %.0f ms", sid, len(result.detections),
+                     ", ".join(str(d.mask.area if d.mask else 0) for d in result.detections) or "-", result.latency_ms)
+        return result
     result: ExplainedResult = client.explain(study, timeout_s=config.timeout_s)
     log.info("study %s explained: %d saliency maps (%s, %d masks, peaks %s) in %.0f ms", sid,
              len(result.detections), result.method, result.masks,
@@ -45,6 +52,8 @@ def result_classes(config: PacsConfig) -> tuple[str, ...]:
         classes.append(GrayscaleSoftcopyPresentationStateStorage)
     if config.saliency:
         classes += [ParametricMapStorage, SecondaryCaptureImageStorage]
+    if config.seg:
+        classes.append(SegmentationStorage)
     return tuple(classes)
 
 
@@ -52,7 +61,8 @@ def result_objects(ds: pydicom.Dataset, result: StudyResult, config: PacsConfig)
     """The objects to deliver for ``result``, each referencing ``ds`` (the study as received).
 
     An :class:`~cxr.client.results.ExplainedResult` adds a Parametric Map and a Secondary Capture
-    per finding the SR lists (at most :data:`~cxr.client.dicom_out.MAX_MAPS`, the highest-scoring).
+    per finding the SR lists (at most :data:`~cxr.client.dicom_out.MAX_MAPS`, the highest-scoring);
+    with ``config.seg`` a result with detections adds their masks as one Segmentation.
     """
     outputs = [structured_report(ds, result)]
     if config.gsps:
@@ -60,13 +70,15 @@ def result_objects(ds: pydicom.Dataset, result: StudyResult, config: PacsConfig)
     if isinstance(result, ExplainedResult):
         outputs += parametric_maps(ds, result, max_maps=MAX_MAPS)
         outputs += secondary_captures(ds, result, max_images=MAX_MAPS)
+    if config.seg and result.detections:  # a Segmentation needs a segment: none for a film without findings
+        outputs.append(segmentation(ds, result))
     return outputs
 
 
 def describe_outputs(outputs: list[pydicom.Dataset]) -> str:
-    """What is delivered, for the log: "SR+GSPS", "SR+2 PM+2 SC" (Parametric Maps, Secondary Captures)."""
+    """What is delivered, for the log: "SR+GSPS", "SR+2 PM+2 SC" (Parametric Maps, Secondary Captures), "SR+SEG"."""
     names = {Comprehensive3DSRStorage: "SR", GrayscaleSoftcopyPresentationStateStorage: "GSPS",
-             ParametricMapStorage: "PM", SecondaryCaptureImageStorage: "SC"}
+             ParametricMapStorage: "PM", SecondaryCaptureImageStorage: "SC", SegmentationStorage: "SEG"}
     counts: dict[str, int] = {}
     for ds in outputs:
         name = names.get(ds.SOPClassUID, "other")

@@ -6,7 +6,9 @@ study also as Parametric Maps and Secondary Captures, stored with ``--stow``), D
 Structured Reports (``--sr DIR``) and presentation states (``--gsps DIR``) — the
 two DICOM outputs only for DICOM inputs, which they must reference — and with
 ``--stow URL`` stores the SR (and the GSPS with ``--gsps``) in a PACS with DICOMweb
-STOW-RS.  Folders are searched for files with an image suffix and for DICOM files by
+STOW-RS.  ``--seg DIR`` asks ``cxr_segment`` (a Mask R-CNN's ensemble) instead of the detector
+and writes a DICOM Segmentation per DICOM study (stored with the SR by ``--stow``); the
+annotated PNG then draws each finding's mask outline.  Folders are searched for files with an image suffix and for DICOM files by
 their content (PACS exports often have no suffix).  Uses only the client extra (no torch).
 
 Each study is read once into a :class:`~cxr.client.study.Study` that the request, the
@@ -22,6 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from cxr.client.errors import DetectorError
@@ -108,6 +111,9 @@ def annotated_png(study: Study | Path, result: StudyResult, out: Path, *, min_sc
     width = max(2, round(max(img.size) / 300))
     font = label_font(img.height)
     shown = [d for d in result.detections if d.score >= min_score]
+    if any(d.mask is not None for d in shown):  # a Mask R-CNN's result: each finding's outline under its box
+        img = _draw_outlines(img, shown, max(1, width // 2))
+        draw = ImageDraw.Draw(img)
     for i, d in enumerate(shown):
         draw.rectangle(d.box_xyxy_px, outline=COLOURS[i % len(COLOURS)], width=width)
     placed: list = []
@@ -117,6 +123,30 @@ def annotated_png(study: Study | Path, result: StudyResult, out: Path, *, min_sc
     out.parent.mkdir(parents=True, exist_ok=True)
     img.save(out)
     return out
+
+
+def mask_outline(crop: np.ndarray, width: int = 1) -> np.ndarray:
+    """The pixels of a bool mask within ``width`` px of its edge (4-neighbour erosion, the crop's
+    border counting as outside): what the annotated PNG draws as the mask's contour."""
+    inner = np.pad(crop.astype(bool), 1)
+    for _ in range(width):
+        inner[1:-1, 1:-1] = (inner[1:-1, 1:-1] & inner[:-2, 1:-1] & inner[2:, 1:-1] & inner[1:-1, :-2]
+                             & inner[1:-1, 2:])
+    return crop.astype(bool) & ~inner[1:-1, 1:-1]
+
+
+def _draw_outlines(img, shown: list, width: int):
+    """``img`` (RGB) with each detection's mask outline in its colour (as its box)."""
+    from PIL import Image, ImageColor
+
+    pixels = np.asarray(img).copy()
+    for i, d in enumerate(shown):
+        if d.mask is None or d.mask.area == 0:
+            continue
+        x0, y0, x1, y1 = d.mask.rect
+        region = pixels[y0:y1, x0:x1]
+        region[mask_outline(d.mask.crop, width)] = ImageColor.getrgb(COLOURS[i % len(COLOURS)])[:3]
+    return Image.fromarray(pixels)
 
 
 @dataclass
@@ -131,7 +161,7 @@ class Outcome:
 
 def run_predict(paths: list[Path], client, *, png: Path | None = None, sr: Path | None = None, gsps: Path | None = None,
                 min_score: float = 0.0, progress: bool = True, stow=None, saliency: Path | None = None,
-                explain: dict | None = None) -> list[Outcome]:
+                explain: dict | None = None, seg: Path | None = None) -> list[Outcome]:
     """Every study through ``client``; ``stow``: a :class:`~cxr.client.destinations.StowDestination` for the results.
 
     saliency: a folder for one saliency overlay PNG per study; the studies then go through
@@ -139,9 +169,13 @@ def run_predict(paths: list[Path], client, *, png: Path | None = None, sr: Path 
     ``client.predict``, and the SR/GSPS are built from that result.  A DICOM study also gets a
     Parametric Map and a Secondary Capture per finding shown there (``NAME.pmK.dcm``,
     ``NAME.scK.dcm``), which ``stow`` stores with the SR/GSPS.
+
+    seg: a folder for one DICOM Segmentation per DICOM study with a finding at or above
+    ``min_score`` (``NAME.seg.dcm``); ``client`` must then ask ``cxr_segment`` (its detections
+    carry masks).  ``stow`` stores it with the SR.
     """
     files = collect_inputs(paths)
-    dicom_outputs = sr is not None or gsps is not None or stow is not None
+    dicom_outputs = sr is not None or gsps is not None or stow is not None or seg is not None
     outcomes = []
     for path in tqdm(files, desc="predict", unit="study", disable=not progress or len(files) < 2, file=sys.stderr):
         try:
@@ -163,8 +197,12 @@ def run_predict(paths: list[Path], client, *, png: Path | None = None, sr: Path 
         stored, stow_error = (), None
         if (dicom_outputs or carriers) and study.is_dicom:
             outputs = _dicom_outputs(study, result, gsps=gsps is not None, min_score=min_score) if dicom_outputs else {}
-            for kind, folder in (("sr", sr), ("gsps", gsps)):
-                if folder is not None:
+            if seg is not None and any(d.score >= min_score for d in result.detections):
+                from cxr.client.dicom_out import segmentation
+
+                outputs["seg"] = segmentation(study.dataset, result, min_score=min_score)
+            for kind, folder in (("sr", sr), ("gsps", gsps), ("seg", seg)):
+                if folder is not None and kind in outputs:
                     folder.mkdir(parents=True, exist_ok=True)
                     outputs[kind].save_as(folder / f"{path.stem}.{kind}.dcm", enforce_file_format=True)
                     written.append(folder / f"{path.stem}.{kind}.dcm")

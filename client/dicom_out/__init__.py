@@ -15,6 +15,8 @@ Two outputs per study, and two more per explained study, all in the source's stu
   Frame of Reference of its own that places it on the film (CR has none; see the module).
 * :func:`secondary_captures` (``sc.py``) — one Secondary Capture per explained finding: the film
   with that map, box, label and colour bar burned in, marked as derived; what every viewer shows.
+* :func:`segmentation` (``seg.py``) — a Mask R-CNN's masks (``cxr_segment``) as one BINARY DICOM
+  Segmentation, one segment per finding class.
 
 What every output shares lives beside them: ``findings.py`` (the coded concept of each
 finding name, :func:`finding_code`) and ``source.py`` (the check that a result belongs to
@@ -38,9 +40,10 @@ from cxr.client.dicom_out.findings import PRIVATE_SCHEME, finding_code
 from cxr.client.dicom_out.gsps import presentation_state
 from cxr.client.dicom_out.pmap import parametric_maps
 from cxr.client.dicom_out.sc import secondary_captures
+from cxr.client.dicom_out.seg import segmentation
 from cxr.client.dicom_out.sr import structured_report
 
 MAX_MAPS = 9  # maps per study as DICOM, as in the overlay PNG: the highest-scoring findings
 
 __all__ = ["MAX_MAPS", "PRIVATE_SCHEME", "finding_code", "parametric_maps", "presentation_state", "secondary_captures",
-           "structured_report"]
+           "segmentation", "structured_report"]
