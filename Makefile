@@ -14,7 +14,7 @@ DEMO_IMAGES ?= 300
 # `cxr viewer fetch`) is added when the machine has none: a Node.js from elsewhere brings its own.
 APT_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools openjph-tools libgdcm-tools chromium
 PEERS  := $(VENV)/.peers-installed
-# The 12 held-out films `make demo` predicts on, whose SR and GSPS `make viewer` shows.
+# The 12 held-out films `make demo` predicts on, whose SR, GSPS and saliency maps `make viewer` shows.
 DEMO_FILMS = $$(sed 's|^|$(DEMO)/data/dicom/|; s|\.png$$|.dcm|' $(DEMO)/data/test_list.txt | head -n 12)
 
 .PHONY: help setup peers weights ohif test demo viewer clean
@@ -26,7 +26,7 @@ help:
 	@echo "make peers   only install the Debian packages the tests use as DICOM peers (root)"
 	@echo "make weights fetch the pretrained weights the demo starts from into the cache (once; verified by SHA-256)"
 	@echo "make ohif    fetch the pinned OHIF viewer build into the cache (once, with npm; verified by SHA-512)"
-	@echo "make viewer  show the demo's films, SR and GSPS in OHIF over Orthanc on 127.0.0.1 (after make demo)"
+	@echo "make viewer  show the demo's films, SR, GSPS and saliency maps in OHIF over Orthanc on 127.0.0.1 (after make demo)"
 	@echo "make clean   remove .venv and demo output"
 
 setup: $(STAMP)
@@ -78,7 +78,7 @@ demo: setup weights
 	$(CXR) export onnx-int8 --checkpoint $(DEMO)/run/best.pt --repository $(DEMO)/model_repository --data $(DEMO)/data --check \
 		|| echo "note: no INT8 model was placed (reason above; export/README.md); serving uses FP32"
 	$(CXR) predict $$(sed 's|^|$(DEMO)/data/dicom/|; s|\.png$$|.dcm|' $(DEMO)/data/test_list.txt | head -n 12) \
-		--serve $(DEMO)/model_repository --png $(DEMO)/annotated --sr $(DEMO)/sr --gsps $(DEMO)/gsps
+		--serve $(DEMO)/model_repository --png $(DEMO)/annotated --sr $(DEMO)/sr --gsps $(DEMO)/gsps --saliency $(DEMO)/saliency
 	@echo
 	@echo "demo output:"
 	@echo "  dataset      $(DEMO)/data  (NIH ChestX-ray14 layout; DICOM copies in $(DEMO)/data/dicom)"
@@ -89,14 +89,15 @@ demo: setup weights
 	@echo "  plots        $(DEMO)/eval/examples.png, pr_froc.png, loss_curve.png"
 	@echo "  artifacts    $(DEMO)/model_repository/detector/1/ (model.onnx; model.int8.onnx if it passed parity)"
 	@echo "  predictions  $(DEMO)/annotated/*.png, DICOM SR in $(DEMO)/sr, GSPS in $(DEMO)/gsps (served by Triton over gRPC)"
+	@echo "  saliency     $(DEMO)/saliency: a D-RISE map per finding (overlay PNG; Parametric Map and Secondary Capture DICOM)"
 	@echo "  serve it     $(CXR) serve --model-repository $(DEMO)/model_repository"
-	@echo "  look at it   make viewer  (the films with their SR and GSPS in OHIF on 127.0.0.1)"
+	@echo "  look at it   make viewer  (the films with their SR, GSPS and saliency maps in OHIF on 127.0.0.1)"
 
 # Orthanc + OHIF on 127.0.0.1:8042 (in a private network namespace) with the demo's films and
 # results stored; prints the study list and one URL per study; Ctrl-C stops it.
 viewer: setup ohif
 	@test -d $(DEMO)/sr || { echo "no $(DEMO)/sr: run make demo first"; exit 2; }
-	$(CXR) viewer serve $(DEMO_FILMS) $(DEMO)/sr $$(test -d $(DEMO)/gsps && echo $(DEMO)/gsps)
+	$(CXR) viewer serve $(DEMO_FILMS) $(DEMO)/sr $$(test -d $(DEMO)/gsps && echo $(DEMO)/gsps) $$(test -d $(DEMO)/saliency && echo $(DEMO)/saliency)
 
 clean:
 	rm -rf $(VENV) $(DEMO)
