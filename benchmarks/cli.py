@@ -234,7 +234,7 @@ def build_bench_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     default lives once, in :class:`BenchConfig` or ``SoakConfig``.
     """
     add_bench_arguments(p)
-    sub = p.add_subparsers(dest="mode", metavar="{all,latency,parity,soak,train-r50,train-speed}", title="subcommands")
+    sub = p.add_subparsers(dest="mode", metavar="{all,latency,parity,soak,train-r50,train-speed,masks}", title="subcommands")
     p.set_defaults(func=cmd_bench, mode="all")  # after add_subparsers: it sets that action's default
     for mode, summary in SUBCOMMANDS.items():
         q = sub.add_parser(mode, help=summary, description=f"{summary}. {BENCH_DESCRIPTION}",
@@ -256,6 +256,12 @@ def build_bench_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        description=train_speed.DESCRIPTION)
     train_speed.add_arguments(q)
     q.set_defaults(func=train_speed.cmd_train_speed)
+    from cxr.benchmarks import masks
+
+    q = sub.add_parser("masks", help="a Mask R-CNN: eager/ORT FP32/INT8 latency, mask parity, paste and encode cost",
+                       description=masks.DESCRIPTION)
+    masks.add_arguments(q)
+    q.set_defaults(func=masks.cmd_masks)
     return p
 
 

@@ -99,6 +99,52 @@ def reference(checkpoint, repository):
     return Pipeline(OrtDetector(repository / "detector/1/model.onnx", threads=1), ckpt.preprocess, ckpt.postprocess)
 
 
+SEG = dict(arch="maskrcnn_mobilenet_v2_fpn", fpn_channels=64, size=128, anchor_sizes=(16, 32, 64, 128, 256),
+           rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50, representation_size=64, candidates=20,
+           mask_head_channels=32, mask_head_layers=2)
+
+
+@pytest.fixture(scope="session")
+def seg_checkpoint(tmp_path_factory, synth_data) -> Path:
+    """A tiny random Mask R-CNN (MobileNetV2-FPN at 128 px) as a segment checkpoint, its mask logits spread a
+    few units around 0 as a trained head's are (masks neither empty nor full): for plumbing, not accuracy."""
+    from cxr.labels import get_labelset
+    from cxr.preprocess import PreprocessConfig
+    from cxr.training.checkpoint import Checkpoint, save_checkpoint
+    from cxr.training.model import ModelConfig, build_model
+    import torch
+
+    tmp = tmp_path_factory.mktemp("seg-model")
+    torch.manual_seed(3)
+    cfg = ModelConfig(**SEG)
+    model = build_model(cfg).eval()
+    _spread_mask_logits(model, synth_data)
+    ls = get_labelset("nih-bbox")
+    return save_checkpoint(tmp / "seg.pt", model, Checkpoint(state={}, model_config=cfg, preprocess=PreprocessConfig(size=128),
+                                                           class_names=ls.names, labelset_name=ls.name,
+                                                           model_version="2026.12.04+served-seg"))
+
+
+def _spread_mask_logits(model, synth_data) -> None:
+    """A random mask head answers nearly the same logit everywhere (all masks empty or all full):
+    scale its last layer and centre each class's logits on a synthetic film, so that about half
+    of each 28 x 28 mask is set, with logits a few units away from 0 as a trained head's are."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    film = sorted((synth_data / "images").glob("*.png"))[0]
+    x = torch.from_numpy(np.asarray(Image.open(film).convert("L").resize((128, 128)), dtype=np.float32) / 255)
+    head, logits = model.roi_heads.mask_predictor.mask_fcn_logits, {}
+    hook = model.roi_heads.mask_predictor.register_forward_hook(lambda m, i, o: logits.__setitem__("o", o))
+    with torch.no_grad():
+        head.weight.mul_(3000.0)
+        head.bias.mul_(100.0)
+        model([x[None].expand(3, -1, -1)])
+        head.bias.sub_(logits["o"].transpose(0, 1).flatten(1).median(dim=1).values)
+    hook.remove()
+
+
 @pytest.fixture
 def sr_and_gsps_pass_dciodvfy(monkeypatch, tmp_path_factory):
     """Every SR and GSPS built in this process while the test runs -- by cxr.client.dicom_out,
