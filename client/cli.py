@@ -105,7 +105,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         description="Send PNG/JPEG/DICOM studies (files or folders) to the cxr_detector ensemble over gRPC. Prints a "
         "table (or --json); --png writes annotated images, --saliency a saliency overlay per study (D-RISE, one "
         "map per finding), --sr DICOM Structured Reports (TID 1500) and --gsps "
-        "presentation states for DICOM inputs. Needs only the client extra (no torch).",
+        "presentation states for DICOM inputs; --seg asks cxr_segment (a Mask R-CNN) instead and writes a DICOM "
+        "Segmentation per DICOM study. Needs only the client extra (no torch).",
     )
     p.add_argument("paths", type=Path, nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--url", default=LOCAL_URL, help=f"server gRPC address host:port (default {LOCAL_URL})")
