@@ -11,8 +11,11 @@ with the masks minus postprocess of the same raw output without them) and encode
 against ``pytorch``: :func:`cxr.export.parity.compare` with the tolerance of the row's precision
 (matched-mask IoU median, segm AP and its delta against the data's masks, box mAP delta).
 
-Not here: the served ``cxr_segment`` over gRPC (``cxr bench`` measures ``cxr_detector``), OpenVINO
-and TensorRT rows for masks.
+With ``triton`` the repository is also served by the embedded tritonserver and ``cxr_segment`` is
+asked over gRPC, one study at a time through the SDK (encoded bytes in, masks decoded from the
+wire form): p50/p95 and images/s end to end, and how many studies' detections and masks are
+identical, pixel for pixel, to the in-process ORT FP32 row (the served detector is what the
+repository's config serves).  Not here: OpenVINO and TensorRT rows for masks.
 """
 
 from __future__ import annotations
@@ -80,9 +83,34 @@ def _row(name: str, precision, timings: list[dict], wire_bytes: list[int]) -> di
             "mask_bytes_median": float(np.median(wire_bytes)), "mask_bytes_max": int(max(wire_bytes))}
 
 
+def served_row(repository: Path, films: list[bytes], reference: list, *, warmup: int, log_file: Path) -> dict:
+    """``cxr_segment`` of an embedded tritonserver on ``repository``: latency per study end to end through the
+    SDK, and the studies whose detections and masks equal ``reference`` (in-process ORT FP32) pixel for pixel."""
+    from cxr.client import DetectorClient
+    from cxr.contract import SEGMENT
+    from cxr.server.launcher import TritonServer
+
+    with TritonServer.on_free_ports(repository, log_file=log_file) as server, \
+            DetectorClient(url=server.url, model_name=SEGMENT, timeout_s=600.0) as client:
+        for data in films[:warmup]:
+            client.predict(data)
+        times, same = [], 0
+        for data, ref in zip(films, reference):
+            t0 = time.perf_counter()
+            result = client.predict(data)
+            times.append((time.perf_counter() - t0) * 1e3)
+            same += len(result.detections) == len(ref) and all(
+                np.array_equal(d.mask.full(), ref.masks.mask(i)) for i, d in enumerate(result.detections))
+    return {"name": "triton", "precision": "served", "status": "ok", "studies": len(times),
+            "p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95)),
+            "images_per_s": 1e3 * len(times) / sum(times), "identical_to_onnx": same}
+
+
 def measure_masks(checkpoint: Path, repository: Path, data: Path, *, split: str = "test", images: int = 16,
-                  warmup: int = 2, threads: int | None = None, backends=BACKENDS, progress: bool = True) -> dict:
-    """The rows of every backend in ``backends`` (``pytorch`` always runs: it is the parity reference)."""
+                  warmup: int = 2, threads: int | None = None, backends=BACKENDS, progress: bool = True,
+                  triton: bool = False, log_file: Path | None = None) -> dict:
+    """The rows of every backend in ``backends`` (``pytorch`` always runs: it is the parity reference), and
+    with ``triton`` the served row (needs the ``onnx`` row: its masks are what the served ones are held to)."""
     from cxr.export.commands import _studies
     from cxr.export.parity import TOLERANCES, compare
     from cxr.machine import cpu_info, isa_line
@@ -94,6 +122,8 @@ def measure_masks(checkpoint: Path, repository: Path, data: Path, *, split: str 
     unknown = sorted(set(backends) - set(BACKENDS))
     if unknown:
         raise InvalidOptionError(f"unknown mask backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+    if triton and "onnx" not in backends:
+        raise InvalidOptionError("--triton holds the served masks to the onnx row: keep onnx in --backends")
     if not Path(repository).is_dir():
         raise MissingFileError(f"no model repository at {repository}: export the checkpoint first (cxr export onnx)")
     ckpt = load_checkpoint(checkpoint)
@@ -103,7 +133,7 @@ def measure_masks(checkpoint: Path, repository: Path, data: Path, *, split: str 
     studies = _studies(data, split, images, ckpt.labelset_name)
     films = [Path(s.path).read_bytes() for s in studies]
     gts = ground_truth(studies, ckpt.labelset, masks=True)
-    rows, reference = [], None
+    rows, reference, onnx_dets = [], None, None
     for name, precision, detector in _detectors(ckpt, Path(repository), threads):
         if name not in backends and name != "pytorch":
             continue
@@ -128,6 +158,13 @@ def measure_masks(checkpoint: Path, repository: Path, data: Path, *, split: str 
         rows.append(row)
         if progress:
             print(f"{name}: p50 {row['p50_ms']:.1f} ms, {row['images_per_s']:.2f} images/s", flush=True)
+        if name == "onnx":
+            onnx_dets = dets
+    if triton:
+        if onnx_dets is None:
+            raise MissingFileError(f"--triton holds the served masks to the onnx row: export {repository}'s model.onnx")
+        rows.append(served_row(Path(repository), films, onnx_dets, warmup=warmup,
+                               log_file=log_file or Path(repository) / "tritonserver-bench-masks.log"))
     cpu = cpu_info()
     return {"checkpoint": str(checkpoint), "model": ckpt.model_config.arch, "size": ckpt.preprocess.size,
             "split": split, "studies": len(studies), "cpu": cpu["model"], "isa": isa_line(cpu),
@@ -145,6 +182,11 @@ def table(result: dict) -> str:
              "| mask bytes median/max | mask IoU median | segm AP (Δ) | segm AP50 |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
+        if r["name"] == "triton":
+            lines.append(f"| triton (cxr_segment over gRPC) | {r['status']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
+                         f"{r['images_per_s']:.2f} | | | | | {r['identical_to_onnx']} of {r['studies']} studies "
+                         "identical to onnx pixel for pixel | | |")
+            continue
         if r["status"] == "unavailable":
             lines.append(f"| {r['name']} | unavailable: {r['reason']} |" + " |" * 10)
             continue
@@ -162,7 +204,8 @@ DESCRIPTION = (
     "A Mask R-CNN's rows: PyTorch eager, ORT FP32 and ORT INT8 (when exported) run held-out studies one at a time "
     "through the served steps; p50/p95 end to end, images/s of one stream, the model, paste and encode costs per "
     "study, the masks' bytes on the wire, and parity against PyTorch (matched-mask IoU median, segm AP and its delta, "
-    "with the export tolerance of each precision). Writes OUT/masks.json and masks.md.")
+    "with the export tolerance of each precision); --triton adds cxr_segment served by the embedded tritonserver. "
+    "Writes OUT/masks.json and masks.md.")
 
 
 def add_arguments(p) -> None:
@@ -174,6 +217,8 @@ def add_arguments(p) -> None:
     p.add_argument("--warmup", type=int, default=2, metavar="W", help="untimed studies per backend first (default 2)")
     p.add_argument("--threads", type=int, default=None, metavar="T", help="ORT intra-op threads (default: ORT's)")
     p.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated (default {','.join(BACKENDS)})")
+    p.add_argument("--triton", action="store_true",
+                   help="also serve the repository with the embedded tritonserver and time cxr_segment over gRPC")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for masks.json and masks.md")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -182,7 +227,7 @@ def cmd_masks(args) -> int:
     result = measure_masks(args.checkpoint, args.repository, args.data, split=args.split, images=args.images,
                            warmup=args.warmup, threads=args.threads,
                            backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()),
-                           progress=not args.json)
+                           progress=not args.json, triton=args.triton, log_file=args.out / "tritonserver.log")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "masks.json").write_text(json.dumps(result, indent=1, default=str))
     (args.out / "masks.md").write_text(table(result) + "\n")

@@ -1,6 +1,7 @@
 """`cxr bench masks` (benchmarks/masks.py): a Mask R-CNN's rows on the suite's tiny mask model -- eager and
 ORT FP32 timed through the served steps with their parity, ORT INT8 named unavailable when not exported,
-and the bad inputs refused by name."""
+cxr_segment served by the embedded tritonserver with masks identical to ORT's, and the bad inputs refused
+by name."""
 
 from __future__ import annotations
 
@@ -25,12 +26,14 @@ def test_bench_masks_reports_each_backend_with_its_parity(seg_checkpoint, seg_on
                                                           capsys):
     rc = main(["bench", "masks", "--checkpoint", str(seg_checkpoint), "--repository", str(seg_onnx_repository),
                "--data", str(synth_data), "--images", "3", "--warmup", "1", "--threads", "1",
-               "--out", str(tmp_path), "--json"])
+               "--triton", "--out", str(tmp_path), "--json"])
     result = json.loads(capsys.readouterr().out)
     n = result["studies"]
     assert rc == 0 and result["isa"] == isa_line(cpu_info()) and 1 <= n <= 3 and result["split"] == "test"
     rows = {r["name"]: r for r in result["rows"]}
-    assert list(rows) == ["pytorch", "onnx", "onnx-int8"]
+    assert list(rows) == ["pytorch", "onnx", "onnx-int8", "triton"]
+    served = rows["triton"]  # cxr_segment of the embedded tritonserver over gRPC: the in-process ORT masks
+    assert served["studies"] == n and served["identical_to_onnx"] == n and 0 < served["p50_ms"] <= served["p95_ms"]
     assert rows["onnx-int8"]["status"] == "unavailable" and "model.int8.onnx" in rows["onnx-int8"]["reason"]
     for name in ("pytorch", "onnx"):
         r = rows[name]
@@ -44,6 +47,7 @@ def test_bench_masks_reports_each_backend_with_its_parity(seg_checkpoint, seg_on
     assert rows["onnx"]["mask_bytes_median"] == pytest.approx(rows["pytorch"]["mask_bytes_median"], rel=0.05)  # same masks
     md = (tmp_path / "masks.md").read_text()
     assert "| onnx | ok |" in md and "| onnx-int8 | unavailable" in md and result["isa"] in md
+    assert f"{n} of {n} studies identical to onnx" in md
     assert json.loads((tmp_path / "masks.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))
 
 
@@ -61,6 +65,9 @@ def test_bench_masks_refuses_what_it_cannot_measure(seg_checkpoint, seg_onnx_rep
     rc = main(["bench", "masks", "--checkpoint", str(seg_checkpoint), "--repository", str(seg_onnx_repository),
                "--backends", "onnx,tensorrt", *common])
     assert rc == 2 and "unknown mask backend(s) tensorrt" in capsys.readouterr().err
+    rc = main(["bench", "masks", "--checkpoint", str(seg_checkpoint), "--repository", str(seg_onnx_repository),
+               "--backends", "pytorch", "--triton", *common])
+    assert rc == 2 and "keep onnx in --backends" in capsys.readouterr().err
     torch.manual_seed(0)
     cfg = ModelConfig(arch="fasterrcnn_mobilenet_v2_fpn", fpn_channels=64, size=128, representation_size=64)
     ls = get_labelset("nih-bbox")
