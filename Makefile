@@ -119,11 +119,11 @@ seg-demo: setup weights
 	$(CXR) predict $(SEG_DEMO)/heldout/dicom --serve $(SEG_DEMO)/model_repository --seg $(SEG_DEMO)/seg \
 		--png $(SEG_DEMO)/annotated --sr $(SEG_DEMO)/sr
 	$(CXR) bench masks --checkpoint $(SEG_DEMO)/run/best.pt --repository $(SEG_DEMO)/model_repository \
-		--data $(SEG_DEMO)/data --images 32 --out $(SEG_DEMO)/bench
+		--data $(SEG_DEMO)/data --images 32 --triton --out $(SEG_DEMO)/bench
 	@echo
 	@echo "segmentation demo output:"
 	@echo "  dataset      $(SEG_DEMO)/data (masks.json: one COCO RLE mask per box)"
 	@echo "  metrics      $(SEG_DEMO)/eval/metrics.md (segm AP/AP50, Dice and IoU of matched instances; examples.png)"
 	@echo "  artifacts    $(SEG_DEMO)/model_repository (cxr_segment beside cxr_detector; model.int8.onnx if it passed parity)"
 	@echo "  DICOM SEG    $(SEG_DEMO)/seg/*.seg.dcm, SR in $(SEG_DEMO)/sr, mask outlines in $(SEG_DEMO)/annotated"
-	@echo "  benchmark    $(SEG_DEMO)/bench/masks.md (eager / ORT FP32 / INT8 latency, mask parity, paste and encode cost)"
+	@echo "  benchmark    $(SEG_DEMO)/bench/masks.md (eager / ORT FP32 / INT8 / served latency, mask parity, paste and encode cost)"
