@@ -27,7 +27,8 @@ help:
 	@echo "make weights fetch the pretrained weights the demo starts from into the cache (once; verified by SHA-256)"
 	@echo "make ohif    fetch the pinned OHIF viewer build into the cache (once, with npm; verified by SHA-512)"
 	@echo "make viewer  show the demo's films, SR, GSPS and saliency maps in OHIF over Orthanc on 127.0.0.1 (after make demo)"
-	@echo "make clean   remove .venv and demo output"
+	@echo "make seg-demo  the Mask R-CNN path end to end: synth with masks, train, evaluate, export, serve, DICOM SEG (writes seg-demo-out/)"
+	@echo "make clean   remove .venv and the demos' output"
 
 setup: $(STAMP)
 
@@ -100,7 +101,7 @@ viewer: setup ohif
 	$(CXR) viewer serve $(DEMO_FILMS) $(DEMO)/sr $$(test -d $(DEMO)/gsps && echo $(DEMO)/gsps) $$(test -d $(DEMO)/saliency && echo $(DEMO)/saliency)
 
 clean:
-	rm -rf $(VENV) $(DEMO)
+	rm -rf $(VENV) $(DEMO) $(SEG_DEMO)
 
 # The segmentation path end to end (issue 24): synthetic films with their masks -> a Mask R-CNN
 # (cpu-demo-seg) -> evaluate (segm AP/AP50, Dice) -> ONNX FP32 and INT8 with parity -> served by

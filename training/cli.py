@@ -104,6 +104,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         print(format_metrics_table(metrics))
         print(format_duplicates(metrics["duplicates"]))
+        if "segm" in metrics:  # a Mask R-CNN's instance masks
+            from cxr.training.seg_metrics import format_segm_table
+
+            print("\nInstance masks:\n" + format_segm_table(metrics["segm"]))
         if args.reference:
             print("\n" + metrics["reference"])
         if saliency is not None:

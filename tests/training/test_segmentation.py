@@ -222,3 +222,6 @@ def test_train_segment_and_evaluate_cli(tiny_dataset, tmp_path, capsys):
     rows = json.loads((out / "segmentations.json").read_text())
     assert all(set(r) == {"image_id", "category_id", "score", "bbox", "segmentation"} for r in rows)
     assert (out / "examples.png").stat().st_size > 0
+    rc = main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(tiny_dataset), "--out", str(out),
+               "--bootstrap", "0"])
+    assert rc == 0 and "Instance masks:" in capsys.readouterr().out  # the segm table on the terminal too
