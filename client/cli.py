@@ -67,8 +67,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for label, folder in (("annotated PNGs", args.png), ("saliency PNGs", args.saliency), ("DICOM SR", args.sr),
                               ("DICOM GSPS", args.gsps), ("DICOM SEG", args.seg)):
             if folder is not None:
-                n = sum(1 for p in written if p.parent == folder)
+                n = sum(1 for p in written if p.parent == folder and (folder != args.saliency or p.suffix == ".png"))
                 print(f"{label:<15} {n} written to {folder}")
+        if args.saliency is not None:  # beside the overlays: a Parametric Map and a Secondary Capture per finding
+            n = sum(1 for p in written if p.parent == args.saliency and p.suffix == ".dcm")
+            if n:
+                print(f"{'saliency DICOM':<15} {n} written to {args.saliency} (Parametric Maps and Secondary Captures)")
         if stow is not None:
             print(f"{'STOW-RS':<15} {sum(len(o.stored) for o in outcomes)} results stored at {stow}")
     not_stored = [o for o in outcomes if o.stow_error]

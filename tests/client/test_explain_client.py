@@ -115,6 +115,12 @@ def test_cxr_predict_saliency_writes_one_overlay_per_study(server, studies, tmp_
     for kind in ("pm", "sc"):  # the DICOM study's Parametric Maps and Secondary Captures, none for the PNG
         assert sorted(p.name for p in out.glob(f"*.{kind}*.dcm")) == [f"{studies['DX'].stem}.{kind}{k}.dcm"
                                                                      for k in range(1, shown + 1)]
+    again = tmp_path / "again"  # the summary counts overlays and DICOM maps apart
+    assert main(["predict", str(studies["DX"]), str(studies["PNG"]), "--url", server.url, "--saliency", str(again),
+                 "--saliency-masks", "16", "--min-score", "0.05"]) == 0
+    text = capsys.readouterr().out
+    assert f"saliency PNGs   2 written to {again}" in text
+    assert (f"saliency DICOM  {2 * shown} written to {again}" in text) == (shown > 0)
 
 
 @pytest.fixture(scope="module")
