@@ -113,9 +113,12 @@ def where_it_lies(metrics: dict, preset: str, cpu: dict) -> str:
     if s["min"] <= x <= s["max"]:
         verdict = "inside the reference range"
     elif abs(x - s["mean"]) <= 3 * max(s["sd"], 0.01):
-        verdict = "outside the range of the reference seeds but within 3 sd of their mean"
+        verdict = (f"{'above' if x > s['max'] else 'below'} the range of the reference seeds ({x - s['mean']:+.3f} from "
+                   "their mean) but within 3 sd of it")
+    elif x > s["mean"]:
+        verdict = f"ABOVE the reference ({x - s['mean']:+.3f} from the mean): better than every recorded seed"
     else:
-        verdict = (f"OUTSIDE the reference ({x - s['mean']:+.3f} from the mean): not the recipe's usual result; check the "
+        verdict = (f"BELOW the reference ({x - s['mean']:+.3f} from the mean): not the recipe's usual result; check the "
                    "data (the demo's seed 1), the preset and the package versions")
     lines.append(f"This model: held-out mAP@0.5 {x:.3f}: {verdict}.")
     return "\n".join(lines)

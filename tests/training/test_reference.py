@@ -62,11 +62,13 @@ def test_inside_the_range(runs):
 
 def test_far_below_is_named(runs):
     text = where_it_lies(_metrics(0.55), "cpu-demo", AMX)
-    assert "OUTSIDE the reference (-0.230 from the mean)" in text
+    assert "BELOW the reference (-0.230 from the mean): not the recipe's usual result" in text
+    assert "ABOVE the reference (+0.120 from the mean)" in where_it_lies(_metrics(0.90), "cpu-demo", AMX)
 
 
 def test_just_outside_the_seeds_is_within_three_sd(runs):
-    assert "within 3 sd" in where_it_lies(_metrics(0.82), "cpu-demo", AMX)
+    assert "above the range of the reference seeds (+0.040 from their mean) but within 3 sd" in where_it_lies(
+        _metrics(0.82), "cpu-demo", AMX)
 
 
 def test_another_kind_of_cpu_is_said(runs):
