@@ -6,7 +6,7 @@ model"). This module holds those runs and says where a new evaluation lies among
 ``cxr evaluate --reference cpu-demo`` (the demo calls it) on the reference held-out set,
 ``cxr synth DIR --images 500 --seed 2027`` evaluated with ``--split all``.
 
-The runs below are the README's table; each was trained by ``cxr train --preset cpu-demo
+The runs below are the table in training/README.md; each was trained by ``cxr train --preset cpu-demo
 --seed S`` on ``cxr synth --images 300 --seed 1`` (the demo's data) and evaluated by
 ``cxr evaluate --split all`` on the reference held-out set.
 """
@@ -60,12 +60,20 @@ class ReferenceRun:
 _SPR = "AVX2 yes, AVX-512 yes, VNNI yes, BF16 yes, AMX yes"
 REFERENCE: dict[str, tuple[ReferenceRun, ...]] = {
     "cpu-demo": (
+        # seed 0 is `make demo` itself, from a fresh clone (OMP_NUM_THREADS=1 beside other work)
+        ReferenceRun(seed=0, cpu_kind="amx", isa=_SPR, precision="bf16", map50=0.8171, map50_ci=(0.7826, 0.8590),
+                     nodule=0.787, mass=0.809, pneumothorax=0.845, duplicate_rate=0.0053,
+                     recall=0.9048, int8="placed, mAP +0.000", images_per_s=3.4),
         ReferenceRun(seed=1, cpu_kind="amx", isa=_SPR, precision="bf16", map50=0.7801, map50_ci=(0.7374, 0.8257),
                      nodule=0.787, mass=0.765, pneumothorax=0.772, duplicate_rate=0.0000,
                      recall=0.9143, int8="placed, mAP +0.005", images_per_s=10.6),
         ReferenceRun(seed=2, cpu_kind="amx", isa=_SPR, precision="bf16", map50=0.7729, map50_ci=(0.7413, 0.8204),
                      nodule=0.805, mass=0.812, pneumothorax=0.824, duplicate_rate=0.0027,
                      recall=0.8881, int8="placed, mAP +0.003", images_per_s=10.1),
+        # FP32 on the same CPU: what --precision auto trains on a CPU without BF16 units
+        ReferenceRun(seed=1, cpu_kind="amx", isa=_SPR, precision="fp32", map50=0.8295, map50_ci=(0.7952, 0.8696),
+                     nodule=0.824, mass=0.867, pneumothorax=0.822, duplicate_rate=0.0051,
+                     recall=0.9262, int8="refused, mAP +0.015 > 0.01", images_per_s=2.4),
     ),
 }
 
@@ -107,8 +115,8 @@ def where_it_lies(metrics: dict, preset: str, cpu: dict) -> str:
     where = "on" if same else "NOT on this kind of CPU; on"
     kinds = sorted({r.cpu_kind for r in pool})
     lines = [f"Reference {preset}: held-out mAP@0.5 {s['mean']:.3f} +- {s['sd']:.3f} (sd), range {s['min']:.3f}-{s['max']:.3f}, "
-             f"{s['n']} training seeds in {'/'.join(sorted({r.precision for r in pool}))} {where} {', '.join(kinds)} CPUs "
-             "(README.md, Training the demo model).",
+             f"{s['n']} training seed{'s' if s['n'] != 1 else ''} in {'/'.join(sorted({r.precision for r in pool}))} {where} {', '.join(kinds)} CPUs "
+             "(training/README.md, Training the demo model).",
              f"This CPU: {kind} ({isa_line(cpu)}); --precision auto trains in {precision} here."]
     if s["min"] <= x <= s["max"]:
         verdict = "inside the reference range"
