@@ -262,6 +262,12 @@ def build_bench_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        description=masks.DESCRIPTION)
     masks.add_arguments(q)
     q.set_defaults(func=masks.cmd_masks)
+    from cxr.benchmarks import explain
+
+    q = sub.add_parser("explain", help="ms per explained study (cxr_explain) and in detections of the same study",
+                       description=explain.DESCRIPTION)
+    explain.add_arguments(q)
+    q.set_defaults(func=explain.cmd_explain)
     return p
 
 
