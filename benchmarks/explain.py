@@ -48,6 +48,19 @@ def detector_stats(stats_client) -> dict:
     return out
 
 
+def settled_stats(stats_client, *, wait_s: float = 0.25, tries: int = 20) -> dict:
+    """:func:`detector_stats` once two reads ``wait_s`` apart agree: Triton may count a request's executions
+    just after its response has reached the client, which would put them on the wrong side of a difference."""
+    last = detector_stats(stats_client)
+    for _ in range(tries):
+        time.sleep(wait_s)
+        now = detector_stats(stats_client)
+        if now == last:
+            break
+        last = now
+    return last
+
+
 def stats_delta(before: dict, after: dict) -> dict:
     """What the detector ran between two :func:`detector_stats`: counts, the batch sizes seen and their mean."""
     inferences = after["inference_count"] - before["inference_count"]
@@ -84,9 +97,9 @@ def served_explain_row(url: str, films: list[bytes], *, masks: int | None, timeo
             client.predict(films[0])  # untimed: the first request of each model
             client.explain(films[0], masks=n_masks)  # untimed: makes and caches the masks
             detect_ms, _ = _timed(client.predict, films)
-            before = detector_stats(stats_client)
+            before = settled_stats(stats_client)
             explain_ms, results = _timed(client.explain, films, masks=n_masks)
-            after = detector_stats(stats_client)
+            after = settled_stats(stats_client)
     finally:
         stats_client.close()
     detect_p50, explain_p50 = float(np.median(detect_ms)), float(np.median(explain_ms))
