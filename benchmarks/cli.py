@@ -234,7 +234,7 @@ def build_bench_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     default lives once, in :class:`BenchConfig` or ``SoakConfig``.
     """
     add_bench_arguments(p)
-    sub = p.add_subparsers(dest="mode", metavar="{all,latency,parity,soak,train-r50,train-speed,masks}", title="subcommands")
+    sub = p.add_subparsers(dest="mode", metavar="{all,latency,parity,soak,train-r50,train-speed,masks,explain}", title="subcommands")
     p.set_defaults(func=cmd_bench, mode="all")  # after add_subparsers: it sets that action's default
     for mode, summary in SUBCOMMANDS.items():
         q = sub.add_parser(mode, help=summary, description=f"{summary}. {BENCH_DESCRIPTION}",
