@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from cxr.errors import InvalidFileError, InvalidOptionError
 from cxr.machine import cpu_info, isa_line
@@ -28,6 +27,7 @@ def measure(data: Path, *, preset: str = "cpu-demo", precisions=("fp32", "bf16")
     overrides: TrainConfig fields over the preset (e.g. size, batch_size: R50-FPN at a CPU-sized input)."""
     if iterations < 1 or rounds < 1 or warmup < 0:
         raise InvalidOptionError(f"need iterations >= 1, rounds >= 1 and warmup >= 0 (got {iterations}, {rounds}, {warmup})")
+    import torch  # here, not at the top: `cxr --help` and `cxr weights` run without torch
     from torch.utils.data import DataLoader
 
     from cxr.labels import get_labelset
