@@ -5,10 +5,10 @@ loader, cornerstone's adapters, copies each frame onto the source image it refer
 map has the source's Rows x Columns and its plane; a map on another grid is refused there).
 
 Pixels: the D-RISE map on the source's own grid (:meth:`~cxr.client.results.ExplainedResult.saliency_map`),
-stored as unsigned 16-bit with a Real World Value Mapping ``value = stored / 65535`` into D-RISE's
-``E[similarity | pixel kept]`` in ``[0, 1]`` (quantity DCM 130404 "Saliency", no units).  16-bit
-integers, not float: every toolkit reads them (cornerstone reads 8-bit Pixel Data as 32-bit, so
-not 8-bit either) and the step, 1.5e-5, is far below a map's Monte-Carlo noise.
+stored as 32-bit float (Float Pixel Data) with an identity Real World Value Mapping into D-RISE's
+``E[similarity | pixel kept]`` in ``[0, 1]`` (quantity DCM 130404 "Saliency", no units).  Float,
+not 16-bit integers: OHIF 3.13.2's Parametric Map loader refuses integer data ("Only works with
+32 bit data, not 16", seen in the browser test), and the IOD allows both.
 
 Geometry: the Parametric Map IOD (PS3.3 A.75) requires a Frame of Reference and the Pixel
 Measures, Plane Position and Plane Orientation functional groups; a CR has no Frame of
@@ -43,7 +43,7 @@ from cxr.client.results import ExplainedResult
 
 __all__ = ["STORED_MAX", "parametric_maps", "pixel_spacing", "planar_reference"]
 
-STORED_MAX = 65535  # stored value of saliency 1.0
+STORED_MAX = 1.0  # stored value of saliency 1.0 (float pixels, identity mapping)
 UNKNOWN_SPACING_MM = 1.0
 CONTRAST = "NONE"  # value 4: the pixels are not the source's values combined (dciodvfy knows no QUANTITY)
 FLAVOR = "STATIC"  # value 3 of Image Type: one projection film, not a VOLUME (highdicom's default)
@@ -92,8 +92,8 @@ def _mapping(label: str, score: float) -> hd.pm.RealWorldValueMapping:
         lut_label="DRISE",
         lut_explanation=f"D-RISE saliency of {label} {score:.2f}"[:64],
         unit=codes.UCUM.NoUnits,
-        value_range=(0, STORED_MAX),
-        slope=1.0 / STORED_MAX,
+        value_range=(0.0, STORED_MAX),
+        slope=1.0,
         intercept=0.0,
         quantity_definition=codes.DCM.Saliency,
     )
@@ -123,7 +123,7 @@ def parametric_maps(
     maps = []
     for number, index in enumerate(shown_detections(result, min_score, max_maps), start=1):
         det = result.detections[index]
-        stored = np.round(np.clip(result.saliency_map(index), 0.0, 1.0) * STORED_MAX).astype(np.uint16)
+        stored = np.clip(result.saliency_map(index), 0.0, STORED_MAX).astype(np.float32)
         pm = hd.pm.ParametricMap(
             [reference], stored, series, series_number, hd.UID(), number, manufacturer,
             result.model_name[:64], result.model_version[:64], _serial(result), False, [_mapping(det.label, det.score)],

@@ -140,6 +140,9 @@ def viewer_problems(obj: Dataset, film: Dataset | None = None) -> list[str]:
                             "adds the film's")
         if not _functional_group(obj, "RealWorldValueMappingSequence"):
             problems.append("no Real World Value Mapping: a map's values mean nothing without it")
+        if "FloatPixelData" not in obj:
+            problems.append(f"integer pixels (Bits Allocated {obj.get('BitsAllocated')}): {VIEWER} fuses only 32-bit float "
+                            "maps (\"Only works with 32 bit data, not 16\"); write the map as float32 (Float Pixel Data)")
         return problems + _plane_problems(obj, film)
     return []
 

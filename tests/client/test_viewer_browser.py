@@ -9,7 +9,8 @@ and score as the SR file holds them, the box drawn where the SR puts it (overlay
 pixels along its edges, where the bare film has none), no error in the console.
 
 Set CXR_VIEWER_SCREENSHOTS=DIR to keep the screenshots (docs/viewer/ holds the ones the
-README shows).  SEG and saliency objects join when their writers exist (issues 23, 24).
+README shows).  The SEG and the Parametric Map our writers make for a Mask R-CNN's masks and a
+D-RISE map (client/dicom_out/seg.py, pmap.py) show over the film in their colours.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from pydicom.uid import generate_uid
 
 from browser import Browser, need_chromium
 from cxr.client.dicom_out import presentation_state, structured_report
-from cxr.client.dicom_out.viewers import add_film_plane, check_for_viewers
-from cxr.client.results import Detection, StudyResult
-from viewer_objects import parametric_map_of, seg_of
+from cxr.boxes import LetterboxRecord
+from cxr.client.dicom_out import parametric_maps, segmentation
+from cxr.client.results import Detection, ExplainedResult, Mask, StudyResult
 
 DETECTIONS = (Detection("Cardiomegaly", 0.5717, (70.0, 100.0, 180.0, 200.0)),
               Detection("Effusion", 0.42, (20.0, 140.0, 64.0, 230.0)))
@@ -308,16 +309,33 @@ def _coloured(page: Browser, box: tuple[int, int, int, int], failure: str, timeo
         time.sleep(0.5)
 
 
-def test_a_seg_and_a_map_in_the_film_plane_show_over_the_film(viewer, page, film, tmp_path):
-    """The form our SEG and map writers must write (add_film_plane, check_for_viewers): OHIF draws the mask
-    in its segment colour and fuses the map in colour, where they are on the film (the bare film is grey there)."""
+def _mask_and_map_results(ds: pydicom.Dataset) -> tuple[StudyResult, ExplainedResult]:
+    """A Mask R-CNN's result with one mask filling MASK_BOX, and an explained result whose one map is
+    hot over MAP_BOX (on the model's resized grid, as cxr_explain returns it), for the film ``ds``."""
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    x1, y1, x2, y2 = MASK_BOX
+    mask = Mask((x1, y1, x2, y2), np.ones((y2 - y1, x2 - x1), bool), (rows, cols))
+    segmented = _result(ds, (Detection("Cardiomegaly", 0.5717, tuple(map(float, MASK_BOX)), mask=mask),))
+    record = LetterboxRecord.fit(rows, cols, 128)
+    h, w = record.resized_shape
+    saliency = np.full((1, h, w), 0.05, np.float32)
+    x1, y1, x2, y2 = (round(v * record.scale) for v in MAP_BOX)
+    saliency[0, y1:y2, x1:x2] = 0.9
+    explained = ExplainedResult(detections=(Detection("Effusion", 0.42, tuple(map(float, MAP_BOX))),),
+                                model_name="cpu-demo", model_version="1", image_size=(rows, cols), latency_ms=1.0,
+                                sop_instance_uid=ds.SOPInstanceUID, saliency=saliency, record=record, masks=200,
+                                grid=8, seed=0)
+    return segmented, explained
+
+
+def test_our_seg_and_map_writers_show_over_the_film(viewer, page, film, tmp_path):
+    """What cxr predict --seg and --saliency write (client/dicom_out/seg.py, pmap.py: add_film_plane and
+    check_for_viewers inside): OHIF draws the mask in its segment colour and fuses the map in colour,
+    where they are on the film (the bare film is grey there)."""
     ds = pydicom.dcmread(_copy(pydicom.dcmread(film), tmp_path / "masks.dcm", "VIEWER4"))
-    seg = seg_of(ds, MASK_BOX)
-    add_film_plane(seg, ds)
-    pmap = parametric_map_of(ds, MAP_BOX, fix=True)
-    seg.SeriesDescription, pmap.SeriesDescription = "AI masks cpu-demo 1", "AI saliency cpu-demo 1"
-    for obj in (seg, pmap):
-        check_for_viewers(obj, ds)
+    segmented, explained = _mask_and_map_results(ds)
+    seg = segmentation(ds, segmented)
+    pmap = parametric_maps(ds, explained)[0]
     _store(viewer, tmp_path, tmp_path / "masks.dcm", seg, pmap)
     seen = len(page.events)
     _open(page, viewer.viewer_url(ds.StudyInstanceUID), seg.SeriesDescription)

@@ -262,6 +262,18 @@ def test_the_film_plane_makes_a_parametric_map_ohif_shows_and_dciodvfy_passes(tm
     assert pmap.FrameOfReferenceUID == film_frame_of_reference(film)  # the SEG of the same film shares it
 
 
+def test_an_integer_parametric_map_is_caught_as_ohif_refused_it(tmp_path):
+    """Our first map writer stored 16-bit integers with a Real World Value Mapping: valid DICOM, but
+    OHIF 3.13.2 left it unfused ("Only works with 32 bit data, not 16" in the browser test)."""
+    film = _film()
+    pmap = _parametric_map(film, fix=True)
+    pixels = np.zeros((int(pmap.Rows), int(pmap.Columns)), np.uint16)
+    del pmap.FloatPixelData
+    pmap.BitsAllocated, pmap.BitsStored, pmap.HighBit, pmap.PixelRepresentation = 16, 16, 15, 0
+    pmap.PixelData = pixels.tobytes()
+    assert any("Only works with 32 bit data, not 16" in p for p in viewer_problems(pmap, film))
+
+
 def test_objects_without_known_rules_pass():
     film = _film()
     assert viewer_problems(presentation_state(film, _result(film)), film) == []

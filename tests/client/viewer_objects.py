@@ -1,8 +1,7 @@
 """Segmentations and Parametric Maps of a film, built with highdicom the way a writer first makes them.
 
-Shared by the viewer checks (tests/client/test_viewer_checks.py: the forms that broke OHIF)
-and the real browser (tests/client/test_viewer_browser.py: the fixed form shows).  Our SEG
-and map writers (issues 23, 24) will replace these; the checks stay.
+The viewer checks (tests/client/test_viewer_checks.py) keep the forms that broke OHIF; the real
+browser (tests/client/test_viewer_browser.py) shows what our own writers make.
 """
 
 from __future__ import annotations
