@@ -74,7 +74,8 @@ demo: setup weights
 	$(CXR) train --data $(DEMO)/data --preset cpu-demo --out $(DEMO)/run
 	$(CXR) evaluate --checkpoint $(DEMO)/run/best.pt --data $(DEMO)/data --split test --out $(DEMO)/eval
 	$(CXR) synth $(DEMO)/heldout --images 500 --seed 2027
-	$(CXR) evaluate --checkpoint $(DEMO)/run/best.pt --data $(DEMO)/heldout --split all --out $(DEMO)/heldout-eval --reference cpu-demo
+	$(CXR) evaluate --checkpoint $(DEMO)/run/best.pt --data $(DEMO)/heldout --split all --out $(DEMO)/heldout-eval --reference cpu-demo \
+		--saliency 8
 	$(CXR) export onnx --checkpoint $(DEMO)/run/best.pt --repository $(DEMO)/model_repository --data $(DEMO)/data --check --force
 	$(CXR) export onnx-int8 --checkpoint $(DEMO)/run/best.pt --repository $(DEMO)/model_repository --data $(DEMO)/data --check \
 		|| echo "note: no INT8 model was placed (reason above; export/README.md); serving uses FP32"
@@ -86,7 +87,8 @@ demo: setup weights
 	@echo "  preview      $(DEMO)/data/preview.png"
 	@echo "  checkpoint   $(DEMO)/run/best.pt"
 	@echo "  metrics      $(DEMO)/eval/metrics.md, metrics.json, predictions.csv"
-	@echo "  held-out     $(DEMO)/heldout-eval/metrics.md (500 studies never trained on; where it lies against the README's seeds)"
+	@echo "  held-out     $(DEMO)/heldout-eval/metrics.md (500 studies never trained on; where it lies against the recorded seeds;"
+	@echo "               the saliency maps' faithfulness on 8 of them)"
 	@echo "  plots        $(DEMO)/eval/examples.png, pr_froc.png, loss_curve.png"
 	@echo "  artifacts    $(DEMO)/model_repository/detector/1/ (model.onnx; model.int8.onnx if it passed parity)"
 	@echo "  predictions  $(DEMO)/annotated/*.png, DICOM SR in $(DEMO)/sr, GSPS in $(DEMO)/gsps (served by Triton over gRPC)"
