@@ -417,6 +417,22 @@ def base_films(synth_data: Path, out: Path) -> dict[str, Path]:
     return {"cr12": cr, "dx12": dx, "cr8": out / "cr8.dcm"}
 
 
+
+def derived_object_films(synth_data: Path, out: Path) -> dict[str, pydicom.Dataset]:
+    """The films a derived object (SEG, Parametric Map, capture) is tested on.  CR: the synthetic
+    12-bit MONOCHROME1 CR (no Frame of Reference).  DX: the synthetic DX cropped to 256 x 200 with a
+    Frame of Reference module (a DX may have one, "U").  CR16: pydicom's real CR (16 x 16, CSPINE)."""
+    import numpy as np
+
+    paths = base_films(synth_data, out)
+    cr, dx = pydicom.dcmread(paths["cr12"]), pydicom.dcmread(paths["dx12"])
+    assert "FrameOfReferenceUID" not in cr and "FrameOfReferenceUID" not in dx
+    dx.PixelData = np.ascontiguousarray(dx.pixel_array[:, :200]).tobytes()
+    dx.Columns = 200
+    dx.FrameOfReferenceUID, dx.PositionReferenceIndicator = pydicom.uid.generate_uid(), ""
+    real = sorted((Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests" / "77654033").glob("CR*/*"))
+    return {"CR": cr, "DX": dx, "CR16": pydicom.dcmread(real[0])}
+
 def film_source(films: dict[str, Path], syntax: str, which: str = "cr12") -> Path:
     """The base film for ``syntax``: the 8-bit copy for JPEG Baseline, else ``which``."""
     return films["cr8"] if syntax == "1.2.840.10008.1.2.4.50" else films[which]

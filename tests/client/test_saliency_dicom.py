@@ -22,7 +22,7 @@ from cxr.client.dicom_out import parametric_maps, secondary_captures
 from cxr.client.dicom_out.viewers import FILM_ORIENTATION, check_for_viewers, film_frame_of_reference
 from cxr.client.results import Detection, ExplainedResult, StudyResult
 from dicomnet import referenced_uids
-from peers import assert_valid_iod, base_films
+from peers import assert_valid_iod, derived_object_films
 
 DETECTIONS = (  # best first, as results come; boxes as fractions of the film (x1, y1, x2, y2)
     ("Cardiomegaly", 0.91, (0.30, 0.45, 0.75, 0.85)),
@@ -33,16 +33,8 @@ DETECTIONS = (  # best first, as results come; boxes as fractions of the film (x
 
 @pytest.fixture(scope="module")
 def films(synth_data, tmp_path_factory) -> dict[str, pydicom.Dataset]:
-    """CR: the synthetic 12-bit MONOCHROME1 CR.  DX: the synthetic DX cropped to 256 x 200 with a
-    Frame of Reference module (a DX may have one, "U").  CR16: pydicom's real CR (16 x 16, CSPINE)."""
-    paths = base_films(synth_data, tmp_path_factory.mktemp("films"))
-    cr, dx = pydicom.dcmread(paths["cr12"]), pydicom.dcmread(paths["dx12"])
-    assert "FrameOfReferenceUID" not in cr and "FrameOfReferenceUID" not in dx
-    dx.PixelData = np.ascontiguousarray(dx.pixel_array[:, :200]).tobytes()
-    dx.Columns = 200
-    dx.FrameOfReferenceUID, dx.PositionReferenceIndicator = pydicom.uid.generate_uid(), ""
-    real = sorted((Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests" / "77654033").glob("CR*/*"))
-    return {"CR": cr, "DX": dx, "CR16": pydicom.dcmread(real[0])}
+    """CR without a Frame of Reference, DX with one on a 256 x 200 grid, pydicom's real CR (peers.derived_object_films)."""
+    return derived_object_films(synth_data, tmp_path_factory.mktemp("films"))
 
 
 def explained(film: pydicom.Dataset, *, size: int = 64) -> ExplainedResult:

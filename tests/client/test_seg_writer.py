@@ -9,7 +9,6 @@ its film, and it is stored in a real Orthanc by C-STORE and by STOW-RS.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import highdicom as hd
 import numpy as np
@@ -20,7 +19,7 @@ from pydicom.uid import SegmentationStorage
 from cxr.client.dicom_out.seg import segmentation
 from cxr.client.results import Detection, Mask, StudyResult
 from dicomnet import referenced_uids
-from peers import assert_valid_iod, base_films
+from peers import assert_valid_iod, derived_object_films
 
 DETECTIONS = (  # best first; ellipses inside boxes given as fractions of the film (x1, y1, x2, y2)
     ("Effusion", 0.91, (0.55, 0.50, 0.95, 0.90)),
@@ -32,14 +31,8 @@ DETECTIONS = (  # best first; ellipses inside boxes given as fractions of the fi
 
 @pytest.fixture(scope="module")
 def films(synth_data, tmp_path_factory) -> dict[str, pydicom.Dataset]:
-    paths = base_films(synth_data, tmp_path_factory.mktemp("segfilms"))
-    cr, dx = pydicom.dcmread(paths["cr12"]), pydicom.dcmread(paths["dx12"])
-    assert "FrameOfReferenceUID" not in cr and "FrameOfReferenceUID" not in dx
-    dx.PixelData = np.ascontiguousarray(dx.pixel_array[:, :200]).tobytes()
-    dx.Columns = 200
-    dx.FrameOfReferenceUID, dx.PositionReferenceIndicator = pydicom.uid.generate_uid(), ""
-    real = sorted((Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests" / "77654033").glob("CR*/*"))
-    return {"CR": cr, "DX": dx, "CR16": pydicom.dcmread(real[0])}
+    """CR without a Frame of Reference, DX with one on a 256 x 200 grid, pydicom's real CR (peers.derived_object_films)."""
+    return derived_object_films(synth_data, tmp_path_factory.mktemp("segfilms"))
 
 
 def segmented(film: pydicom.Dataset, detections=DETECTIONS) -> StudyResult:
