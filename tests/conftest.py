@@ -187,3 +187,27 @@ def sr_and_gsps_pass_dciodvfy(monkeypatch, tmp_path_factory):
         path = folder / f"{i}.dcm"
         ds.save_as(path, enforce_file_format=True)
         assert_valid_iod(path)
+
+
+@pytest.fixture(scope="module")
+def viewer():
+    """Orthanc + OHIF as ``cxr viewer serve`` runs them (tests/ohif_page.py: the prepared build, or skip/fail)."""
+    from browser import need_chromium
+    from ohif_page import need_viewer
+
+    from cxr.client.viewer import ViewerServer
+    from cxr.server.net import stable_port
+
+    build = need_viewer()
+    need_chromium()
+    with ViewerServer(build, port=stable_port()) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def page(viewer):
+    """A headless Chromium page (tests/browser.py) for the module's viewer."""
+    from browser import Browser
+
+    with Browser(width=1200, height=800) as browser:
+        yield browser
