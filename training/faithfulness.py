@@ -22,8 +22,10 @@ greedily by score, each finding once) of a held-out study with instance masks
   upsampled bilinearly, as the masks are), so a win is the map's order, not its blobbiness;
 - **model randomisation** (Adebayo et al., NeurIPS 2018): the target's map from the same
   architecture with re-initialised weights (built by the model factory, ``weights=None``, seed
-  fixed), the same targets, masks and seed; Spearman rank correlation with the trained map.  A
-  map that does not move when the weights do explains the image, not the model.
+  fixed), the same target, from an independent set of masks; Spearman rank correlation with the
+  trained map, read next to the trained map's correlation with itself drawn from those other
+  masks (its noise ceiling).  A map that does not move when the weights do explains the image,
+  not the model.
 
 All maps come from the served code: :meth:`cxr.serving.pipeline.Pipeline.explain` (what
 ``cxr_explain`` runs) and :func:`cxr.saliency.explain` for the randomised model, both on one
@@ -275,13 +277,30 @@ def measure_detection(sm: StudyMaps, index: int, region: np.ndarray, *, detector
                                  black=black_value(preprocess), steps=config.steps)
     row.update({name: auc(curve) for name, curve in curves.items()})
     if random_detector is not None:
-        one = DetectionArrays(sm.detections.boxes[index : index + 1], sm.detections.scores[index : index + 1],
-                              sm.detections.labels[index : index + 1])
-        # the same target, masks and seed; only the weights differ
-        rand = explain(sm.image, sm.record, one, random_detector, config.saliency, preprocess)
-        row["rho"] = rank_correlation(sm.maps[index], rand[0])
-        row["rho_abs"] = abs(row["rho"])
+        row.update(randomisation(sm, index, detector, random_detector, config.saliency, preprocess))
     return row
+
+
+def other_masks(saliency: SaliencyConfig) -> SaliencyConfig:
+    """The same settings with the next seed: an independent draw of the masks."""
+    return replace(saliency, seed=(saliency.seed + 1) % 2**63)
+
+
+def randomisation(sm: StudyMaps, index: int, detector: Detector, random_detector: Detector,
+                  saliency: SaliencyConfig, preprocess) -> dict:
+    """Adebayo et al.'s check for detection ``index``: ``rho``, Spearman's rho of the trained map with the
+    re-initialised network's map of the same target, and ``rho_self``, with the trained network's own map
+    drawn again -- both from an independent set of masks (:func:`other_masks`).  With the same masks the
+    two maps share the draw's Monte-Carlo pattern (every map is a weighted sum of the same masks), which
+    correlates them whatever the weights; ``rho_self`` is what the maps' noise leaves of a perfect
+    correlation, the ceiling against which ``rho`` is read."""
+    one = DetectionArrays(sm.detections.boxes[index : index + 1], sm.detections.scores[index : index + 1],
+                          sm.detections.labels[index : index + 1])
+    other = other_masks(saliency)
+    rand = explain(sm.image, sm.record, one, random_detector, other, preprocess)[0]
+    again = explain(sm.image, sm.record, one, detector, other, preprocess)[0]
+    rho = rank_correlation(sm.maps[index], rand)
+    return {"rho": rho, "rho_abs": abs(rho), "rho_self": rank_correlation(sm.maps[index], again)}
 
 
 def measure_studies(pipeline, studies, class_names: Sequence[str], config: FaithfulnessConfig, *,

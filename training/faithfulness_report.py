@@ -34,12 +34,14 @@ MEASURES = {
     "insertion_random": ("random_insertion", None),
     "rho": ("rho", None),
     "rho_abs": ("rho_abs", None),
+    "rho_self": ("rho_self", None),
 }
 TARGETS = {  # issue 23, on the cpu-demo model: (measure, comparison, bound)
     "pointing_game": (">=", 0.9),
     "energy_ratio": (">=", 3.0),
     "deletion_ratio": ("<=", 0.5),
-    "rho_abs": ("<=", 0.2),  # |rho|: a map tied to the film the other way round is no better
+    "rho": ("<=", 0.2),  # the issue's wording: the trained map's order does not survive the randomisation
+    "rho_abs": ("<=", 0.2),  # the stricter reading: nor does its inverse
 }
 
 
@@ -153,20 +155,21 @@ def _cell(m: dict, digits: int = 2) -> str:
 def format_faithfulness(s: dict) -> str:
     """The per-class table (markdown), the targets and how it was measured."""
     head = ("| finding | TP | pointing game | energy inside | area share | energy / area | deletion AUC | random "
-            "| deletion / random | insertion AUC | random | randomisation \\|ρ\\| |\n"
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+            "| deletion / random | insertion AUC | random | randomisation \\|ρ\\| | ρ, trained again |\n"
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
     lines = []
     for name, g in [*s["per_class"].items(), ("**all**", s["all"])]:
         lines.append(f"| {name} | {g['n']} | {_cell(g['pointing_game'])} | {_cell(g['energy'])} | {_cell(g['area'], 3)} "
                      f"| {_cell(g['energy_ratio'], 1)} | {_cell(g['deletion'])} | {_cell(g['deletion_random'])} "
                      f"| {_cell(g['deletion_ratio'])} | {_cell(g['insertion'])} | {_cell(g['insertion_random'])} "
-                     f"| {_cell(g['rho_abs'])} |")
+                     f"| {_cell(g['rho_abs'])} | {_cell(g['rho_self'])} |")
     verdict = "; ".join(_verdict(k, t) for k, t in s["targets"].items())
     cfg = s["settings"]
     note = (f"D-RISE, {cfg['masks']} masks, {cfg['grid']}x{cfg['grid']} grid, p = {cfg['keep']}, seed {cfg['seed']}; "
             f"true positives at score >= {s['score_threshold']:g}, IoU >= {s['match_iou']:g}, {s['studies']} studies; "
             f"pointing game within {s['tolerance_px']:g} px (strict: {_cell(s['all']['pointing_game_strict'])}); "
-            f"{s['steps']} deletion/insertion steps; 95 % bootstrap intervals ({s['runtime']} runtime, "
+            f"{s['steps']} deletion/insertion steps; randomisation: the re-initialised network's map and the "
+            f"trained one's drawn again, both from the next seed's masks; 95 % bootstrap intervals ({s['runtime']} runtime, "
             f"{s['seconds_per_study'] or 0:.1f} s per explained study).")
     return head + "\n".join(lines) + f"\n\nTargets: {verdict}.\n\n{note}\n"
 
