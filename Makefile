@@ -79,6 +79,7 @@ demo: setup weights
 	$(CXR) export onnx --checkpoint $(DEMO)/run/best.pt --repository $(DEMO)/model_repository --data $(DEMO)/data --check --force
 	$(CXR) export onnx-int8 --checkpoint $(DEMO)/run/best.pt --repository $(DEMO)/model_repository --data $(DEMO)/data --check \
 		|| echo "note: no INT8 model was placed (reason above; export/README.md); serving uses FP32"
+	$(CXR) export paths --checkpoint $(DEMO)/run/best.pt --repository $(DEMO)/model_repository --data $(DEMO)/data
 	$(CXR) predict $$(sed 's|^|$(DEMO)/data/dicom/|; s|\.png$$|.dcm|' $(DEMO)/data/test_list.txt | head -n 12) \
 		--serve $(DEMO)/model_repository --png $(DEMO)/annotated --sr $(DEMO)/sr --gsps $(DEMO)/gsps --saliency $(DEMO)/saliency
 	@echo
@@ -90,7 +91,8 @@ demo: setup weights
 	@echo "  held-out     $(DEMO)/heldout-eval/metrics.md (500 studies never trained on; where it lies against the recorded seeds;"
 	@echo "               the saliency maps' faithfulness on 8 of them)"
 	@echo "  plots        $(DEMO)/eval/examples.png, pr_froc.png, loss_curve.png"
-	@echo "  artifacts    $(DEMO)/model_repository/detector/1/ (model.onnx; model.int8.onnx if it passed parity)"
+	@echo "  artifacts    $(DEMO)/model_repository/detector/1/ (model.onnx; model.int8.onnx if it passed parity;"
+	@echo "               paths.json: each runtime x precision's parity and speed here; cxr serve runs the fastest that passed)"
 	@echo "  predictions  $(DEMO)/annotated/*.png, DICOM SR in $(DEMO)/sr, GSPS in $(DEMO)/gsps (served by Triton over gRPC)"
 	@echo "  saliency     $(DEMO)/saliency: a D-RISE map per finding (overlay PNG; Parametric Map and Secondary Capture DICOM)"
 	@echo "  serve it     $(CXR) serve --model-repository $(DEMO)/model_repository"

@@ -48,6 +48,9 @@ BACKENDS = tuple(n for b in BenchBackend for n in (b.value, *(v.value for v in R
 IN_PROCESS = tuple(n for n in BACKENDS if n in RuntimeVariant.values() or BenchBackend(n).in_process)
 # Measured slower than plain FP32 eager (NCHW autocast; benchmarks/README.md): only when asked for.
 OPT_IN = (RuntimeVariant.PYTORCH_AUTOCAST.value,)
+# cxr serve's detector paths (cxr.serving.paths) and the in-process rows that run the same thing.
+TWIN_OF_PATH = {"ort-fp32": "onnx", "ort-int8": "onnx-int8", "openvino-fp32": "openvino",
+                "openvino-bf16": "openvino-bf16", "openvino-int8": "openvino-int8"}
 DEFAULT_BACKENDS = tuple(n for n in BACKENDS if n not in OPT_IN)
 # What "% of peak" divides by: the measured GEMM peak of the precision a backend computes in.
 PEAK_OF_PRECISION = {"fp32": "fp32", "bf16": "bf16", "int8": "int8", "fp16": "cuda_fp16"}
@@ -88,6 +91,7 @@ class Backend:
     size_mb: float | None
     batches: tuple[int, ...] = (1,)  # in process: images per call; served: always 1 per request
     detail: str = ""  # e.g. the artifact path or server URL
+    twin: str | None = None  # served: the in-process backend running what the server's detector runs
     timer: CallTimer | None = None
     triton_stats: TritonStats | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)
@@ -307,7 +311,7 @@ class TritonStats:
 
 
 def open_served(name: str, ckpt, *, url: str, repository: Path, probe: BenchImage, precision: Precision | str = Precision.FP32,
-                timeout_s: float = 120.0) -> Backend | Unavailable:
+                timeout_s: float = 120.0, choice=None) -> Backend | Unavailable:
     """The ``cxr_detector`` ensemble at ``url``: bytes in (``triton``) or shm pixels in (``triton-shm``).
 
     One probe request decides availability, so an unreachable server or a host
@@ -339,8 +343,13 @@ def open_served(name: str, ckpt, *, url: str, repository: Path, probe: BenchImag
         hint = " (shared memory needs the server on this host)" if shm else ""
         return Unavailable(name, f"probe request to {url} failed{hint}: {exc}")
     precision = BenchBackend(name).precision(served=precision)
-    backend = Backend(name, run, str(precision), _mb(Path(repository) / Artifact.for_cpu(precision).path),
-                      batches=(1,), detail=f"cxr_detector at {url}" + (" via system shared memory" if shm else ""))
+    artifact = Artifact.ONNX_INT8 if precision is Precision.INT8 else Artifact.ONNX  # bf16: OpenVINO on the FP32 file
+    # The in-process row of the path the server runs (cxr serve's choice; for --url, ORT at its precision).
+    twin = TWIN_OF_PATH[choice.path.name] if choice is not None else (
+        BenchBackend.ONNX_INT8.value if precision is Precision.INT8 else BenchBackend.ONNX.value)
+    backend = Backend(name, run, str(precision), _mb(Path(repository) / artifact.path), batches=(1,), twin=twin,
+                      detail=f"cxr_detector at {url}" + (" via system shared memory" if shm else "")
+                      + (f"; path {choice.path.name}: {choice.reason}" if choice is not None else ""))
     backend.closers.append(client.close)
     try:
         backend.triton_stats = TritonStats(url)
@@ -352,7 +361,7 @@ def open_served(name: str, ckpt, *, url: str, repository: Path, probe: BenchImag
 
 def open_backends(ckpt, *, checkpoint: Path, repository: Path, url: str | None, probe: BenchImage | None,
                   names: Sequence[str] = DEFAULT_BACKENDS, served_precision: Precision | str = Precision.FP32,
-                  batches: tuple[int, ...] = (1, 4)) -> list[Backend | Unavailable]:
+                  batches: tuple[int, ...] = (1, 4), served_choice=None) -> list[Backend | Unavailable]:
     """Open every backend of ``names`` in :data:`BACKENDS` order; the unusable ones as Unavailable."""
     unknown = [n for n in names if n not in BACKENDS]
     if unknown:
@@ -366,7 +375,8 @@ def open_backends(ckpt, *, checkpoint: Path, repository: Path, url: str | None, 
         elif url is None or probe is None:
             out.append(Unavailable(name, "no server: pass --url HOST:PORT or let cxr bench start the embedded one"))
         else:
-            out.append(open_served(name, ckpt, url=url, repository=repository, probe=probe, precision=served_precision))
+            out.append(open_served(name, ckpt, url=url, repository=repository, probe=probe, precision=served_precision,
+                                   choice=served_choice))
         b = out[-1]
         log.info("backend %s: %s", name, b.detail if isinstance(b, Backend) else f"unavailable ({b.reason})")
     return out

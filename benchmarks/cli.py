@@ -65,7 +65,7 @@ class BenchConfig:
     batches: tuple[int, ...] = (1, 4)
     requests: int | None = None  # per point; default from the sweep
     seconds: float | None = None
-    served_precision: Precision | str = Precision.FP32  # which ONNX the server at --url runs (the embedded one: fp32)
+    served_precision: Precision | str | None = None  # pins the embedded server's ort-fp32/ort-int8; for --url: what it runs
     progress: bool = True
     strict: bool = False  # exit 1 when a backend fails parity
     server_timeout: float = 180.0
@@ -79,9 +79,10 @@ class BenchConfig:
         unknown = [b for b in self.backends if b not in BACKENDS]
         if unknown:  # before minutes of loading and server start-up
             raise InvalidOptionError(f"unknown backend(s) {', '.join(unknown)}; choose from: {', '.join(BACKENDS)}")
-        if str(self.served_precision) not in CPU_PRECISIONS:
-            raise InvalidOptionError(f"--served-precision must be fp32 or int8, got {self.served_precision!r}")
-        object.__setattr__(self, "served_precision", Precision(self.served_precision))
+        if self.served_precision is not None:
+            if str(self.served_precision) not in CPU_PRECISIONS:
+                raise InvalidOptionError(f"--served-precision must be fp32 or int8, got {self.served_precision!r}")
+            object.__setattr__(self, "served_precision", Precision(self.served_precision))
         if self.url is not None and self.checkpoint is None:
             raise InvalidOptionError("--url serves the --checkpoint model: pass the checkpoint of the model that server runs "
                                      "(the --arch models get embedded servers of their own)")
@@ -160,8 +161,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--requests", type=int, metavar="N", help="requests per point (default 16 quick, 64 full)")
     p.add_argument("--seconds", type=float, metavar="S", help="time limit per point (default 4 quick, 20 full)")
     p.add_argument("--served-precision", choices=[str(x) for x in CPU_PRECISIONS],
-                   help="ONNX precision the served detector runs: the embedded server is started with it, for --url it "
-                   "says what that server runs (default fp32)")
+                   help="pin the embedded server's detector to ONNX Runtime at this precision (default: it serves what "
+                   "`cxr serve` would, the fastest path that passed `cxr export paths`); for --url it says what that "
+                   "server runs (default fp32)")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when a backend fails parity (the report is written anyway)")
     p.add_argument("--json", action="store_true", help="print report.json on stdout instead of the table")

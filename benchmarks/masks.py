@@ -14,8 +14,9 @@ against ``pytorch``: :func:`cxr.export.parity.compare` with the tolerance of the
 With ``triton`` the repository is also served by the embedded tritonserver and ``cxr_segment`` is
 asked over gRPC, one study at a time through the SDK (encoded bytes in, masks decoded from the
 wire form): p50/p95 and images/s end to end, and how many studies' detections and masks are
-identical, pixel for pixel, to the in-process ORT FP32 row (the served detector is what the
-repository's config serves).  Not here: OpenVINO and TensorRT rows for masks.
+identical, pixel for pixel, to the in-process ORT FP32 row (the server is pinned to that path,
+``ort-fp32``).  OpenVINO rows (FP32, BF16 where the CPU has it, INT8 on the QDQ file) are the
+paths ``cxr serve`` may choose (:mod:`cxr.serving.paths`).  Not here: TensorRT rows for masks.
 """
 
 from __future__ import annotations
@@ -28,13 +29,15 @@ import numpy as np
 
 from cxr.errors import InvalidOptionError, MissingFileError
 
-BACKENDS = ("pytorch", "onnx", "onnx-int8")
+BACKENDS = ("pytorch", "onnx", "onnx-int8", "openvino-fp32", "openvino-bf16", "openvino-int8")
 
 
 def _detectors(ckpt, repository: Path, threads: int | None):
     """(name, precision, detector or the reason it is unavailable) per backend."""
-    from cxr.contract import Artifact, Precision
+    from cxr.contract import Artifact, Precision, Step
     from cxr.export.torch_detector import TorchDetector
+    from cxr.machine import cpu_info, isa_line
+    from cxr.serving.paths import BY_NAME
     from cxr.serving.runtime import OrtDetector
 
     yield "pytorch", Precision.FP32, TorchDetector(ckpt)
@@ -44,6 +47,11 @@ def _detectors(ckpt, repository: Path, threads: int | None):
             yield name, kind.precision, OrtDetector(path, threads=threads)
         else:
             yield name, kind.precision, f"no {kind.path} in {repository} (cxr export {kind} --checkpoint ... --repository ...)"
+    folder, isa = repository / Step.DETECTOR / "1", isa_line(cpu_info())
+    for name in BACKENDS[3:]:  # the served paths of cxr.serving.paths that run on OpenVINO
+        path = BY_NAME[name]
+        why = path.available(folder, isa)
+        yield name, Precision(path.precision), why if why is not None else path.detector(folder, threads=threads)
 
 
 def time_study(detector, data: bytes, preprocess, postprocess) -> tuple[dict, object, int]:
@@ -90,7 +98,7 @@ def served_row(repository: Path, films: list[bytes], reference: list, *, warmup:
     from cxr.contract import SEGMENT
     from cxr.server.launcher import TritonServer
 
-    with TritonServer.on_free_ports(repository, log_file=log_file) as server, \
+    with TritonServer.on_free_ports(repository, log_file=log_file, path="ort-fp32") as server, \
             DetectorClient(url=server.url, model_name=SEGMENT, timeout_s=600.0) as client:
         for data in films[:warmup]:
             client.predict(data)

@@ -142,7 +142,8 @@ def _section_md(section: Mapping) -> list[str]:
     derived = [
         f"- model: {_f(section.get('model_gflops_per_image'), '.1f')} GFLOP per image (torch.utils.flop_counter, serving graph, "
         "batch 1); % of peak divides model-only GFLOP/s by the measured GEMM peak of the backend's precision",
-        f"- serving overhead at concurrency 1: Triton p50 − in-process ORT p50 = **{_f(serving['overhead_ms'])} ms** "
+        f"- serving overhead at concurrency 1: Triton p50 − in-process {serving.get('twin') or 'onnx'} p50 (what the server's "
+        f"detector runs) = **{_f(serving['overhead_ms'])} ms** "
         f"(×{_f(serving['overhead_ratio'], '.2f')}); shared-memory pixels: {_f(serving['overhead_shm_ms'])} ms; "
         f"server side (ensemble) {_f(serving['server_ms'])} ms, client + gRPC {_f(serving['client_ms'])} ms",
     ]

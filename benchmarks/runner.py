@@ -13,6 +13,8 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
+from cxr.contract import Precision
+
 log = logging.getLogger("cxr.benchmarks")
 
 
@@ -20,15 +22,18 @@ log = logging.getLogger("cxr.benchmarks")
 def _server(cfg, needed: bool, repository: Path, url: str | None):
     """Yield the gRPC URL to use: ``url``, a fresh embedded server's on ``repository``, or None when not needed."""
     if url is not None or not needed:
-        yield url
+        yield url, Precision(cfg.served_precision or Precision.FP32), None
         return
     from cxr.server.launcher import TritonServer
 
     cfg.out.mkdir(parents=True, exist_ok=True)
     log_file = cfg.out / ("tritonserver.log" if repository == cfg.repository else f"tritonserver-{repository.parent.name}.log")
     # The with stops it on every exit path, exceptions and Ctrl-C included.
+    # No --served-precision: the server picks its detector path as `cxr serve` does (the fastest that passed parity).
     with TritonServer.on_free_ports(repository, log_file=log_file, precision=cfg.served_precision) as server:
-        yield server.url
+        choice = server.choice
+        log.info("served detector path %s: %s", choice.path.name, choice.reason)
+        yield server.url, Precision(choice.path.precision), choice
 
 
 def _triton_version(url: str | None) -> str | None:
@@ -82,10 +87,11 @@ def run_bench(cfg) -> dict:
             names.insert(0, "pytorch")  # parity's reference
         served = any(n not in IN_PROCESS for n in names)
         url = cfg.url if model.checkpoint == cfg.checkpoint else None  # --url serves the --checkpoint model
-        with _server(cfg, served, model.repository, url) as served_url:
+        with _server(cfg, served, model.repository, url) as (served_url, served_precision, served_choice):
             triton_version = triton_version or _triton_version(served_url)
             backends = open_backends(model.ckpt, checkpoint=model.checkpoint, repository=model.repository, url=served_url,
-                                     probe=images[0], names=names, served_precision=cfg.served_precision,
+                                     probe=images[0], names=names, served_precision=served_precision,
+                                     served_choice=served_choice,
                                      batches=sweep.batches)
             try:
                 points, parity, flops = {}, None, None

@@ -247,6 +247,7 @@ class Precision(ClosedVocabulary, label="precision"):
 
     FP32 = "fp32"
     FP16 = "fp16"
+    BF16 = "bf16"  # OpenVINO's inference precision on the FP32 file (cxr.serving.paths)
     INT8 = "int8"
 
 

@@ -10,8 +10,27 @@ from cxr.console import print_json
 from cxr.contract import Artifact
 
 
+def cmd_paths(args: argparse.Namespace) -> int:
+    from cxr.export.paths import format_paths, run_paths
+
+    if args.data is None:
+        print("cxr export: error: paths needs --data DIR: parity runs on the held-out (test) studies of that dataset",
+              file=sys.stderr)
+        return 2
+    record, choice = run_paths(args.checkpoint, repository=args.repository, data=args.data,
+                               check_images=args.check_images, progress=not args.json)
+    if args.json:
+        print_json({**record, "chosen": choice.path.name, "reason": choice.reason})
+    else:
+        print(format_paths(record, choice))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from cxr.export.commands import ParityError, run_export
+
+    if args.kind == "paths":
+        return cmd_paths(args)
 
     profile = None
     if args.kind == "trt":
@@ -48,9 +67,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         description="Export a checkpoint into the Triton model repository (or --out FILE): onnx (FP32), onnx-int8 "
         "(static QDQ, calibrated on training images; for CPUs) or trt (TensorRT FP16 engine; needs an NVIDIA GPU "
         "and TensorRT). --check compares the artifact with PyTorch on held-out studies and fails with a table of "
-        "the worst images when outside tolerance.",
+        "the worst images when outside tolerance. paths checks and times every way the CPU server's detector can "
+        "run the placed files (ONNX Runtime or OpenVINO; FP32, BF16, INT8) against PyTorch and records the verdicts "
+        "in detector/1/paths.json: `cxr serve` then serves the fastest that passed.",
     )
-    p.add_argument("kind", choices=Artifact.values(), help="artifact to build")
+    p.add_argument("kind", choices=(*Artifact.values(), "paths"),
+                   help="artifact to build, or paths: check and time the runtime x precision paths of the placed files")
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--repository", type=Path, default=Path("model_repository"), help="Triton model repository (default model_repository)")
     p.add_argument("--out", type=Path, default=None, help="write the artifact to this file instead of the repository")

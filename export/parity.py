@@ -45,6 +45,8 @@ TOLERANCES = {  # keyed by cxr.contract.Precision (a str enum: "fp32" looks up t
                               min_mask_iou_median=0.0, max_segm_ap_delta=0.01),
     Precision.FP16: Tolerance(min_match_rate=0.0, match_iou=0.5, max_map_delta=0.01, score_margin=0.05,
                               min_mask_iou_median=0.0, max_segm_ap_delta=0.01),
+    Precision.BF16: Tolerance(min_match_rate=0.0, match_iou=0.5, max_map_delta=0.01, score_margin=0.05,
+                              min_mask_iou_median=0.0, max_segm_ap_delta=0.01),
 }
 
 

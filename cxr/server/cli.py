@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from cxr.contract import CPU_PRECISIONS, ENSEMBLE, EXPLAIN, GRPC_PORT, HTTP_PORT, METRICS_PORT, SEGMENT, ServeTarget
+from cxr.serving.paths import AUTO, BY_NAME
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -18,7 +19,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log_file = args.log_file or Path(args.model_repository) / "tritonserver.log"
     server = TritonServer(
         model_repository=args.model_repository, grpc_port=args.grpc_port, http_port=args.http_port,
-        metrics_port=args.metrics_port, host=args.host, target=args.target, precision=args.precision, log_file=log_file,
+        metrics_port=args.metrics_port, host=args.host, target=args.target, precision=args.precision, path=args.path,
+        log_file=log_file,
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca,
     )
     server.tls_flags()  # bad TLS files fail here, before anything starts
@@ -27,7 +29,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     server.start(timeout=args.timeout)  # logs the exposure warnings (non-loopback bind)
     security = server.tls.description
-    print(f"Triton is serving {ENSEMBLE} ({args.target}, {args.precision}) from {args.model_repository}")
+    print(f"Triton is serving {ENSEMBLE} ({args.target}) from {args.model_repository}")
+    if server.choice is not None:
+        print(f"  detector {server.choice.path.name}: {server.choice.reason}")
     print(f"  gRPC     {args.host}:{args.grpc_port} ({security})")
     print(f"  HTTP     http://{server.http_host}:{args.http_port}/v2/models/{ENSEMBLE}")
     print(f"  metrics  http://{server.http_host}:{args.metrics_port}/metrics")
@@ -64,8 +68,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-repository", type=Path, default=Path("model_repository"))
     p.add_argument("--target", choices=ServeTarget.values(), default=ServeTarget.CPU.value,
                    help="detector variant: cpu (Python backend + ONNX Runtime), gpu-onnx, gpu-trt (NGC server only)")
-    p.add_argument("--precision", choices=[str(x) for x in CPU_PRECISIONS], default=str(CPU_PRECISIONS[0]),
-                   help="ONNX file for the cpu target")
+    p.add_argument("--path", default=AUTO, choices=(AUTO, *BY_NAME),
+                   help="how the cpu target's detector runs: auto (default) serves the fastest runtime x precision that "
+                   "passed parity (`cxr export paths` records the verdicts and timings in detector/1/paths.json; "
+                   "ort-fp32 when it never ran), or pin one")
+    p.add_argument("--precision", choices=[str(x) for x in CPU_PRECISIONS], default=None,
+                   help="older spelling of --path ort-fp32 / ort-int8")
     p.add_argument("--host", default="127.0.0.1",
                    help="address gRPC binds (default 127.0.0.1, loopback only); e.g. 0.0.0.0 to serve the network "
                    "- use TLS then")

@@ -23,7 +23,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cxr.contract import ENSEMBLE, EXPLAIN, GRPC_PORT, SEGMENT, HTTP_PORT, METRICS_PORT, PRECISION_ENV, Artifact, Precision, ServeTarget
+from cxr.contract import (
+    ENSEMBLE, EXPLAIN, GRPC_PORT, HTTP_PORT, METRICS_PORT, PRECISION_ENV, SEGMENT, Precision, ServeTarget, Step,
+)
+from cxr.machine import cpu_info, isa_line
+from cxr.serving.paths import AUTO, FALLBACK, RUNTIME_ENV, Choice, choose, path_named, random_inputs, time_path
 from cxr.errors import InvalidOptionError, UsageError
 from cxr.server.install import TritonInstall, prepare_backends
 from cxr.server.net import free_ports, host_port, is_loopback
@@ -44,7 +48,8 @@ class TritonServer:
     metrics_port: int = METRICS_PORT
     host: str = "127.0.0.1"
     target: ServeTarget | str = ServeTarget.CPU
-    precision: Precision | str = Precision.FP32  # which ONNX the cpu target's detector runs
+    precision: Precision | str | None = None  # legacy pin of the cpu detector: fp32 | int8 = path ort-fp32 | ort-int8
+    path: str = AUTO  # the cpu detector's runtime x precision (cxr.serving.paths): auto = fastest that passed parity
     log_file: Path | None = None
     models: tuple[str, ...] = ()  # explicit model control: load only these (empty = cxr_detector and cxr_explain)
     env: dict = field(default_factory=dict)
@@ -58,9 +63,18 @@ class TritonServer:
 
     def __post_init__(self) -> None:
         # Normalise on entry: a bad target or precision fails here (InvalidOptionError), before anything starts.
-        self.target, self.precision = ServeTarget(self.target), Precision(self.precision)
-        if self.target is ServeTarget.CPU and self.precision not in (Precision.FP32, Precision.INT8):
-            raise InvalidOptionError(f"the cpu target runs fp32 or int8 ONNX, not {self.precision}")
+        self.target = ServeTarget(self.target)
+        if self.precision is not None:
+            self.precision = Precision(self.precision)
+            if self.target is ServeTarget.CPU and self.precision not in (Precision.FP32, Precision.INT8):
+                raise InvalidOptionError(f"the cpu target runs fp32 or int8 ONNX, not {self.precision}")
+            if self.path != AUTO:
+                raise InvalidOptionError(f"give --path or --precision, not both (--precision {self.precision} is "
+                                         f"--path ort-{self.precision})")
+            self.path = f"ort-{self.precision}"
+        if self.path != AUTO:
+            path_named(self.path)  # an unknown name fails here
+        self.choice: Choice | None = None  # what start() serves on the cpu target, and why
 
     @classmethod
     def on_free_ports(cls, model_repository: Path | str, *, log_file: Path | str, **kwargs) -> TritonServer:
@@ -149,10 +163,9 @@ class TritonServer:
         repo = Path(self.model_repository)
         if not (repo / ENSEMBLE / "config.pbtxt").is_file():
             raise UsageError(f"{repo} is not a cxr model repository (no {ENSEMBLE}/config.pbtxt)")
-        artifact = self.target.artifact or Artifact.for_cpu(self.precision)
-        if self.target is ServeTarget.CPU and not (repo / artifact.path).is_file():
-            raise UsageError(f"{repo}/{Path(artifact.path).parent} has no exported model: "
-                             f"run `cxr export {artifact} --checkpoint CKPT --repository {repo}`")
+        if self.target is ServeTarget.CPU:
+            self.choice = self.choose_path()
+            log.info("detector path %s: %s", self.choice.path.name, self.choice.reason)
         install = prepare_backends()
         if self.target is not ServeTarget.CPU:
             backend = self.target.triton_backend
@@ -168,7 +181,8 @@ class TritonServer:
         # site-packages) through the python on PATH: put this interpreter's first,
         # or a non-activated venv (CI, `make`) loads models without numpy.
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        env[PRECISION_ENV] = self.precision.value
+        if self.choice is not None:
+            env[PRECISION_ENV], env[RUNTIME_ENV] = self.choice.path.precision, self.choice.path.runtime
         env.update(self.env)
         for warning in self.exposure_warnings():
             log.warning(warning)
@@ -186,6 +200,22 @@ class TritonServer:
             self.stop()
             raise
         return self
+
+    def choose_path(self) -> Choice:
+        """The cpu detector's path: the pinned one (UsageError when it cannot run here) or, for ``auto``,
+        :func:`cxr.serving.paths.choose` on this CPU (the passed paths are timed now if the record is from another)."""
+        folder = Path(self.model_repository) / Step.DETECTOR / "1"
+        if not (folder / FALLBACK.file).is_file():
+            raise UsageError(f"{folder} has no exported model: "
+                             f"run `cxr export onnx --checkpoint CKPT --repository {self.model_repository}`")
+        isa = isa_line(cpu_info())
+        if self.path == AUTO:
+            return choose(folder, isa, retime=lambda p: time_path(p.detector(folder), random_inputs(folder)))
+        pinned = path_named(self.path)
+        why = pinned.available(folder, isa)
+        if why is not None:
+            raise UsageError(f"detector path {pinned.name} cannot run here: {why}")
+        return Choice(pinned, "pinned (--path)" if self.precision is None else f"pinned (--precision {self.precision})")
 
     @property
     def url(self) -> str:

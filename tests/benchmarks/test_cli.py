@@ -19,7 +19,7 @@ def parse(*argv: str):
 def test_bare_bench_runs_all_with_the_config_defaults():
     cfg = config_from_args(parse("--quick", "--checkpoint", "c.pt", "--repository", "r", "--out", "o"))
     assert (cfg.mode, cfg.quick, cfg.checkpoint, cfg.repository, cfg.out) == ("all", True, Path("c.pt"), Path("r"), Path("o"))
-    assert (cfg.backends, cfg.batches, cfg.concurrency, cfg.requests, cfg.served_precision) == ((), (1, 4), (), None, "fp32")
+    assert (cfg.backends, cfg.batches, cfg.concurrency, cfg.requests, cfg.served_precision) == ((), (1, 4), (), None, None)
     assert cfg.progress is False  # --quick runs are quiet, as before
     assert config_from_args(parse("--checkpoint", "c.pt", "--out", "o")).repository == Path("model_repository")
 

@@ -4,9 +4,12 @@ Parameter ``runtime: openvino`` runs the same ONNX file with OpenVINO's CPU plug
 instead (needs the ``openvino`` package).  The NGC GPU server uses the native
 ``onnxruntime_onnx`` / ``tensorrt_plan`` backends
 instead (``configs/gpu-*.pbtxt``); inputs and outputs are identical (``cxr.contract``).
-The requests of a dynamic batch run as one ONNX Runtime call
-(``cxr.serving.boundary.respond_batched``).  ``CXR_DETECTOR_PRECISION`` (``fp32`` |
-``int8``, set by ``cxr serve --precision``) picks the ONNX file.
+The requests of a dynamic batch run as one call
+(``cxr.serving.boundary.respond_batched``).  ``cxr serve`` sets the path it chose
+(``cxr.serving.paths``: ``--path``, by default the fastest that passed parity) in
+``CXR_DETECTOR_RUNTIME`` (``onnxruntime`` | ``openvino``) and ``CXR_DETECTOR_PRECISION``
+(``fp32`` | ``bf16`` | ``int8``: the INT8 file, or OpenVINO's BF16 inference precision on the FP32 one);
+they override the config's parameters.
 """
 
 import os
@@ -15,6 +18,7 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from cxr.contract import DETECTOR_INPUT, PRECISION_ENV, SEGMENT_RAW_OUTPUTS, Artifact, ConfigKey, DetectorRuntime, Precision, Step
+from cxr.serving.paths import RUNTIME_ENV
 from cxr.serving.runtime import OpenVinoDetector, OrtDetector
 from cxr.serving.boundary import model_parameters, respond_batched
 
@@ -23,7 +27,10 @@ class TritonPythonModel:
     def initialize(self, args):
         params = model_parameters(args["model_config"])
         precision = Precision(os.environ.get(PRECISION_ENV) or params.get(ConfigKey.PRECISION, Precision.FP32))
-        artifact = Artifact.for_cpu(precision)
+        runtime = DetectorRuntime(os.environ.get(RUNTIME_ENV) or params.get(ConfigKey.RUNTIME, DetectorRuntime.ONNXRUNTIME))
+        if precision is Precision.BF16 and runtime is not DetectorRuntime.OPENVINO:
+            raise ValueError("bf16 runs on OpenVINO only (path openvino-bf16)")
+        artifact = Artifact.ONNX_INT8 if precision is Precision.INT8 else Artifact.ONNX
         key = ConfigKey.INT8_MODEL_FILE if artifact is Artifact.ONNX_INT8 else ConfigKey.MODEL_FILE
         path = Path(args["model_repository"]) / args["model_version"] / params.get(key, artifact.file)
         if not path.is_file():
@@ -36,9 +43,10 @@ class TritonPythonModel:
         # Busy-waiting ORT threads take cycles from the other stubs on the same cores (benchmarks/README.md).
         spinning = str(params.get(ConfigKey.INTRA_OP_SPINNING, "1")).lower() not in ("0", "false", "no", "off")
         self.precision = precision
-        if DetectorRuntime(params.get(ConfigKey.RUNTIME, DetectorRuntime.ONNXRUNTIME)) is DetectorRuntime.OPENVINO:
-            self.detector = OpenVinoDetector(path, threads=threads)
-            pb_utils.Logger.log_info(f"detector: OpenVINO CPU {precision}")
+        if runtime is DetectorRuntime.OPENVINO:
+            hint = "bf16" if precision is Precision.BF16 else "f32"
+            self.detector = OpenVinoDetector(path, threads=threads, precision=hint)
+            pb_utils.Logger.log_info(f"detector: OpenVINO CPU {precision} ({path.name})")
             return
         self.detector = OrtDetector(path, threads=threads, memory_arena=arena, spinning=spinning)
         enabled = self.detector.session.get_session_options().enable_cpu_mem_arena
