@@ -120,6 +120,7 @@ seg-demo: setup weights
 	$(CXR) export onnx --checkpoint $(SEG_DEMO)/run/best.pt --repository $(SEG_DEMO)/model_repository --data $(SEG_DEMO)/data --check --force
 	$(CXR) export onnx-int8 --checkpoint $(SEG_DEMO)/run/best.pt --repository $(SEG_DEMO)/model_repository --data $(SEG_DEMO)/data --check \
 		|| echo "note: no INT8 model was placed (reason above; export/README.md); serving uses FP32"
+	$(CXR) export paths --checkpoint $(SEG_DEMO)/run/best.pt --repository $(SEG_DEMO)/model_repository --data $(SEG_DEMO)/data
 	$(CXR) synth $(SEG_DEMO)/heldout --images 12 --seed 2027 --dicom
 	$(CXR) predict $(SEG_DEMO)/heldout/dicom --serve $(SEG_DEMO)/model_repository --seg $(SEG_DEMO)/seg \
 		--png $(SEG_DEMO)/annotated --sr $(SEG_DEMO)/sr

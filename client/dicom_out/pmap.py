@@ -5,10 +5,18 @@ loader, cornerstone's adapters, copies each frame onto the source image it refer
 map has the source's Rows x Columns and its plane; a map on another grid is refused there).
 
 Pixels: the D-RISE map on the source's own grid (:meth:`~cxr.client.results.ExplainedResult.saliency_map`),
-stored as 32-bit float (Float Pixel Data) with an identity Real World Value Mapping into D-RISE's
-``E[similarity | pixel kept]`` in ``[0, 1]`` (quantity DCM 130404 "Saliency", no units).  Float,
-not 16-bit integers: OHIF 3.13.2's Parametric Map loader refuses integer data ("Only works with
-32 bit data, not 16", seen in the browser test), and the IOD allows both.
+stored as 32-bit float (Float Pixel Data), scaled so that the map's median (its baseline: a
+D-RISE map is ``E[similarity | pixel kept]``, which equals ``E[similarity]`` wherever the pixel
+does not matter) is 0 and its maximum 1 (:func:`stored_map`); the Real World Value Mapping's
+slope and intercept give back D-RISE's ``E[similarity | pixel kept]`` exactly (quantity DCM
+130404 "Saliency", no units), and the VOI window spans stored 0 to 1.  Why scaled: OHIF 3.13.2
+ignores a map's window and shows stored values 0..1 on its colour map (it multiplies them by
+100 and fixes the window to 0..100, its opacity ramp starting transparent at 0); raw D-RISE
+values sit in a narrow band (0.07-0.12 on a trained model) and showed as one faint, flat tint
+(seen in the browser on the seg-demo model).  Scaled, the baseline is transparent and the
+hottest pixel at the colour map's top, as the overlay PNG colours it.  Float, not 16-bit
+integers: OHIF's loader refuses integer data ("Only works with 32 bit data, not 16"), and the
+IOD allows both.
 
 Geometry: the Parametric Map IOD (PS3.3 A.75) requires a Frame of Reference and the Pixel
 Measures, Plane Position and Plane Orientation functional groups; a CR has no Frame of
@@ -41,9 +49,9 @@ from cxr.client.dicom_out.source import checked_source, series_body_part, shown_
 from cxr.client.dicom_out.viewers import FILM_ORIENTATION, check_for_viewers, film_frame_of_reference
 from cxr.client.results import ExplainedResult
 
-__all__ = ["STORED_MAX", "parametric_maps", "pixel_spacing", "planar_reference"]
+__all__ = ["STORED_MAX", "parametric_maps", "pixel_spacing", "planar_reference", "stored_map"]
 
-STORED_MAX = 1.0  # stored value of saliency 1.0 (float pixels, identity mapping)
+STORED_MAX = 1.0  # the stored value of a map's maximum (its median is 0)
 UNKNOWN_SPACING_MM = 1.0
 CONTRAST = "NONE"  # value 4: the pixels are not the source's values combined (dciodvfy knows no QUANTITY)
 FLAVOR = "STATIC"  # value 3 of Image Type: one projection film, not a VOLUME (highdicom's default)
@@ -87,14 +95,22 @@ def planar_reference(source: pydicom.Dataset) -> pydicom.Dataset:
     return planar
 
 
-def _mapping(label: str, score: float) -> hd.pm.RealWorldValueMapping:
+def stored_map(saliency: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """``(stored, slope, intercept)``: the map scaled so that its median is 0 and its maximum
+    :data:`STORED_MAX`, float32, and the affine mapping back (``map = stored * slope + intercept``)."""
+    low, high = float(np.median(saliency)), float(np.max(saliency))
+    slope = max(high - low, 1e-6) / STORED_MAX
+    return ((saliency - low) / slope).astype(np.float32), slope, low
+
+
+def _mapping(label: str, score: float, stored: np.ndarray, slope: float, intercept: float) -> hd.pm.RealWorldValueMapping:
     return hd.pm.RealWorldValueMapping(
         lut_label="DRISE",
         lut_explanation=f"D-RISE saliency of {label} {score:.2f}"[:64],
         unit=codes.UCUM.NoUnits,
-        value_range=(0.0, STORED_MAX),
-        slope=1.0,
-        intercept=0.0,
+        value_range=(float(stored.min()), float(stored.max())),
+        slope=slope,
+        intercept=intercept,
         quantity_definition=codes.DCM.Saliency,
     )
 
@@ -123,10 +139,11 @@ def parametric_maps(
     maps = []
     for number, index in enumerate(shown_detections(result, min_score, max_maps), start=1):
         det = result.detections[index]
-        stored = np.clip(result.saliency_map(index), 0.0, STORED_MAX).astype(np.float32)
+        stored, slope, intercept = stored_map(result.saliency_map(index))
         pm = hd.pm.ParametricMap(
             [reference], stored, series, series_number, hd.UID(), number, manufacturer,
-            result.model_name[:64], result.model_version[:64], _serial(result), False, [_mapping(det.label, det.score)],
+            result.model_name[:64], result.model_version[:64], _serial(result), False,
+            [_mapping(det.label, det.score, stored, slope, intercept)],
             voi_lut_transformations=[hd.VOILUTTransformation(window_center=STORED_MAX / 2, window_width=STORED_MAX)],
             content_label="DRISE_SALIENCY", derived_pixel_contrast=CONTRAST, image_flavor=FLAVOR,
             content_description=(f"{number}. {det.label} {det.score:.2f}: {result.method} "

@@ -88,6 +88,12 @@ def test_parametric_map_per_finding_decodes_to_the_results_map(films, which, tmp
         x1, y1, x2, y2 = result.detections[index].box_xyxy_px
         assert x1 <= peak[1] <= x2 and y1 <= peak[0] <= y2, (which, index, peak)
         assert result.detections[index].label in ds.ContentDescription
+        # Stored: the map's median (its baseline) at 0 and its maximum at 1, what OHIF's colour map spans
+        # (it ignores the window); the window says the same for the viewers that read it.
+        stored = ds.pixel_array.astype(np.float64)
+        assert np.median(stored) == pytest.approx(0.0, abs=1e-6) and stored.max() == pytest.approx(1.0, abs=1e-6)
+        voi = shared.FrameVOILUTSequence[0]
+        assert (float(voi.WindowCenter), float(voi.WindowWidth)) == (0.5, 1.0)
         check_for_viewers(ds, film)
 
 
