@@ -100,9 +100,11 @@ demo: setup weights
 
 # Orthanc + OHIF on 127.0.0.1:8042 (in a private network namespace) with the demo's films and
 # results stored; prints the study list and one URL per study; Ctrl-C stops it.
+# With make seg-demo's output as well, its held-out films come with their SR and SEG (the masks).
 viewer: setup ohif
-	@test -d $(DEMO)/sr || { echo "no $(DEMO)/sr: run make demo first"; exit 2; }
-	$(CXR) viewer serve $(DEMO_FILMS) $(DEMO)/sr $$(test -d $(DEMO)/gsps && echo $(DEMO)/gsps) $$(test -d $(DEMO)/saliency && echo $(DEMO)/saliency)
+	@test -d $(DEMO)/sr || test -d $(SEG_DEMO)/seg || { echo "no $(DEMO)/sr or $(SEG_DEMO)/seg: run make demo (or make seg-demo) first"; exit 2; }
+	$(CXR) viewer serve $$(test -d $(DEMO)/sr && echo $(DEMO_FILMS) $(DEMO)/sr) $$(test -d $(DEMO)/gsps && echo $(DEMO)/gsps) \
+		$$(test -d $(DEMO)/saliency && echo $(DEMO)/saliency) $$(test -d $(SEG_DEMO)/seg && echo $(SEG_DEMO)/heldout/dicom $(SEG_DEMO)/sr $(SEG_DEMO)/seg)
 
 clean:
 	rm -rf $(VENV) $(DEMO) $(SEG_DEMO)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr.contract import Artifact
 from cxr.errors import InvalidFileError, InvalidOptionError
 
 PATHS_FILE = "paths.json"  # in detector/<version>/, beside model.onnx
@@ -38,7 +39,7 @@ class ServedPath:
     def available(self, folder: Path, isa: str) -> str | None:
         """Why this path cannot run here, or None when it can."""
         if not (Path(folder) / self.file).is_file():
-            return f"no {self.file} (cxr export {'onnx-int8' if self.precision == 'int8' else 'onnx'})"
+            return f"no {self.file} (cxr export {Artifact.ONNX_INT8 if self.precision == 'int8' else Artifact.ONNX})"
         if self.precision == "bf16" and "BF16 yes" not in isa:
             return "the CPU has no BF16 instructions (AVX512-BF16 or AMX)"
         if self.runtime == "openvino" and importlib.util.find_spec("openvino") is None:
@@ -55,12 +56,13 @@ class ServedPath:
         return OrtDetector(path, threads=threads)
 
 
+_FP32, _INT8 = Artifact.ONNX.file, Artifact.ONNX_INT8.file
 PATHS = (
-    ServedPath("ort-fp32", "onnxruntime", "fp32", "model.onnx"),  # the fallback: always allowed
-    ServedPath("ort-int8", "onnxruntime", "int8", "model.int8.onnx"),
-    ServedPath("openvino-fp32", "openvino", "fp32", "model.onnx"),
-    ServedPath("openvino-bf16", "openvino", "bf16", "model.onnx"),
-    ServedPath("openvino-int8", "openvino", "int8", "model.int8.onnx"),
+    ServedPath("ort-fp32", "onnxruntime", "fp32", _FP32),  # the fallback: always allowed
+    ServedPath("ort-int8", "onnxruntime", "int8", _INT8),
+    ServedPath("openvino-fp32", "openvino", "fp32", _FP32),
+    ServedPath("openvino-bf16", "openvino", "bf16", _FP32),
+    ServedPath("openvino-int8", "openvino", "int8", _INT8),
 )
 BY_NAME = {p.name: p for p in PATHS}
 FALLBACK = PATHS[0]
