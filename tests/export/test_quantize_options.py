@@ -140,6 +140,11 @@ def test_openvino_runs_the_same_onnx_or_says_how_to_install_it(tiny):
     assert out[0].shape == (2, *ref[0].shape[1:])
     keep = ref[1][0] > ref[1][0].min() + 1e-4  # ties at the top-k cut may be ordered differently
     assert np.abs(np.sort(out[1][0][keep]) - np.sort(ref[1][0][keep])).max() < 1e-3
+    prepared = OpenVinoDetector(fp32, threads=1)
+    prepared.prepare(range(1, 4))  # what the served detector does at start-up: no compile inside a request
+    assert sorted(prepared._compiled) == [1, 2, 3]
+    again = prepared(np.concatenate([calib[0], calib[1]]))
+    assert sorted(prepared._compiled) == [1, 2, 3] and np.array_equal(again[1], out[1])
 
 
 def test_served_detector_options_are_rendered_into_its_config():
