@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.contract import Artifact, Precision
+from cxr.contract import Artifact, Precision, Step
 from cxr.errors import InvalidFileError, InvalidOptionError
 from cxr.labels import LabelSetName, annotation_labelset
 from cxr.export.parity import TOLERANCES, ParityReport, Tolerance, compare
 from cxr.export.quantize import DEFAULT_BUDGET
 from cxr.export.repository import artifact_path, check_compatible, ensure_repository, place_artifact
+from cxr.serving.paths import PATHS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +239,10 @@ def _deliver(kind: Artifact, built: Path, *, out, repository, meta: dict, extra:
         return dest
     dest = place_artifact(repository, kind, built, meta, force=force, extra=extra)
     ensure_repository(repository, meta)
+    stale = Path(repository) / Step.DETECTOR / "1" / PATHS_FILE
+    if stale.is_file():  # its verdicts are of the files just replaced: serving falls back to ORT FP32 until re-checked
+        stale.unlink()
+        log.warning("removed %s (its parity verdicts were of the replaced files); run `cxr export paths` again", stale)
     if kind is Artifact.TRT:
         from cxr.export.tensorrt import engine_metadata_path
 

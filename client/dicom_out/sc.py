@@ -66,7 +66,7 @@ def secondary_captures(
     film: np.ndarray | None = None,
     min_score: float = 0.0,
     max_images: int = 9,
-    series_number: int = 9904,
+    series_number: int = 9905,
     manufacturer: str = "cxr-triton",
 ) -> list[hd.sc.SCImage]:
     """One Secondary Capture per finding of ``result`` at or above ``min_score`` (the ``max_images``

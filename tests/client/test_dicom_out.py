@@ -372,3 +372,17 @@ def test_sr_and_gsps_pass_dciodvfy_for_every_kind_of_source(synth_data, detectio
             path = tmp_path / f"{name.replace(' ', '_')}.{kind}.dcm"
             obj.save_as(path, enforce_file_format=True)
             assert_valid_iod(path)
+
+
+def test_each_writer_puts_its_objects_in_a_series_number_of_its_own():
+    """SR, GSPS, Parametric Maps, SEG and Secondary Captures of one study: five series, five numbers
+    (the SEG and the saliency captures once shared 9904)."""
+    import inspect
+
+    from cxr.client.dicom_out import (
+        parametric_maps, presentation_state, secondary_captures, segmentation, structured_report,
+    )
+
+    writers = (structured_report, presentation_state, parametric_maps, segmentation, secondary_captures)
+    numbers = [inspect.signature(w).parameters["series_number"].default for w in writers]
+    assert len(set(numbers)) == len(numbers), dict(zip([w.__name__ for w in writers], numbers))

@@ -77,3 +77,17 @@ def test_the_served_detector_runs_the_path_it_is_given(paths_repository, checkpo
     if name == "openvino-bf16":  # and it is not ONNX Runtime FP32 answering
         fp32 = Pipeline(FALLBACK.detector(folder), ckpt.preprocess, ckpt.postprocess)(studies, batch_size=1)
         assert not compare(fp32, served, tolerance=SAME).passed
+
+
+def test_placing_an_artifact_removes_the_verdicts_of_the_files_it_replaces(paths_repository, checkpoint, tmp_path):
+    """A record checked against other files must not choose the path: re-exporting removes it (FP32 serves)."""
+    from cxr.export.commands import run_export
+    from cxr.serving.paths import choose
+
+    repo = tmp_path / "model_repository"
+    shutil.copytree(paths_repository[0], repo)
+    folder = repo / "detector" / "1"
+    assert (folder / PATHS_FILE).is_file()
+    run_export("onnx", checkpoint, repository=repo)
+    assert not (folder / PATHS_FILE).exists()
+    assert choose(folder, isa_line(cpu_info())).path is FALLBACK
