@@ -343,10 +343,9 @@ def open_served(name: str, ckpt, *, url: str, repository: Path, probe: BenchImag
         hint = " (shared memory needs the server on this host)" if shm else ""
         return Unavailable(name, f"probe request to {url} failed{hint}: {exc}")
     precision = BenchBackend(name).precision(served=precision)
-    artifact = Artifact.ONNX_INT8 if precision is Precision.INT8 else Artifact.ONNX  # bf16: OpenVINO on the FP32 file
-    # The in-process row of the path the server runs (cxr serve's choice; for --url, ORT at its precision).
-    twin = TWIN_OF_PATH[choice.path.name] if choice is not None else (
-        BenchBackend.ONNX_INT8.value if precision is Precision.INT8 else BenchBackend.ONNX.value)
+    artifact = Artifact.for_cpu(precision)
+    # The in-process row of the path the server runs (cxr serve's choice; for --url the report takes ORT at its precision).
+    twin = TWIN_OF_PATH[choice.path.name] if choice is not None else None
     backend = Backend(name, run, str(precision), _mb(Path(repository) / artifact.path), batches=(1,), twin=twin,
                       detail=f"cxr_detector at {url}" + (" via system shared memory" if shm else "")
                       + (f"; path {choice.path.name}: {choice.reason}" if choice is not None else ""))

@@ -209,7 +209,8 @@ def table(result: dict) -> str:
 
 
 DESCRIPTION = (
-    "A Mask R-CNN's rows: PyTorch eager, ORT FP32 and ORT INT8 (when exported) run held-out studies one at a time "
+    "A Mask R-CNN's rows: PyTorch eager, ORT FP32 and INT8, OpenVINO FP32, BF16 and INT8 (when exported and "
+    "installed) run held-out studies one at a time "
     "through the served steps; p50/p95 end to end, images/s of one stream, the model, paste and encode costs per "
     "study, the masks' bytes on the wire, and parity against PyTorch (matched-mask IoU median, segm AP and its delta, "
     "with the export tolerance of each precision); --triton adds cxr_segment served by the embedded tritonserver. "

@@ -293,12 +293,15 @@ class Artifact(ClosedVocabulary, label="export kind"):
 
     @classmethod
     def for_cpu(cls, precision: Precision | str) -> Artifact:
-        """The ONNX file the embedded CPU server's detector runs at ``precision``."""
+        """The ONNX file the embedded CPU server's detector runs at ``precision`` (BF16: OpenVINO's
+        inference precision on the FP32 file)."""
         precision = Precision(precision)
+        if precision is Precision.BF16:
+            return cls.ONNX
         for kind in (cls.ONNX, cls.ONNX_INT8):
             if kind.precision is precision:
                 return kind
-        raise ValueError(f"the CPU detector runs fp32 or int8 ONNX, not {precision}")
+        raise ValueError(f"the CPU detector runs fp32 or int8 ONNX (bf16 runs the fp32 file), not {precision}")
 
 
 _ARTIFACTS = {

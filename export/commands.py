@@ -55,15 +55,27 @@ def _studies(data: str | Path, split: str, n: int, labelset_name: str | LabelSet
     return studies
 
 
-def check_parity(ckpt, detector, studies, *, tolerance: Tolerance, batch_size: int = 4) -> ParityReport:
-    """PyTorch vs ``detector`` on ``studies`` through the same pre/postprocessing."""
+def reference_detections(ckpt, images, *, batch_size: int = 4) -> list:
+    """PyTorch's detections (the eager serving graph) of ``images`` (paths or decoded studies): parity's reference."""
     from cxr.serving.pipeline import Pipeline
     from cxr.export.torch_detector import TorchDetector
+
+    return Pipeline(TorchDetector(ckpt), ckpt.preprocess, ckpt.postprocess)(images, batch_size=batch_size)
+
+
+def check_parity(ckpt, detector, studies, *, tolerance: Tolerance, batch_size: int = 4, images=None,
+                 reference=None) -> ParityReport:
+    """PyTorch vs ``detector`` on ``studies`` through the same pre/postprocessing.
+
+    When several detectors are checked on the same studies, pass them decoded (``images``) and PyTorch's
+    answer (``reference``, :func:`reference_detections`) once; by default both are made here."""
+    from cxr.serving.pipeline import Pipeline
     from cxr.training.engine import ground_truth
 
-    paths = [s.path for s in studies]
-    reference = Pipeline(TorchDetector(ckpt), ckpt.preprocess, ckpt.postprocess)(paths, batch_size=batch_size)
-    artifact = Pipeline(detector, ckpt.preprocess, ckpt.postprocess)(paths, batch_size=batch_size)
+    images = [s.path for s in studies] if images is None else images
+    if reference is None:
+        reference = reference_detections(ckpt, images, batch_size=batch_size)
+    artifact = Pipeline(detector, ckpt.preprocess, ckpt.postprocess)(images, batch_size=batch_size)
     segment = ckpt.model_config.task == "segment"  # masks too: matched-mask IoU, segm AP against the data's masks
     gts = ground_truth(studies, ckpt.labelset, masks=segment)  # segm AP only where every box has its mask
     return compare(reference, artifact, names=[s.image_id for s in studies], ground_truth=gts,
@@ -250,4 +262,4 @@ def _deliver(kind: Artifact, built: Path, *, out, repository, meta: dict, extra:
     return dest
 
 
-__all__ = ["KINDS", "ExportResult", "ParityError", "artifact_path", "check_parity", "run_export"]
+__all__ = ["KINDS", "ExportResult", "ParityError", "artifact_path", "check_parity", "reference_detections", "run_export"]

@@ -29,7 +29,9 @@ def run_paths(checkpoint: str | Path, *, repository: str | Path, data: str | Pat
     """Check and time every runnable path of ``repository``'s detector; write and return the record and the choice."""
     from tqdm import tqdm
 
-    from cxr.export.commands import _studies, calibration_batches, check_parity
+    from cxr.decode.image import decode_image
+    from cxr.export.commands import _studies, check_parity, reference_detections
+    from cxr.preprocess import preprocess
     from cxr.export.repository import check_compatible
     from cxr.labels import annotation_labelset
     from cxr.machine import cpu_info, cpu_kind, isa_line
@@ -42,7 +44,9 @@ def run_paths(checkpoint: str | Path, *, repository: str | Path, data: str | Pat
         raise UsageError(f"{folder} has no {PATHS[0].file}: run `cxr export onnx --checkpoint {checkpoint} "
                          f"--repository {repository}` first (and onnx-int8 for the INT8 paths)")
     studies = _studies(data, "test", check_images, annotation_labelset(ckpt.labelset_name))
-    inputs = calibration_batches(ckpt, studies[:8])
+    images = [decode_image(s.path) for s in studies]  # decoded once; PyTorch's answer made once for every path
+    reference = reference_detections(ckpt, images)
+    inputs = [preprocess(image, ckpt.preprocess)[0][None] for image in images[:8]]
     cpu = cpu_info()
     isa = isa_line(cpu)
     rows: dict[str, dict] = {}
@@ -53,7 +57,8 @@ def run_paths(checkpoint: str | Path, *, repository: str | Path, data: str | Pat
             rows[path.name] = {**row, "skipped": why}
             continue
         detector = path.detector(folder)
-        report = check_parity(ckpt, detector, studies, tolerance=TOLERANCES[Precision(path.precision)])
+        report = check_parity(ckpt, detector, studies, tolerance=TOLERANCES[Precision(path.precision)], images=images,
+                              reference=reference)
         row["parity"] = {"passed": bool(report.passed), "n_images": report.n_images, "map_delta": report.map_delta,
                          "match_rate": report.match_rate, "max_score_delta": report.max_score_delta}
         if report.masks is not None:

@@ -157,6 +157,23 @@ def track(page: Browser, sr: pydicom.Dataset, count: int) -> None:
     page.eval(f"window.services.panelService.activatePanel({panel!r}, true)")
 
 
+def track_findings(page: Browser, sr: pydicom.Dataset, shown: list) -> bytes:
+    """Track the SR's measurements (:func:`track`), wait until the panel lists each of ``shown`` (:func:`findings`)
+    by name with its score, and return the screenshot of what is then drawn."""
+    track(page, sr, len(shown))
+    for name, score, _ in shown:
+        page.wait(f"document.body.innerText.includes({name!r}) && document.body.innerText.includes({f'{score:.2f}'!r})")
+    settle(page)
+    return page.screenshot()
+
+
+def assert_boxes_drawn(page: Browser, png: bytes, shown: list) -> None:
+    """Overlay colour along every edge of every box of ``shown`` on the screenshot ``png``."""
+    for name, _, box in shown:
+        for edge, points in edge_points(page, box):
+            assert overlay_share(png, points) >= 0.8, f"{name}: no overlay along its {edge} edge"
+
+
 def settle(page: Browser, seconds: float = 1.0) -> None:
     """Let what was just shown render before a screenshot."""
     page.eval(f"new Promise(r => setTimeout(r, {int(seconds * 1000)}))")

@@ -210,7 +210,13 @@ class TritonServer:
                              f"run `cxr export onnx --checkpoint CKPT --repository {self.model_repository}`")
         isa = isa_line(cpu_info())
         if self.path == AUTO:
-            return choose(folder, isa, retime=lambda p: time_path(p.detector(folder), random_inputs(folder)))
+            inputs: list = []  # made on the first re-timing only, shared by the others
+
+            def retime(path) -> float:
+                inputs[:] = inputs or random_inputs(folder)
+                return time_path(path.detector(folder), inputs)
+
+            return choose(folder, isa, retime=retime)
         pinned = path_named(self.path)
         why = pinned.available(folder, isa)
         if why is not None:

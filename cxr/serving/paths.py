@@ -34,12 +34,16 @@ class ServedPath:
     name: str  # what --path takes
     runtime: str  # cxr.contract.DetectorRuntime's value
     precision: str  # fp32 | bf16 | int8
-    file: str  # in detector/<version>/
+
+    @property
+    def file(self) -> str:
+        """The ONNX file it runs, in detector/<version>/."""
+        return Artifact.for_cpu(self.precision).file
 
     def available(self, folder: Path, isa: str) -> str | None:
         """Why this path cannot run here, or None when it can."""
         if not (Path(folder) / self.file).is_file():
-            return f"no {self.file} (cxr export {Artifact.ONNX_INT8 if self.precision == 'int8' else Artifact.ONNX})"
+            return f"no {self.file} (cxr export {Artifact.for_cpu(self.precision)})"
         if self.precision == "bf16" and "BF16 yes" not in isa:
             return "the CPU has no BF16 instructions (AVX512-BF16 or AMX)"
         if self.runtime == "openvino" and importlib.util.find_spec("openvino") is None:
@@ -48,21 +52,20 @@ class ServedPath:
 
     def detector(self, folder: Path, *, threads: int | None = None):
         """The in-process callable that runs this path (what the served detector builds)."""
-        from cxr.serving.runtime import OpenVinoDetector, OrtDetector
+        from cxr.serving.runtime import OpenVinoDetector, OrtDetector, openvino_precision
 
         path = Path(folder) / self.file
         if self.runtime == "openvino":
-            return OpenVinoDetector(path, threads=threads, precision="bf16" if self.precision == "bf16" else "f32")
+            return OpenVinoDetector(path, threads=threads, precision=openvino_precision(self.precision))
         return OrtDetector(path, threads=threads)
 
 
-_FP32, _INT8 = Artifact.ONNX.file, Artifact.ONNX_INT8.file
 PATHS = (
-    ServedPath("ort-fp32", "onnxruntime", "fp32", _FP32),  # the fallback: always allowed
-    ServedPath("ort-int8", "onnxruntime", "int8", _INT8),
-    ServedPath("openvino-fp32", "openvino", "fp32", _FP32),
-    ServedPath("openvino-bf16", "openvino", "bf16", _FP32),
-    ServedPath("openvino-int8", "openvino", "int8", _INT8),
+    ServedPath("ort-fp32", "onnxruntime", "fp32"),  # the fallback: always allowed
+    ServedPath("ort-int8", "onnxruntime", "int8"),
+    ServedPath("openvino-fp32", "openvino", "fp32"),
+    ServedPath("openvino-bf16", "openvino", "bf16"),
+    ServedPath("openvino-int8", "openvino", "int8"),
 )
 BY_NAME = {p.name: p for p in PATHS}
 FALLBACK = PATHS[0]
@@ -105,10 +108,11 @@ def read_record(folder: Path) -> dict | None:
         return None
     try:
         record = json.loads(path.read_text())
-        assert isinstance(record.get("paths"), dict)
-    except (ValueError, AssertionError) as exc:
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("paths"), dict):
         raise InvalidFileError(f"{path} is not a paths record written by `cxr export paths`: delete it and "
-                               "run that command again") from exc
+                               "run that command again")
     return record
 
 

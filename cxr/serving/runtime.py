@@ -25,6 +25,12 @@ OPTIMIZATION_LEVELS = ("none", "basic", "extended", "all")
 OPENVINO_PRECISIONS = ("f32", "bf16")
 
 
+def openvino_precision(precision: str) -> str:
+    """OpenVINO's inference precision hint for a served precision (cxr.contract.Precision's value): BF16
+    is the hint on the FP32 file; FP32 and the INT8 QDQ file run with f32."""
+    return "bf16" if str(precision) == "bf16" else "f32"
+
+
 def ort_session(path: str | Path, *, threads: int | None = None, optimization: str = "all",
                 memory_arena: bool = True, spinning: bool = True, config: dict[str, str] | None = None):
     """An ``onnxruntime.InferenceSession`` on the CPU with graph optimisations.

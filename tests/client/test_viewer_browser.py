@@ -27,8 +27,8 @@ from cxr.boxes import LetterboxRecord
 from cxr.client.dicom_out import parametric_maps, presentation_state, segmentation, structured_report
 from cxr.client.results import Detection, ExplainedResult, Mask, StudyResult
 from ohif_page import (
-    VIEWPORT, centre, coloured, colour_at, edge_points, findings, is_grey, keep, load, on_screen, open_study, overlay_share,
-    settle, store, track,
+    VIEWPORT, assert_boxes_drawn, centre, coloured, colour_at, edge_points, findings, is_grey, keep, load, on_screen,
+    open_study, overlay_share, settle, store, track, track_findings,
 )
 
 DETECTIONS = (Detection("Cardiomegaly", 0.5717, (70.0, 100.0, 180.0, 200.0)),
@@ -68,15 +68,9 @@ def test_our_sr_is_listed_named_scored_and_boxed_in_ohif(viewer, page, film, tmp
     open_study(page, viewer.viewer_url(ds.StudyInstanceUID), sr.SeriesDescription)
     assert gsps.SeriesDescription in page.eval("document.body.innerText")  # listed (OHIF cannot draw GSPS: #4106)
     shown = findings(sr)
-    track(page, sr, len(shown))
-    for name, score, _ in shown:  # the panel lists each finding by name, with its score
-        page.wait(f"document.body.innerText.includes({name!r}) && document.body.innerText.includes({f'{score:.2f}'!r})")
-    settle(page)
-    png = page.screenshot()
+    png = track_findings(page, sr, shown)  # the panel lists each finding by name, with its score
     keep(png, "sr-findings.png")
-    for name, _, box in shown:
-        for edge, points in edge_points(page, box):
-            assert overlay_share(png, points) >= 0.8, f"{name}: no overlay along its {edge} edge"
+    assert_boxes_drawn(page, png, shown)
     assert page.problems(seen) == []
 
 

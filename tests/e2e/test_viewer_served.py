@@ -14,7 +14,6 @@ The tiny model is random (plumbing, not accuracy): what it finds is what the tes
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -25,8 +24,8 @@ from pydicom.uid import generate_uid
 
 from cxr.cli import main
 from ohif_page import (
-    VIEWPORT, coloured, colour_at, edge_points, findings, is_grey, keep, load, on_screen, open_study, overlay_share,
-    settle, track,
+    VIEWPORT, assert_boxes_drawn, coloured, colour_at, edge_points, findings, is_grey, keep, load, on_screen, open_study,
+    overlay_share, track_findings,
 )
 
 pytestmark = pytest.mark.e2e
@@ -115,15 +114,9 @@ def test_the_served_pipelines_sr_seg_and_map_show_in_ohif(seg_server, viewer, pa
     for what, point in (("mask", inside), ("map", hottest)):
         assert is_grey(colour_at(bare, on_screen(page, [point])[0])), f"the bare film is not grey at the {what} point"
 
-    track(page, sr, len(shown))
-    for name, score, _ in shown:
-        page.wait(f"document.body.innerText.includes({name!r}) && document.body.innerText.includes({f'{score:.2f}'!r})")
-    settle(page)
-    png = page.screenshot()
+    png = track_findings(page, sr, shown)
     keep(png, "served-sr.png")
-    for name, _, box in shown:
-        for edge, points in edge_points(page, box):
-            assert overlay_share(png, points) >= 0.8, f"{name}: no overlay along its {edge} edge"
+    assert_boxes_drawn(page, png, shown)
 
     load(page, seg.SeriesDescription, "window.services.segmentationService.getSegmentations().length === 1")
     keep(coloured(page, inside, "no segment colour inside the served mask"), "served-seg.png")

@@ -20,18 +20,19 @@ import triton_python_backend_utils as pb_utils
 
 from cxr.contract import DETECTOR_INPUT, PRECISION_ENV, SEGMENT_RAW_OUTPUTS, Artifact, ConfigKey, DetectorRuntime, Precision, Step
 from cxr.serving.paths import RUNTIME_ENV
-from cxr.serving.runtime import OpenVinoDetector, OrtDetector
+from cxr.serving.runtime import OpenVinoDetector, OrtDetector, openvino_precision
 from cxr.serving.boundary import model_parameters, respond_batched
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        params = model_parameters(args["model_config"])
+        config = json.loads(args["model_config"])
+        params = model_parameters(config)
         precision = Precision(os.environ.get(PRECISION_ENV) or params.get(ConfigKey.PRECISION, Precision.FP32))
         runtime = DetectorRuntime(os.environ.get(RUNTIME_ENV) or params.get(ConfigKey.RUNTIME, DetectorRuntime.ONNXRUNTIME))
         if precision is Precision.BF16 and runtime is not DetectorRuntime.OPENVINO:
             raise ValueError("bf16 runs on OpenVINO only (path openvino-bf16)")
-        artifact = Artifact.ONNX_INT8 if precision is Precision.INT8 else Artifact.ONNX
+        artifact = Artifact.for_cpu(precision)
         key = ConfigKey.INT8_MODEL_FILE if artifact is Artifact.ONNX_INT8 else ConfigKey.MODEL_FILE
         path = Path(args["model_repository"]) / args["model_version"] / params.get(key, artifact.file)
         if not path.is_file():
@@ -45,10 +46,9 @@ class TritonPythonModel:
         spinning = str(params.get(ConfigKey.INTRA_OP_SPINNING, "1")).lower() not in ("0", "false", "no", "off")
         self.precision = precision
         if runtime is DetectorRuntime.OPENVINO:
-            hint = "bf16" if precision is Precision.BF16 else "f32"
-            self.detector = OpenVinoDetector(path, threads=threads, precision=hint)
+            self.detector = OpenVinoDetector(path, threads=threads, precision=openvino_precision(precision))
             # Every batch size dynamic batching can form, compiled now: on first sight it costs a request ~0.3 s.
-            self.detector.prepare(range(1, int(json.loads(args["model_config"]).get("max_batch_size", 1)) + 1))
+            self.detector.prepare(range(1, int(config.get("max_batch_size", 1)) + 1))
             pb_utils.Logger.log_info(f"detector: OpenVINO CPU {precision} ({path.name})")
             return
         self.detector = OrtDetector(path, threads=threads, memory_arena=arena, spinning=spinning)
