@@ -59,6 +59,7 @@ class TrainConfig:
     mask_head_layers: int = 4  # segment task: torchvision's 3x3 convolutions in the mask head
     mask_loss_weight: float = 1.0  # segment task: factor of the mask loss in the optimised sum (torchvision: 1)
     augment: bool = True
+    fused_optimizer: bool = False  # AdamW's fused kernel (one pass over the parameters instead of several)
     device: str = "auto"
     progress: bool = True
 

@@ -31,7 +31,7 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
     params = param_groups(model, cfg.lr, cfg.backbone_lr_mult)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=cfg.fused_optimizer or None)
 
 
 def lr_lambda(cfg: TrainConfig, total_iters: int, elapsed_fraction=lambda: 0.0):

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from cxr.errors import InvalidImageError, InvalidRequestError
+from cxr.serving.allocator import keep_heap  # noqa: F401  (the adapters call it at initialize)
 
 BAD_INPUT = (InvalidImageError, InvalidRequestError)  # INVALID_ARG; anything else is INTERNAL
 
@@ -113,7 +114,8 @@ def respond_batched(pb_utils, requests: Sequence[Any], read: Callable[[Any], np.
             inputs[i] = x
     if not inputs:
         return responses
-    joint, error = _guarded(pb_utils, step, lambda: run(np.concatenate(list(inputs.values()))))
+    xs = list(inputs.values())
+    joint, error = _guarded(pb_utils, step, lambda: run(xs[0] if len(xs) == 1 else np.concatenate(xs)))
     start = 0
     for i, x in inputs.items():
         if error is not None:  # find out which request broke the joint call: each alone

@@ -18,12 +18,13 @@ import asyncio
 import triton_python_backend_utils as pb_utils
 
 from cxr.contract import DETECTOR_INPUT, EXPLAIN, IMAGE_BYTES, PIXELS, RAW_OUTPUTS, Step
-from cxr.serving.boundary import StepFailed, model_parameters, request_parameters, respond
+from cxr.serving.boundary import StepFailed, keep_heap, model_parameters, request_parameters, respond
 from cxr.serving.explain import ExplainerSettings, Watch, explain_request
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        keep_heap()  # the stub's buffers stay mapped between requests (cxr.serving.allocator)
         self.settings = ExplainerSettings.from_parameters(model_parameters(args["model_config"]))
 
     def execute(self, requests):

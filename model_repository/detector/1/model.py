@@ -21,11 +21,12 @@ import triton_python_backend_utils as pb_utils
 from cxr.contract import DETECTOR_INPUT, PRECISION_ENV, SEGMENT_RAW_OUTPUTS, Artifact, ConfigKey, DetectorRuntime, Precision, Step
 from cxr.serving.paths import RUNTIME_ENV
 from cxr.serving.runtime import OpenVinoDetector, OrtDetector, openvino_precision
-from cxr.serving.boundary import model_parameters, respond_batched
+from cxr.serving.boundary import keep_heap, model_parameters, respond_batched
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        keep_heap()  # the stub's buffers stay mapped between requests (cxr.serving.allocator)
         config = json.loads(args["model_config"])
         params = model_parameters(config)
         precision = Precision(os.environ.get(PRECISION_ENV) or params.get(ConfigKey.PRECISION, Precision.FP32))

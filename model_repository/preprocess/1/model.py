@@ -9,12 +9,13 @@ import triton_python_backend_utils as pb_utils
 
 from cxr.contract import IMAGE_BYTES, PIXELS, ConfigKey, Step, preprocess_outputs
 from cxr.preprocess import PreprocessConfig
-from cxr.serving.boundary import model_parameters, request_parameters, respond
+from cxr.serving.boundary import keep_heap, model_parameters, request_parameters, respond
 from cxr.serving.steps import decode_request_image, prepare_batch
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        keep_heap()  # the stub's buffers stay mapped between requests (cxr.serving.allocator)
         params = model_parameters(args["model_config"])
         self.config = PreprocessConfig.from_dict(params[ConfigKey.PREPROCESS])
         self.images, self.record = (t.name for t in preprocess_outputs(self.config.size, self.config.channels))

@@ -12,12 +12,13 @@ import triton_python_backend_utils as pb_utils
 
 from cxr.contract import MODEL_VERSION, RECORD, SEGMENT_POSTPROCESS, SEGMENT_RAW_OUTPUTS, ConfigKey
 from cxr.postprocess import PostprocessConfig
-from cxr.serving.boundary import model_parameters, request_parameters, respond
+from cxr.serving.boundary import keep_heap, model_parameters, request_parameters, respond
 from cxr.serving.steps import detection_tensors, mask_tensors, postprocess_overrides, unmap_detections
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        keep_heap()  # the stub's buffers stay mapped between requests (cxr.serving.allocator)
         params = model_parameters(args["model_config"])
         self.config = PostprocessConfig(**params[ConfigKey.POSTPROCESS])
         self.class_names = list(params[ConfigKey.CLASS_NAMES])
