@@ -50,7 +50,8 @@ IN_PROCESS = tuple(n for n in BACKENDS if n in RuntimeVariant.values() or BenchB
 OPT_IN = (RuntimeVariant.PYTORCH_AUTOCAST.value,)
 # cxr serve's detector paths (cxr.serving.paths) and the in-process rows that run the same thing.
 TWIN_OF_PATH = {"ort-fp32": "onnx", "ort-int8": "onnx-int8", "openvino-fp32": "openvino",
-                "openvino-bf16": "openvino-bf16", "openvino-int8": "openvino-int8"}
+                "openvino-bf16": "openvino-bf16", "openvino-int8": "openvino-int8",
+                "openvino-int8-bf16": "openvino-int8-bf16"}
 DEFAULT_BACKENDS = tuple(n for n in BACKENDS if n not in OPT_IN)
 # What "% of peak" divides by: the measured GEMM peak of the precision a backend computes in.
 PEAK_OF_PRECISION = {"fp32": "fp32", "bf16": "bf16", "int8": "int8", "fp16": "cuda_fp16"}

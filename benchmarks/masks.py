@@ -29,7 +29,7 @@ import numpy as np
 
 from cxr.errors import InvalidOptionError, MissingFileError
 
-BACKENDS = ("pytorch", "onnx", "onnx-int8", "openvino-fp32", "openvino-bf16", "openvino-int8")
+BACKENDS = ("pytorch", "onnx", "onnx-int8", "openvino-fp32", "openvino-bf16", "openvino-int8", "openvino-int8-bf16")
 
 
 def _detectors(ckpt, repository: Path, threads: int | None):

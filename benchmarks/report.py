@@ -36,7 +36,8 @@ BACKEND_KEYS = ("name", "status", "reason", "precision", "size_mb", "accuracy", 
                 "p50_ms", "p95_ms", "p99_ms", "images_per_s", "images_per_s_c1", "model_ms_per_image",
                 "speedup_vs_pytorch", "achieved_gflops", "peak", "fraction_of_peak", "detail", "twin")
 STEPS = (ENSEMBLE, *(str(s) for s in Step))  # the per-step split, in data-path order
-LOW_PRECISION = (B.ONNX_INT8, RuntimeVariant.OPENVINO_INT8, RuntimeVariant.OPENVINO_BF16, RuntimeVariant.PYTORCH_BF16)
+LOW_PRECISION = (B.ONNX_INT8, RuntimeVariant.OPENVINO_INT8, RuntimeVariant.OPENVINO_INT8_BF16, RuntimeVariant.OPENVINO_BF16,
+                 RuntimeVariant.PYTORCH_BF16)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

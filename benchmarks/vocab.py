@@ -61,6 +61,7 @@ class RuntimeVariant(ClosedVocabulary, label="runtime variant"):
     OPENVINO = "openvino"  # OpenVINO's CPU plugin on the FP32 ONNX file
     OPENVINO_BF16 = "openvino-bf16"  # the same file at bf16 inference precision
     OPENVINO_INT8 = "openvino-int8"  # the INT8 QDQ model
+    OPENVINO_INT8_BF16 = "openvino-int8-bf16"  # the INT8 QDQ model, its unquantized layers at bf16
 
     @property
     def _row(self) -> _VariantRow:
@@ -93,6 +94,7 @@ _VARIANTS = {
     RuntimeVariant.OPENVINO: _VariantRow("openvino", "f32", Artifact.ONNX, "fp32", BenchBackend.ONNX_INT8),
     RuntimeVariant.OPENVINO_BF16: _VariantRow("openvino", "bf16", Artifact.ONNX, "bf16", BenchBackend.ONNX_INT8),
     RuntimeVariant.OPENVINO_INT8: _VariantRow("openvino", "f32", Artifact.ONNX_INT8, "int8", BenchBackend.ONNX_INT8),
+    RuntimeVariant.OPENVINO_INT8_BF16: _VariantRow("openvino", "bf16", Artifact.ONNX_INT8, "int8", BenchBackend.ONNX_INT8),
 }
 
 

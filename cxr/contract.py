@@ -249,6 +249,9 @@ class Precision(ClosedVocabulary, label="precision"):
     FP16 = "fp16"
     BF16 = "bf16"  # OpenVINO's inference precision on the FP32 file (cxr.serving.paths)
     INT8 = "int8"
+    # The INT8 QDQ file on OpenVINO with its unquantized layers (ROI Align, the box predictor, ...) at
+    # BF16 inference precision instead of FP32: AMX runs both (cxr.serving.paths, openvino-int8-bf16)
+    INT8_BF16 = "int8-bf16"
 
 
 @dataclass(frozen=True)
@@ -294,10 +297,12 @@ class Artifact(ClosedVocabulary, label="export kind"):
     @classmethod
     def for_cpu(cls, precision: Precision | str) -> Artifact:
         """The ONNX file the embedded CPU server's detector runs at ``precision`` (BF16: OpenVINO's
-        inference precision on the FP32 file)."""
+        inference precision on the FP32 file; INT8-BF16: the INT8 file)."""
         precision = Precision(precision)
         if precision is Precision.BF16:
             return cls.ONNX
+        if precision is Precision.INT8_BF16:
+            return cls.ONNX_INT8
         for kind in (cls.ONNX, cls.ONNX_INT8):
             if kind.precision is precision:
                 return kind

@@ -48,6 +48,7 @@ TOLERANCES = {  # keyed by cxr.contract.Precision (a str enum: "fp32" looks up t
     Precision.BF16: Tolerance(min_match_rate=0.0, match_iou=0.5, max_map_delta=0.01, score_margin=0.05,
                               min_mask_iou_median=0.0, max_segm_ap_delta=0.01),
 }
+TOLERANCES[Precision.INT8_BF16] = TOLERANCES[Precision.INT8]  # judged as INT8: its 8-bit layers move it most
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 A *path* is one way the Python-backend ``detector`` can run the exported ONNX files in process:
 ONNX Runtime or OpenVINO's CPU plugin, FP32, BF16 (OpenVINO's inference precision hint on the FP32
-file; needs AVX512-BF16 or AMX) or INT8 (the QDQ file ``cxr export onnx-int8`` placed).
+file; needs AVX512-BF16 or AMX), INT8 (the QDQ file ``cxr export onnx-int8`` placed) or, on
+OpenVINO, INT8-BF16 (that file with its unquantized layers at BF16 instead of FP32).
 ``cxr export paths`` checks each path available on the machine against PyTorch on held-out
 studies (the detector's parity check), times it and writes the verdicts to :data:`PATHS_FILE`
 beside the ONNX files; ``cxr serve`` (``--path auto``, the default) reads them and serves
@@ -44,7 +45,7 @@ class ServedPath:
         """Why this path cannot run here, or None when it can."""
         if not (Path(folder) / self.file).is_file():
             return f"no {self.file} (cxr export {Artifact.for_cpu(self.precision)})"
-        if self.precision == "bf16" and "BF16 yes" not in isa:
+        if "bf16" in self.precision and "BF16 yes" not in isa:
             return "the CPU has no BF16 instructions (AVX512-BF16 or AMX)"
         if self.runtime == "openvino" and importlib.util.find_spec("openvino") is None:
             return "openvino is not installed (pip install 'cxr-triton[openvino]')"
@@ -66,6 +67,8 @@ PATHS = (
     ServedPath("openvino-fp32", "openvino", "fp32"),
     ServedPath("openvino-bf16", "openvino", "bf16"),
     ServedPath("openvino-int8", "openvino", "int8"),
+    # INT8 where quantized, BF16 (not FP32) for the rest: on AMX both run on its tiles
+    ServedPath("openvino-int8-bf16", "openvino", "int8-bf16"),
 )
 BY_NAME = {p.name: p for p in PATHS}
 FALLBACK = PATHS[0]

@@ -27,8 +27,9 @@ OPENVINO_PRECISIONS = ("f32", "bf16")
 
 def openvino_precision(precision: str) -> str:
     """OpenVINO's inference precision hint for a served precision (cxr.contract.Precision's value): BF16
-    is the hint on the FP32 file; FP32 and the INT8 QDQ file run with f32."""
-    return "bf16" if str(precision) == "bf16" else "f32"
+    is the hint on the FP32 file and, for INT8-BF16, on the INT8 QDQ file's unquantized layers; FP32 and
+    plain INT8 run with f32."""
+    return "bf16" if str(precision) in ("bf16", "int8-bf16") else "f32"
 
 
 def ort_session(path: str | Path, *, threads: int | None = None, optimization: str = "all",

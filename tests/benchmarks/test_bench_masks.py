@@ -31,10 +31,11 @@ def test_bench_masks_reports_each_backend_with_its_parity(seg_checkpoint, seg_on
     n = result["studies"]
     assert rc == 0 and result["isa"] == isa_line(cpu_info()) and 1 <= n <= 3 and result["split"] == "test"
     rows = {r["name"]: r for r in result["rows"]}
-    assert list(rows) == ["pytorch", "onnx", "onnx-int8", "openvino-fp32", "openvino-bf16", "openvino-int8", "triton"]
+    assert list(rows) == ["pytorch", "onnx", "onnx-int8", "openvino-fp32", "openvino-bf16", "openvino-int8", "openvino-int8-bf16",
+                          "triton"]
     served = rows["triton"]  # cxr_segment of the embedded tritonserver over gRPC: the in-process ORT masks
     assert served["studies"] == n and served["identical_to_onnx"] == n and 0 < served["p50_ms"] <= served["p95_ms"]
-    for name in ("onnx-int8", "openvino-int8"):
+    for name in ("onnx-int8", "openvino-int8", "openvino-int8-bf16"):
         assert rows[name]["status"] == "unavailable" and "model.int8.onnx" in rows[name]["reason"]
     for name in ("pytorch", "onnx", "openvino-fp32"):  # OpenVINO: the paths cxr serve may choose
         r = rows[name]

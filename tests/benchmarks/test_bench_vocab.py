@@ -27,7 +27,7 @@ def test_the_contract_backends_and_the_artifact_table_agree():
 
 def test_report_order_puts_each_variant_after_the_backend_it_follows():
     assert BACKENDS == ("pytorch", "pytorch-bf16", "pytorch-autocast", "onnx", "onnx-int8", "openvino", "openvino-bf16",
-                        "openvino-int8", "tensorrt", "triton", "triton-shm")
+                        "openvino-int8", "openvino-int8-bf16", "tensorrt", "triton", "triton-shm")
     assert set(IN_PROCESS) == set(BACKENDS) - {"triton", "triton-shm"}
     assert OPT_IN == ("pytorch-autocast",) and "pytorch-autocast" not in DEFAULT_BACKENDS
 
@@ -35,7 +35,8 @@ def test_report_order_puts_each_variant_after_the_backend_it_follows():
 def test_a_variant_names_its_runtime_artifact_and_precision():
     assert RuntimeVariant.OPENVINO_INT8.engine == "openvino" and RuntimeVariant.OPENVINO_INT8.artifact is Artifact.ONNX_INT8
     assert RuntimeVariant.PYTORCH_BF16.engine == "torch" and RuntimeVariant.PYTORCH_BF16.artifact is None
-    assert [precision_of(v) for v in RuntimeVariant.values()] == ["bf16", "bf16", "fp32", "bf16", "int8"]
+    assert [precision_of(v) for v in RuntimeVariant.values()] == ["bf16", "bf16", "fp32", "bf16", "int8", "int8"]
+    assert RuntimeVariant.OPENVINO_INT8_BF16.mode == "bf16"  # its unquantized layers at bf16; its peak is INT8's
 
 
 def test_statuses_are_the_report_statuses():

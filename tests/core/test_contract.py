@@ -88,7 +88,7 @@ def test_vocabularies_take_a_member_or_its_string(kind, value):
 
 
 def test_an_unknown_value_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown precision 'fp64'; choose one of: fp32, fp16, bf16, int8"):
+    with pytest.raises(ValueError, match=r"unknown precision 'fp64'; choose one of: fp32, fp16, bf16, int8, int8-bf16"):
         Precision("fp64")
     with pytest.raises(ValueError, match=r"unknown target 'tpu'; choose one of: cpu, gpu-onnx, gpu-trt"):
         ServeTarget("tpu")

@@ -84,3 +84,16 @@ def test_pins_and_their_refusals(tmp_path):
     with pytest.raises(UsageError, match="ort-int8 cannot run here: no model.int8.onnx"):
         TritonServer(tmp_path, path="ort-int8").choose_path()
     assert TritonServer(tmp_path).choose_path().path is FALLBACK
+
+
+def test_int8_with_a_bf16_remainder_runs_the_int8_file_on_openvino_and_needs_bf16(tmp_path):
+    from cxr.serving.runtime import openvino_precision
+
+    path = path_named("openvino-int8-bf16")
+    assert (path.runtime, path.file, openvino_precision(path.precision)) == ("openvino", "model.int8.onnx", "bf16")
+    assert openvino_precision(path_named("openvino-int8").precision) == "f32"  # plain INT8 keeps its remainder FP32
+    folder = _folder(tmp_path, None)
+    assert "no BF16" in path.available(folder, "AVX2 yes, AVX-512 yes, VNNI yes, BF16 no, AMX no")
+    rows = {"ort-fp32": _row(True, 20.0, 0.0), "openvino-int8": _row(True, 9.0), "openvino-int8-bf16": _row(True, 8.0)}
+    (folder / PATHS_FILE).write_text(json.dumps({"isa": ISA, "paths": rows}))
+    assert choose(folder, ISA).path is path

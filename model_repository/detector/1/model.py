@@ -31,8 +31,8 @@ class TritonPythonModel:
         params = model_parameters(config)
         precision = Precision(os.environ.get(PRECISION_ENV) or params.get(ConfigKey.PRECISION, Precision.FP32))
         runtime = DetectorRuntime(os.environ.get(RUNTIME_ENV) or params.get(ConfigKey.RUNTIME, DetectorRuntime.ONNXRUNTIME))
-        if precision is Precision.BF16 and runtime is not DetectorRuntime.OPENVINO:
-            raise ValueError("bf16 runs on OpenVINO only (path openvino-bf16)")
+        if precision in (Precision.BF16, Precision.INT8_BF16) and runtime is not DetectorRuntime.OPENVINO:
+            raise ValueError(f"{precision} runs on OpenVINO only (path openvino-{precision})")
         artifact = Artifact.for_cpu(precision)
         key = ConfigKey.INT8_MODEL_FILE if artifact is Artifact.ONNX_INT8 else ConfigKey.MODEL_FILE
         path = Path(args["model_repository"]) / args["model_version"] / params.get(key, artifact.file)
