@@ -39,7 +39,7 @@ CPU_OVERRIDES: dict = dict(
     rpn_pre_nms_top_n_train=1000,  # training-time proposals only (test-time top-n stay the preset's)
     rpn_post_nms_top_n_train=1000,
     box_batch_size_per_image=256,
-    fused_optimizer=True,  # AdamW in one pass: 0.3 s instead of 0.7 s of a ~7 s BF16 iteration (AMX, 2 cores)
+    fused_optimizer=True,  # AdamW in one pass over the 41M parameters instead of several
 )
 DEFAULT_MINUTES = 120.0
 

@@ -1,6 +1,6 @@
 """Keep a Triton Python stub's heap between requests (glibc ``mallopt``).
 
-Measured on the served cpu-demo (``docs``: benchmarks/README.md, "Where the serving
+Measured on the served cpu-demo (benchmarks/README.md, "Where the served default's
 overhead came from"): the ``preprocess`` stub took ~1,500 minor page faults per request
 where the same decode + letterbox in a loop takes ~100, and ran 40 % slower for it
 (12.6 ms against 8.8).  Each request's multi-megabyte buffers (the decoded 16-bit film,
