@@ -7,7 +7,7 @@ where the same decode + letterbox in a loop takes ~100, and ran 40 % slower for 
 its float copies) were handed back to the kernel when freed and faulted in again, page
 by page and zeroed, by the next request: glibc's dynamic thresholds adapt to a tight
 loop but not to a stub whose allocations interleave with the IPC's.  Fixing the
-thresholds keeps those pages in the process: faults fell to ~30 per request.
+thresholds keeps those pages in the process: faults fell to 0-100 per request.
 
 Bounded: only blocks below :data:`MMAP_THRESHOLD` come from the heap (a larger film's
 buffers are still mapped and unmapped), and the heap keeps at most
