@@ -168,9 +168,9 @@ def targets(rows: Mapping[str, dict], points: Mapping[str, Sequence[PointStats]]
                     lambda v: v >= 0.40))
     if cpu.get("amx") and not small:  # issue 26, on the seed's model: INT8 should pay for its 2x peak over BF16
         int8 = [get(n, "model_ms_per_image") for n in (RuntimeVariant.OPENVINO_INT8, RuntimeVariant.OPENVINO_INT8_BF16)
-                if get(n, "status") == BenchStatus.OK]
+                if get(n, "status") == BenchStatus.OK and get(n, "model_ms_per_image")]
         out += [("OpenVINO INT8 (faster of int8, int8-bf16) / OpenVINO BF16, model-only",
-                 _ratio(get(RuntimeVariant.OPENVINO_BF16, "model_ms_per_image"), min((v for v in int8 if v), default=None)),
+                 _ratio(get(RuntimeVariant.OPENVINO_BF16, "model_ms_per_image"), min(int8, default=None)),
                  ">= 1.5", lambda v: v >= 1.5),
                 ("best low-precision path, fraction of its measured peak (seed's model)", low and low["fraction_of_peak"],
                  ">= 0.60", lambda v: v >= 0.60)]

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from cxr.errors import InvalidImageError, InvalidRequestError
-from cxr.serving.allocator import keep_heap  # noqa: F401  (the adapters call it at initialize)
 
 BAD_INPUT = (InvalidImageError, InvalidRequestError)  # INVALID_ARG; anything else is INTERNAL
 

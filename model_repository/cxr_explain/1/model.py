@@ -18,7 +18,8 @@ import asyncio
 import triton_python_backend_utils as pb_utils
 
 from cxr.contract import DETECTOR_INPUT, EXPLAIN, IMAGE_BYTES, PIXELS, RAW_OUTPUTS, Step
-from cxr.serving.boundary import StepFailed, keep_heap, model_parameters, request_parameters, respond
+from cxr.serving.allocator import keep_heap
+from cxr.serving.boundary import StepFailed, model_parameters, request_parameters, respond
 from cxr.serving.explain import ExplainerSettings, Watch, explain_request
 
 

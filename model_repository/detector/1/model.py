@@ -21,7 +21,8 @@ import triton_python_backend_utils as pb_utils
 from cxr.contract import DETECTOR_INPUT, PRECISION_ENV, SEGMENT_RAW_OUTPUTS, Artifact, ConfigKey, DetectorRuntime, Precision, Step
 from cxr.serving.paths import RUNTIME_ENV
 from cxr.serving.runtime import OpenVinoDetector, OrtDetector, openvino_precision
-from cxr.serving.boundary import keep_heap, model_parameters, respond_batched
+from cxr.serving.allocator import keep_heap
+from cxr.serving.boundary import model_parameters, respond_batched
 
 
 class TritonPythonModel:

@@ -9,7 +9,8 @@ import triton_python_backend_utils as pb_utils
 
 from cxr.contract import IMAGE_BYTES, PIXELS, ConfigKey, Step, preprocess_outputs
 from cxr.preprocess import PreprocessConfig
-from cxr.serving.boundary import keep_heap, model_parameters, request_parameters, respond
+from cxr.serving.allocator import keep_heap
+from cxr.serving.boundary import model_parameters, request_parameters, respond
 from cxr.serving.steps import decode_request_image, prepare_batch
 
 

@@ -12,7 +12,8 @@ import triton_python_backend_utils as pb_utils
 
 from cxr.contract import MODEL_VERSION, RECORD, SEGMENT_POSTPROCESS, SEGMENT_RAW_OUTPUTS, ConfigKey
 from cxr.postprocess import PostprocessConfig
-from cxr.serving.boundary import keep_heap, model_parameters, request_parameters, respond
+from cxr.serving.allocator import keep_heap
+from cxr.serving.boundary import model_parameters, request_parameters, respond
 from cxr.serving.steps import detection_tensors, mask_tensors, postprocess_overrides, unmap_detections
 
 
