@@ -29,6 +29,7 @@ once (ORT's calibration cache), so each trial costs a few seconds.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -162,8 +163,12 @@ class _Builder:
         self.tmp, self.options = tmp, options
         self.calibration = list(calibration)
         self.prepped = tmp / "prepped.onnx"
+        fp32_path = Path(fp32_path).resolve()
         try:
-            quant_pre_process(str(fp32_path), str(self.prepped), skip_symbolic_shape=False)
+            # In tmp: where symbolic shape inference fails, ONNX Runtime dumps its partial model
+            # (sym_shape_infer_temp.onnx and a <uuid>.data of all weights) into the working directory.
+            with contextlib.chdir(tmp):
+                quant_pre_process(str(fp32_path), str(self.prepped), skip_symbolic_shape=False)
         except Exception as exc:  # symbolic shape inference cannot follow NMS/top-k everywhere
             log.info("symbolic shape inference failed (%s); quantizing without it", exc)
             quant_pre_process(str(fp32_path), str(self.prepped), skip_symbolic_shape=True)
