@@ -236,7 +236,7 @@ def build_bench_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     default lives once, in :class:`BenchConfig` or ``SoakConfig``.
     """
     add_bench_arguments(p)
-    sub = p.add_subparsers(dest="mode", metavar="{all,latency,parity,soak,train-r50,train-speed,masks,explain}", title="subcommands")
+    sub = p.add_subparsers(dest="mode", metavar="{all,latency,parity,soak,train-r50,train-speed,masks,layers,explain}", title="subcommands")
     p.set_defaults(func=cmd_bench, mode="all")  # after add_subparsers: it sets that action's default
     for mode, summary in SUBCOMMANDS.items():
         q = sub.add_parser(mode, help=summary, description=f"{summary}. {BENCH_DESCRIPTION}",
@@ -264,6 +264,12 @@ def build_bench_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        description=masks.DESCRIPTION)
     masks.add_arguments(q)
     q.set_defaults(func=masks.cmd_masks)
+    from cxr.benchmarks import layers
+
+    q = sub.add_parser("layers", help="per-layer time of each OpenVINO path (PERF_COUNT): what low precision does not shrink",
+                       description=layers.DESCRIPTION)
+    layers.add_arguments(q)
+    q.set_defaults(func=layers.cmd_layers)
     from cxr.benchmarks import explain
 
     q = sub.add_parser("explain", help="ms per explained study (cxr_explain) and in detections of the same study",

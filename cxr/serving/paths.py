@@ -51,13 +51,16 @@ class ServedPath:
             return "openvino is not installed (pip install 'cxr-triton[openvino]')"
         return None
 
-    def detector(self, folder: Path, *, threads: int | None = None):
-        """The in-process callable that runs this path (what the served detector builds)."""
+    def detector(self, folder: Path, *, threads: int | None = None, profile: bool = False):
+        """The in-process callable that runs this path (what the served detector builds); ``profile``:
+        OpenVINO's per-layer counters on (:meth:`~cxr.serving.runtime.OpenVinoDetector.layer_times`)."""
         from cxr.serving.runtime import OpenVinoDetector, OrtDetector, openvino_precision
 
         path = Path(folder) / self.file
         if self.runtime == "openvino":
-            return OpenVinoDetector(path, threads=threads, precision=openvino_precision(self.precision))
+            return OpenVinoDetector(path, threads=threads, precision=openvino_precision(self.precision), profile=profile)
+        if profile:
+            raise InvalidOptionError(f"{self.name}: per-layer times are read from OpenVINO paths only")
         return OrtDetector(path, threads=threads)
 
 

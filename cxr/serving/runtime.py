@@ -91,10 +91,11 @@ class OpenVinoDetector:
 
     precision: ``f32`` or ``bf16`` (OpenVINO's inference precision hint; bf16 needs
     AVX512-BF16 or AMX, else the plugin stays in f32).  The model is reshaped to the
-    batch of each call on first sight (OpenVINO compiles static shapes fastest).
+    batch of each call on first sight (OpenVINO compiles static shapes fastest).  ``profile``:
+    OpenVINO's per-layer counters (PERF_COUNT), read back with :meth:`layer_times`.
     """
 
-    def __init__(self, path: str | Path, *, threads: int | None = None, precision: str = "f32") -> None:
+    def __init__(self, path: str | Path, *, threads: int | None = None, precision: str = "f32", profile: bool = False) -> None:
         try:
             import openvino as ov
         except ImportError as exc:
@@ -107,7 +108,7 @@ class OpenVinoDetector:
         self._core = ov.Core()
         self._model = self._core.read_model(str(path))
         self._config = {"INFERENCE_NUM_THREADS": int(threads or os.cpu_count() or 1), "PERFORMANCE_HINT": "LATENCY",
-                        "INFERENCE_PRECISION_HINT": precision, "NUM_STREAMS": 1}
+                        "INFERENCE_PRECISION_HINT": precision, "NUM_STREAMS": 1, "PERF_COUNT": "YES" if profile else "NO"}
         self._compiled: dict[int, object] = {}
         self._lock = threading.Lock()
         self._local = threading.local()  # an infer request is not thread-safe: one per thread and batch size
@@ -138,3 +139,12 @@ class OpenVinoDetector:
         request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
         # copies: the request's output buffers are reused by its next call
         return tuple(np.array(request.get_output_tensor(i).data) for i in range(len(self.output_names)))  # type: ignore[return-value]
+
+    def layer_times(self, batch: int = 1) -> list[tuple[str, str, float]]:
+        """(op type, kernel, ms) of every executed layer of this thread's last call at ``batch``
+        (needs ``profile=True``; OpenVINO's PERF_COUNT: op types after its own fusions)."""
+        if self._config["PERF_COUNT"] != "YES":
+            raise InvalidOptionError("layer times need OpenVinoDetector(..., profile=True)")
+        info = self._request(batch).get_profiling_info()
+        return [(p.node_type, p.exec_type, p.real_time.total_seconds() * 1e3) for p in info
+                if p.status == p.Status.EXECUTED]
