@@ -124,6 +124,23 @@ def test_multilevel_onnx_batch_equals_pytorch_per_image(tmp_path, arch):
     graph = ServingGraph(build_model(ckpt.model_config).eval(), 128)
     assert graph.mapper.k_max > graph.mapper.k_min, "the test needs ROIs on several levels"
     onnx_path = export_onnx(ckpt, tmp_path / "multilevel.onnx")
+    # Each ROI pools on its own level only: one RoiAlign per level, over the ROIs selected for it
+    # (rois[NonZero(level == l)]), not every ROI on every level.
+    nodes = onnx.load(str(onnx_path)).graph.node
+    producer = {out: n for n in nodes for out in n.output}
+
+    def ancestors(name):
+        seen, todo = set(), [name]
+        while todo:
+            node = producer.get(todo.pop())
+            if node is not None and id(node) not in seen:
+                seen.add(id(node))
+                yield node.op_type
+                todo.extend(node.input)
+
+    aligns = [n for n in nodes if n.op_type == "RoiAlign"]
+    assert len(aligns) == len(graph.pool_names) > 1
+    assert all("NonZero" in set(ancestors(n.input[1])) for n in aligns), "a level pools ROIs not selected for it"
     x = _films(3, seed=4)
     o, r = OrtDetector(onnx_path, threads=1)(x), TorchDetector(ckpt)(x)
     for i in range(3):
