@@ -17,6 +17,7 @@ Writes OUT/layers.json, layers.md and layers.png (one stacked bar per path).
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -98,7 +99,7 @@ def measure_layers(checkpoint: Path, repository: Path, *, data: Path | None = No
     return {"checkpoint": str(checkpoint), "repository": str(repository), "model": ckpt.model_config.arch,
             "size": ckpt.preprocess.size, "studies": len(xs), "source": source, "runs": runs, "threads": threads,
             "cpu": cpu["model"], "isa": isa, "rows": rows,
-            "load_average": [round(v, 2) for v in __import__("os").getloadavg()]}
+            "load_average": [round(v, 2) for v in os.getloadavg()]}
 
 
 def _ops(rows: list[dict]) -> list[str]:
