@@ -1,4 +1,4 @@
-"""The export wing's command: ``cxr export {onnx,onnx-int8,trt}``."""
+"""The export wing's command: ``cxr export {onnx,onnx-int8,trt,paths,checkpoint}``."""
 
 from __future__ import annotations
 
@@ -26,11 +26,41 @@ def cmd_paths(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    """``cxr export checkpoint``: a copy of the checkpoint with deployment settings changed (--proposals)."""
+    from cxr.training.checkpoint import load_checkpoint, save_checkpoint
+
+    if args.out is None or args.proposals is None:
+        print("cxr export: error: checkpoint needs --proposals N and --out FILE (the derived checkpoint; "
+              "the source is never changed)", file=sys.stderr)
+        return 2
+    if args.out.resolve() == args.checkpoint.resolve():
+        print(f"cxr export: error: --out {args.out} is the source checkpoint: write the derived one beside it", file=sys.stderr)
+        return 2
+    ckpt = load_checkpoint(args.checkpoint)
+    derived = ckpt.with_test_proposals(args.proposals, source=args.checkpoint)
+    save_checkpoint(args.out, derived.build_model(), derived)
+    old = ckpt.model_config.rpn_post_nms_top_n_test
+    if args.json:
+        print_json({"kind": "checkpoint", "path": str(args.out), "model_version": derived.model_version,
+                    "rpn_post_nms_top_n_test": [old, args.proposals]})
+    else:
+        print(f"wrote {args.out}: {old} -> {args.proposals} test-time proposals per image, model version "
+              f"{derived.model_version}; export it as any checkpoint (cxr export onnx --checkpoint {args.out} ...)")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from cxr.export.commands import ParityError, run_export
 
     if args.kind == "paths":
         return cmd_paths(args)
+    if args.kind == "checkpoint":
+        return cmd_checkpoint(args)
+    if args.proposals is not None:
+        print("cxr export: error: --proposals belongs to `cxr export checkpoint` (it writes a checkpoint that keeps N "
+              "proposals; export that one)", file=sys.stderr)
+        return 2
 
     profile = None
     if args.kind == "trt":
@@ -69,10 +99,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "and TensorRT). --check compares the artifact with PyTorch on held-out studies and fails with a table of "
         "the worst images when outside tolerance. paths checks and times every way the CPU server's detector can "
         "run the placed files (ONNX Runtime or OpenVINO; FP32, BF16, INT8) against PyTorch and records the verdicts "
-        "in detector/1/paths.json: `cxr serve` then serves the fastest that passed.",
+        "in detector/1/paths.json: `cxr serve` then serves the fastest that passed. checkpoint writes a copy of "
+        "--checkpoint to --out with deployment settings changed: --proposals N keeps N RPN proposals per image at "
+        "test time (the ROI stage's cost scales with it; benchmarks/README.md measures what it costs in accuracy).",
     )
-    p.add_argument("kind", choices=(*Artifact.values(), "paths"),
-                   help="artifact to build, or paths: check and time the runtime x precision paths of the placed files")
+    p.add_argument("kind", choices=(*Artifact.values(), "paths", "checkpoint"),
+                   help="artifact to build; paths: check and time the runtime x precision paths of the placed files; "
+                   "checkpoint: a derived checkpoint (--proposals, --out)")
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--repository", type=Path, default=Path("model_repository"), help="Triton model repository (default model_repository)")
     p.add_argument("--out", type=Path, default=None, help="write the artifact to this file instead of the repository")
@@ -88,6 +121,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--int8-all", action="store_true", help="quantize the whole network (every op type in the backbone, FPN, RPN and box head; the "
                    "box predictor, NMS, RoiAlign and top-k stay FP32), no search")
     p.add_argument("--force", action="store_true", help="replace artifacts of a different model in the repository")
+    p.add_argument("--proposals", type=int, default=None, metavar="N",
+                   help="checkpoint: RPN proposals kept per image at test time (the model's rpn_post_nms_top_n_test; "
+                   "torchvision's R50 default 1000, the Faster R-CNN paper's 300)")
     p.add_argument("--min-batch", type=int, default=1, help="TensorRT profile: smallest batch")
     p.add_argument("--opt-batch", type=int, default=4, help="TensorRT profile: batch to optimise for")
     p.add_argument("--max-batch", type=int, default=8, help="TensorRT profile: largest batch")

@@ -15,8 +15,10 @@ Every exported artifact copies these fields.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +26,7 @@ from pathlib import Path
 import torch
 
 from cxr import __version__
-from cxr.errors import InvalidFileError, MissingFileError
+from cxr.errors import InvalidFileError, InvalidOptionError, MissingFileError
 from cxr.labels import CUSTOM_LABELSET, LabelSet
 from cxr.postprocess import PostprocessConfig
 from cxr.preprocess import PreprocessConfig
@@ -60,6 +62,21 @@ class Checkpoint:
         model = build_model(self.model_config)
         model.load_state_dict(self.state)
         return model.eval()
+
+    def with_test_proposals(self, n: int, source: str | Path | None = None) -> Checkpoint:
+        """The same weights keeping ``n`` RPN proposals per image at test time (the model's
+        ``rpn_post_nms_top_n_test``; torchvision's 1,000, Faster R-CNN's paper 300): the ROI stage
+        (ROI Align, the box head) scales with it.  A deployment setting, not a retraining: the
+        model version gains ``+p<n>`` and ``meta["derived"]`` records what changed."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InvalidOptionError(f"test-time proposals must be a whole number >= 1, got {n!r}")
+        old = self.model_config.rpn_post_nms_top_n_test
+        meta = dict(self.meta)
+        meta["derived"] = [*meta.get("derived", []), {"from": None if source is None else str(source),
+                                                      "model_version": self.model_version, "rpn_post_nms_top_n_test": [old, n]}]
+        base = re.sub(r"\+p\d+$", "", self.model_version)  # derived again: one +p suffix, the latest
+        return dataclasses.replace(self, model_config=dataclasses.replace(self.model_config, rpn_post_nms_top_n_test=n),
+                                   model_version=f"{base}+p{n}", meta=meta, train_state=None)
 
     def metadata(self) -> dict:
         """The fields every exported artifact carries (JSON-serialisable)."""

@@ -319,3 +319,45 @@ def test_mobilenet_v2_exports_checks_quantizes_and_fills_a_repository(tmp_path, 
     meta = read_repository_metadata(repo)
     assert meta["model"]["arch"] == "fasterrcnn_mobilenet_v2_fpn" and {"onnx", "onnx-int8"} <= set(meta["artifacts"])
     assert (repo / "cxr_detector" / "config.pbtxt").is_file() and (repo / "detector" / "config.pbtxt").is_file()
+
+
+def test_export_checkpoint_keeps_fewer_proposals(tmp_path, capsys):
+    """`cxr export checkpoint --proposals N`: same weights, N RPN proposals per image in PyTorch and in the
+    exported graph, the version marked, the source untouched; bad uses are refused with a reason."""
+    from cxr.cli import main
+
+    src = _checkpoint(tmp_path)
+    before = src.read_bytes()
+    original = load_checkpoint(src)
+    n = original.model_config.rpn_post_nms_top_n_test // 4
+    out = tmp_path / "p.pt"
+    assert main(["export", "checkpoint", "--checkpoint", str(src), "--proposals", str(n), "--out", str(out)]) == 0
+    assert src.read_bytes() == before
+    derived = load_checkpoint(out)
+    assert derived.model_config.rpn_post_nms_top_n_test == n
+    assert derived.model_version == "2026.01.01+tiny+p{}".format(n)
+    assert derived.meta["derived"][-1]["rpn_post_nms_top_n_test"] == [original.model_config.rpn_post_nms_top_n_test, n]
+    assert all(torch.equal(derived.state[k], original.state[k]) for k in original.state)
+    # Derived again: one suffix, the latest.
+    assert load_checkpoint(out).with_test_proposals(n + 1).model_version == "2026.01.01+tiny+p{}".format(n + 1)
+
+    x = torch.from_numpy(_films(2))
+    for ckpt, want in ((original, original.model_config.rpn_post_nms_top_n_test), (derived, n)):
+        graph = ServingGraph.from_checkpoint(ckpt)
+        with torch.no_grad():
+            props, _ = graph.proposals(list(graph.backbone(x).values()))
+        assert props.shape[1] == want
+    onnx_path = export_onnx(derived, tmp_path / "p.onnx")
+    o, r = OrtDetector(onnx_path, threads=1)(_films(2)), TorchDetector(derived)(_films(2))
+    np.testing.assert_allclose(o[1], r[1], atol=1e-4)
+
+    capsys.readouterr()
+    assert main(["export", "checkpoint", "--checkpoint", str(src), "--out", str(tmp_path / "x.pt")]) == 2
+    assert "--proposals" in capsys.readouterr().err
+    assert main(["export", "checkpoint", "--checkpoint", str(src), "--proposals", "5", "--out", str(src)]) == 2
+    assert "is the source checkpoint" in capsys.readouterr().err
+    assert main(["export", "onnx", "--checkpoint", str(src), "--proposals", "5", "--out", str(tmp_path / "y.onnx")]) == 2
+    assert "export checkpoint" in capsys.readouterr().err
+    assert main(["export", "checkpoint", "--checkpoint", str(src), "--proposals", "0", "--out", str(tmp_path / "z.pt")]) == 2
+    assert "whole number >= 1" in capsys.readouterr().err
+    assert src.read_bytes() == before and not (tmp_path / "x.pt").exists() and not (tmp_path / "z.pt").exists()
