@@ -15,12 +15,11 @@ Every exported artifact copies these fields.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -75,7 +74,7 @@ class Checkpoint:
         meta["derived"] = [*meta.get("derived", []), {"from": None if source is None else str(source),
                                                       "model_version": self.model_version, "rpn_post_nms_top_n_test": [old, n]}]
         base = re.sub(r"\+p\d+$", "", self.model_version)  # derived again: one +p suffix, the latest
-        return dataclasses.replace(self, model_config=dataclasses.replace(self.model_config, rpn_post_nms_top_n_test=n),
+        return replace(self, model_config=replace(self.model_config, rpn_post_nms_top_n_test=n),
                                    model_version=f"{base}+p{n}", meta=meta, train_state=None)
 
     def metadata(self) -> dict:
