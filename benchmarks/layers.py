@@ -67,6 +67,7 @@ def measure_layers(checkpoint: Path, repository: Path, *, data: Path | None = No
                    paths=PATHS, threads: int | None = None, progress: bool = True) -> dict:
     """One row per path in ``paths``: its profile (:func:`profile_path`) or why it cannot run here."""
     from cxr.contract import Step
+    from cxr.export.paths import runtime_error
     from cxr.machine import cpu_info, isa_line
     from cxr.serving.paths import BY_NAME
     from cxr.training.checkpoint import load_checkpoint
@@ -91,8 +92,13 @@ def measure_layers(checkpoint: Path, repository: Path, *, data: Path | None = No
         if why is not None:
             rows.append({"name": name, "precision": path.precision, "status": "unavailable", "reason": why})
             continue
-        row = {"name": name, "precision": path.precision, "status": "ok",
-               **profile_path(path.detector(folder, threads=threads, profile=True), xs, runs)}
+        try:
+            row = {"name": name, "precision": path.precision, "status": "ok",
+                   **profile_path(path.detector(folder, threads=threads, profile=True), xs, runs)}
+        except Exception as exc:  # noqa: BLE001 - OpenVINO refused this file on this CPU: say so, profile the others
+            rows.append({"name": name, "precision": path.precision, "status": "unavailable",
+                         "reason": f"could not run here: {runtime_error(exc)}"})
+            continue
         rows.append(row)
         if progress:
             print(f"{name}: {row['wall_p50_ms']:.1f} ms per study (layers {row['layers_p50_ms']:.1f})", flush=True)

@@ -49,12 +49,28 @@ def cpu_info() -> dict:
     }
 
 
-def isa_line(cpu: dict) -> str:
-    """One line naming what decides low-precision speed: ``AVX-512 yes, VNNI yes, BF16 yes, AMX no``."""
+# oneDNN (inside OpenVINO and PyTorch) dispatches no instruction set above this variable's value
+# (https://uxlfoundation.github.io/oneDNN/dev_guide_cpu_dispatcher_control.html); a figure taken under
+# it is not this CPU's: isa_line says so.  ONNX Runtime's MLAS kernels have no such cap.
+ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
+def isa_cap(environ=None) -> str | None:
+    """The oneDNN ISA cap in effect (``AVX512_CORE_VNNI``, ``AVX2`` ...), or None (``ALL`` or unset)."""
+    environ = os.environ if environ is None else environ
+    value = next((environ[v].strip() for v in ISA_CAP_VARIABLES if environ.get(v, "").strip()), None)
+    return None if value is None or value.upper() == "ALL" else value.upper()
+
+
+def isa_line(cpu: dict, environ=None) -> str:
+    """One line naming what decides low-precision speed: ``AVX-512 yes, VNNI yes, BF16 yes, AMX no``,
+    with ``; oneDNN capped at X (ONEDNN_MAX_CPU_ISA)`` when the environment caps oneDNN's dispatch."""
     simd = set(cpu.get("simd", []))
     yes = lambda flag: "yes" if flag else "no"  # noqa: E731
-    return (f"AVX2 {yes('avx2' in simd)}, AVX-512 {yes(cpu.get('avx512'))}, VNNI {yes(cpu.get('vnni'))}, "
+    line = (f"AVX2 {yes('avx2' in simd)}, AVX-512 {yes(cpu.get('avx512'))}, VNNI {yes(cpu.get('vnni'))}, "
             f"BF16 {yes(bool({'avx512_bf16', 'amx_bf16'} & simd))}, AMX {yes(cpu.get('amx'))}")
+    cap = isa_cap(environ)
+    return line if cap is None else f"{line}; oneDNN capped at {cap} (ONEDNN_MAX_CPU_ISA)"
 
 
 def cpu_kind(cpu: dict) -> str:

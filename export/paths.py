@@ -24,6 +24,13 @@ from cxr.serving.paths import PATHS, PATHS_FILE, Choice, choose, time_path
 log = logging.getLogger(__name__)
 
 
+
+def runtime_error(exc: BaseException) -> str:
+    """One line for a runtime's refusal (OpenVINO's messages run to a dozen lines of C++ locations)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Exception from", "Check '"))] or lines or [""]
+    return f"{type(exc).__name__}: {useful[-1]}"[:300]
+
 def run_paths(checkpoint: str | Path, *, repository: str | Path, data: str | Path, check_images: int = 32,
               rounds: int = 15, progress: bool = False) -> tuple[dict, Choice]:
     """Check and time every runnable path of ``repository``'s detector; write and return the record and the choice."""
@@ -56,14 +63,19 @@ def run_paths(checkpoint: str | Path, *, repository: str | Path, data: str | Pat
         if why is not None:
             rows[path.name] = {**row, "skipped": why}
             continue
-        detector = path.detector(folder)
-        report = check_parity(ckpt, detector, studies, tolerance=TOLERANCES[Precision(path.precision)], images=images,
-                              reference=reference)
-        row["parity"] = {"passed": bool(report.passed), "n_images": report.n_images, "map_delta": report.map_delta,
-                         "match_rate": report.match_rate, "max_score_delta": report.max_score_delta}
-        if report.masks is not None:
-            row["parity"] |= {"mask_iou_median": report.masks.iou_median, "segm_ap_delta": report.masks.segm_ap_delta}
-        row["p50_ms"] = time_path(detector, inputs, rounds=rounds)
+        try:
+            detector = path.detector(folder)
+            report = check_parity(ckpt, detector, studies, tolerance=TOLERANCES[Precision(path.precision)], images=images,
+                                  reference=reference)
+            row["parity"] = {"passed": bool(report.passed), "n_images": report.n_images, "map_delta": report.map_delta,
+                             "match_rate": report.match_rate, "max_score_delta": report.max_score_delta}
+            if report.masks is not None:
+                row["parity"] |= {"mask_iou_median": report.masks.iou_median, "segm_ap_delta": report.masks.segm_ap_delta}
+            row["p50_ms"] = time_path(detector, inputs, rounds=rounds)
+        except Exception as exc:  # noqa: BLE001 - the runtime refused this file on this CPU: never served, others go on
+            rows[path.name] = {**row, "skipped": f"could not run here: {runtime_error(exc)}"}
+            log.warning("%s: could not run here: %s", path.name, runtime_error(exc))
+            continue
         rows[path.name] = row
         log.info("%s: parity %s, %.1f ms", path.name, "PASS" if report.passed else "FAIL", row["p50_ms"])
     record = {"isa": isa, "cpu_kind": cpu_kind(cpu), "cpu_model": cpu.get("model"), "threads": cpu.get("usable_cores"),

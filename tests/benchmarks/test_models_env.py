@@ -71,6 +71,33 @@ def test_gemm_peaks_name_each_precision_and_what_was_timed():
         "AVX2 yes, AVX-512 no, VNNI no, BF16 no, AMX no"
 
 
+def test_isa_line_says_when_onednn_is_capped():
+    """A figure taken under ONEDNN_MAX_CPU_ISA ran other kernels than this CPU's best: its ISA line must say so
+    (and so differs from an uncapped run's, which makes `cxr serve` re-time a paths record taken under a cap)."""
+    from cxr.machine import isa_cap, isa_line
+
+    amx = {"simd": ["avx2", "avx512_bf16", "amx_tile"], "avx512": True, "vnni": True, "amx": True}
+    plain = "AVX2 yes, AVX-512 yes, VNNI yes, BF16 yes, AMX yes"
+    assert isa_line(amx, environ={}) == plain and isa_cap({"ONEDNN_MAX_CPU_ISA": "ALL"}) is None
+    assert isa_line(amx, environ={"ONEDNN_MAX_CPU_ISA": "avx512_core_vnni"}) == \
+        plain + "; oneDNN capped at AVX512_CORE_VNNI (ONEDNN_MAX_CPU_ISA)"
+    assert isa_cap({"DNNL_MAX_CPU_ISA": "AVX2"}) == "AVX2"  # oneDNN's older spelling
+
+
+def test_isa_cap_makes_bf16_paths_unavailable(tmp_path):
+    """Under ONEDNN_MAX_CPU_ISA below BF16 no BF16 kernel is dispatched (OpenVINO then runs BF16 ~35x slower,
+    measured): cxr export paths / cxr serve do not offer the BF16 paths; the others stay."""
+    from cxr.serving.paths import BY_NAME
+
+    line = "AVX2 yes, AVX-512 yes, VNNI yes, BF16 yes, AMX yes; oneDNN capped at {} (ONEDNN_MAX_CPU_ISA)"
+    for name in ("openvino-bf16", "openvino-fp32"):
+        (tmp_path / BY_NAME[name].file).write_bytes(b"onnx")
+    bf16 = BY_NAME["openvino-bf16"]
+    assert "capped at AVX512_CORE_VNNI" in bf16.available(tmp_path, line.format("AVX512_CORE_VNNI"))
+    assert bf16.available(tmp_path, line.format("AVX512_CORE_AMX")) is None
+    assert BY_NAME["openvino-fp32"].available(tmp_path, line.format("AVX512_CORE_VNNI")) is None
+
+
 def test_merged_peaks_keep_the_better_measurement_per_precision():
     from cxr.benchmarks.env import merge_peaks
 

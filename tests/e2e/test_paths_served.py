@@ -92,3 +92,29 @@ def test_placing_an_artifact_removes_the_verdicts_of_the_files_it_replaces(paths
     run_export("onnx", checkpoint, repository=repo)
     assert not (folder / PATHS_FILE).exists()
     assert choose(folder, isa_line(cpu_info())).path is FALLBACK
+
+
+def test_a_path_the_runtime_refuses_is_recorded_and_never_served(paths_repository, checkpoint, synth_data, tmp_path,
+                                                                 monkeypatch):
+    """OpenVINO can refuse a file on a CPU (seen: "Supported primitive descriptors list is empty for node ...
+    MaxPool" with oneDNN capped at AVX2): that path is recorded as not run, with the runtime's reason in one
+    line, and the others are still checked, timed and chosen from."""
+    from cxr.export.paths import run_paths
+    from cxr.serving import runtime
+
+    def refuse(self, *args, **kwargs):
+        raise RuntimeError("Exception from src/inference/src/cpp/core.cpp:117:\nCheck '!getSupportedPrimitiveDescriptors()"
+                           ".empty()' failed at src/plugins/intel_cpu/src/node.cpp:345:\nSupported primitive descriptors "
+                           "list is empty for node: /backbone/body/maxpool/MaxPool type: Pooling\n")
+
+    monkeypatch.setattr(runtime.OpenVinoDetector, "__init__", refuse)
+    repo = tmp_path / "model_repository"
+    shutil.copytree(paths_repository[0], repo, ignore=shutil.ignore_patterns("*.log"))
+    record, choice = run_paths(checkpoint, repository=repo, data=synth_data, check_images=4, rounds=2)
+    rows = record["paths"]
+    for name in ("openvino-fp32", "openvino-bf16"):
+        if "BF16 yes" in record["isa"] or name == "openvino-fp32":
+            assert rows[name]["skipped"] == ("could not run here: RuntimeError: Supported primitive descriptors list is "
+                                             "empty for node: /backbone/body/maxpool/MaxPool type: Pooling"), rows[name]
+    assert rows["ort-fp32"]["parity"]["passed"] and choice.path.name == "ort-fp32"
+
