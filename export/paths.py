@@ -24,12 +24,12 @@ from cxr.serving.paths import PATHS, PATHS_FILE, Choice, choose, time_path
 log = logging.getLogger(__name__)
 
 
-
 def runtime_error(exc: BaseException) -> str:
     """One line for a runtime's refusal (OpenVINO's messages run to a dozen lines of C++ locations)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     useful = [line for line in lines if not line.startswith(("Exception from", "Check '"))] or lines or [""]
     return f"{type(exc).__name__}: {useful[-1]}"[:300]
+
 
 def run_paths(checkpoint: str | Path, *, repository: str | Path, data: str | Path, check_images: int = 32,
               rounds: int = 15, progress: bool = False) -> tuple[dict, Choice]:
