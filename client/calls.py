@@ -22,6 +22,7 @@ from cxr.client.errors import DetectorError, client_error, tls_hint
 from cxr.client.requests import (PIXELS, ImageInput, ModelSpec, Request, build_request, parse_explained, parse_response,
                                  request_parameters)
 from cxr.client.results import StudyResult
+from cxr.client.wire import model_infer_request
 from cxr.contract import ENSEMBLE, EXPLAIN, LOCAL_URL
 
 log = logging.getLogger("cxr.client")
@@ -73,6 +74,7 @@ class _ClientBase:
         self.use_shared_memory = bool(use_shared_memory)
         self.explain_model_name = str(explain_model_name)
         self._specs: dict[str, ModelSpec] = {}  # per model name: read once from the server, on first use
+        self._model_infer: Any = None  # ModelInfer on the connection's channel, taking serialized requests (_infer_wire)
         self._client = self._open()
 
     def _open(self) -> Any:
@@ -165,6 +167,23 @@ class _ClientBase:
                 inp.set_data_from_numpy(data)
             inputs.append(inp)
         return inputs
+
+    def _wire(self, request: Request, spec: ModelSpec, deadline: float, explain: bool) -> bytes:
+        """The serialized ``ModelInfer`` request of one attempt without shared memory: what
+        tritonclient's ``infer`` would send for :meth:`_infer_options`, the study copied once
+        (:mod:`cxr.client.wire`)."""
+        name, version = self._model(explain)
+        inputs = []
+        for tensor in request.inputs:
+            shape, datatype, data = spec.tensor(tensor)
+            inputs.append((tensor.name, datatype, shape, data))
+        # Triton's request timeout: the explainer stops its masked passes once the caller gave up
+        timeout = max(1, int(self._remaining(deadline) * 1e6)) if explain else None
+        try:
+            return model_infer_request(name, inputs, model_version=version, outputs=spec.outputs,
+                                       parameters=request.parameters or None, timeout_us=timeout)
+        except ValueError as exc:
+            raise client_error(str(exc)) from exc
 
     def _outputs(self, spec: ModelSpec) -> list[grpcclient.InferRequestedOutput]:
         return [grpcclient.InferRequestedOutput(name) for name in spec.outputs]

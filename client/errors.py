@@ -95,6 +95,12 @@ def client_error(message: str) -> DetectorError:
     return DetectorError(CLIENT, message, retryable=False)
 
 
+def from_rpc_error(exc) -> BaseException:
+    """A ``grpc.RpcError`` of a call made on tritonclient's channel (:mod:`cxr.client.wire`) as the
+    InferenceServerException tritonclient itself would raise for it (same status and message)."""
+    return InferenceServerException(msg=exc.details(), status=str(exc.code()), debug_details=exc.debug_error_string())
+
+
 def to_detector_error(exc: BaseException) -> DetectorError:
     """THE boundary: a tritonclient / shared-memory exception as a DetectorError.
 

@@ -24,14 +24,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
+import grpc
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
+from tritonclient.grpc import service_pb2
 
 from cxr.client.calls import STUDY_CONCURRENCY, _ClientBase, log
-from cxr.client.errors import CONVERTIBLE, DetectorError, to_detector_error
+from cxr.client.errors import CONVERTIBLE, DetectorError, from_rpc_error, to_detector_error
 from cxr.client.requests import ImageInput, ModelSpec, Request
 from cxr.client.results import ExplainedResult, StudyResult
 from cxr.client.shm import local_region
+from cxr.client.wire import MODEL_INFER
 
 __all__ = ["AsyncDetectorClient", "DetectorClient", "DetectorError"]
 
@@ -122,9 +125,22 @@ class DetectorClient(_ClientBase):
                 self._call(self._client.register_system_shared_memory, region, "/" + region, size,
                            client_timeout=self._remaining(deadline))
                 stack.callback(self._unregister, region)
-            args, options = self._infer_options(request, spec, region, deadline, explain)
-            response = self._call(self._client.infer, *args, **options)
+            if region is None:  # the study in the request itself: built by cxr.client.wire, copied once
+                response = self._infer_wire(self._wire(request, spec, deadline, explain), deadline)
+            else:
+                args, options = self._infer_options(request, spec, region, deadline, explain)
+                response = self._call(self._client.infer, *args, **options)
         return spec, response
+
+    def _infer_wire(self, wire: bytes, deadline: float) -> grpcclient.InferResult:
+        """``ModelInfer`` with a serialized request on tritonclient's channel (its TLS and options)."""
+        if self._model_infer is None:
+            self._model_infer = self._client._channel.unary_unary(
+                MODEL_INFER, request_serializer=None, response_deserializer=service_pb2.ModelInferResponse.FromString)
+        try:
+            return grpcclient.InferResult(self._model_infer(wire, timeout=self._remaining(deadline)))
+        except grpc.RpcError as exc:
+            raise to_detector_error(from_rpc_error(exc)) from exc
 
     @staticmethod
     def _call(fn, *args, **kwargs):
@@ -226,12 +242,26 @@ class AsyncDetectorClient(_ClientBase):
                 await self._call(client.register_system_shared_memory, region, "/" + region, size,
                                  client_timeout=self._remaining(deadline))
             try:
-                args, options = self._infer_options(request, spec, region, deadline, explain)
-                response = await self._call(client.infer, *args, **options)
+                if region is None:  # the study in the request itself: built by cxr.client.wire, copied once
+                    response = await self._infer_wire(client, self._wire(request, spec, deadline, explain), deadline)
+                else:
+                    args, options = self._infer_options(request, spec, region, deadline, explain)
+                    response = await self._call(client.infer, *args, **options)
             finally:
                 if region is not None:
                     await self._unregister(region)
         return spec, response
+
+    async def _infer_wire(self, client: grpcaio.InferenceServerClient, wire: bytes,
+                          deadline: float) -> grpcclient.InferResult:
+        """``ModelInfer`` with a serialized request on the loop's tritonclient channel (its TLS and options)."""
+        if self._model_infer is None or self._model_infer[0] is not client:
+            self._model_infer = (client, client._channel.unary_unary(
+                MODEL_INFER, request_serializer=None, response_deserializer=service_pb2.ModelInferResponse.FromString))
+        try:
+            return grpcclient.InferResult(await self._model_infer[1](wire, timeout=self._remaining(deadline)))
+        except grpc.RpcError as exc:
+            raise to_detector_error(from_rpc_error(exc)) from exc
 
     @staticmethod
     async def _call(fn, *args, **kwargs):
