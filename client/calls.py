@@ -168,6 +168,11 @@ class _ClientBase:
             inputs.append(inp)
         return inputs
 
+    def _triton_timeout_us(self, deadline: float, explain: bool) -> int | None:
+        """Triton's request timeout of an explanation (the explainer stops its masked passes once the
+        caller gave up); None for detections."""
+        return max(1, int(self._remaining(deadline) * 1e6)) if explain else None
+
     def _wire(self, request: Request, spec: ModelSpec, deadline: float, explain: bool) -> bytes:
         """The serialized ``ModelInfer`` request of one attempt without shared memory: what
         tritonclient's ``infer`` would send for :meth:`_infer_options`, the study copied once
@@ -177,11 +182,10 @@ class _ClientBase:
         for tensor in request.inputs:
             shape, datatype, data = spec.tensor(tensor)
             inputs.append((tensor.name, datatype, shape, data))
-        # Triton's request timeout: the explainer stops its masked passes once the caller gave up
-        timeout = max(1, int(self._remaining(deadline) * 1e6)) if explain else None
         try:
             return model_infer_request(name, inputs, model_version=version, outputs=spec.outputs,
-                                       parameters=request.parameters or None, timeout_us=timeout)
+                                       parameters=request.parameters or None,
+                                       timeout_us=self._triton_timeout_us(deadline, explain))
         except ValueError as exc:
             raise client_error(str(exc)) from exc
 
@@ -214,8 +218,8 @@ class _ClientBase:
         name, version = self._model(explain)
         options: dict[str, Any] = dict(model_version=version, outputs=self._outputs(spec),
                                        parameters=request.parameters or None, client_timeout=self._remaining(deadline))
-        if explain:  # Triton's request timeout: the explainer stops its masked passes once the caller gave up
-            options["timeout"] = max(1, int(self._remaining(deadline) * 1e6))
+        if explain:
+            options["timeout"] = self._triton_timeout_us(deadline, explain)
         return (name, self._inputs(request, spec, region)), options
 
     def _result(self, response: Any, request: Request, spec: ModelSpec, started: float,

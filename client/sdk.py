@@ -27,14 +27,13 @@ from typing import Any, Sequence
 import grpc
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
-from tritonclient.grpc import service_pb2
 
 from cxr.client.calls import STUDY_CONCURRENCY, _ClientBase, log
 from cxr.client.errors import CONVERTIBLE, DetectorError, from_rpc_error, to_detector_error
 from cxr.client.requests import ImageInput, ModelSpec, Request
 from cxr.client.results import ExplainedResult, StudyResult
 from cxr.client.shm import local_region
-from cxr.client.wire import MODEL_INFER
+from cxr.client.wire import model_infer_rpc
 
 __all__ = ["AsyncDetectorClient", "DetectorClient", "DetectorError"]
 
@@ -135,8 +134,7 @@ class DetectorClient(_ClientBase):
     def _infer_wire(self, wire: bytes, deadline: float) -> grpcclient.InferResult:
         """``ModelInfer`` with a serialized request on tritonclient's channel (its TLS and options)."""
         if self._model_infer is None:
-            self._model_infer = self._client._channel.unary_unary(
-                MODEL_INFER, request_serializer=None, response_deserializer=service_pb2.ModelInferResponse.FromString)
+            self._model_infer = model_infer_rpc(self._client._channel)
         try:
             return grpcclient.InferResult(self._model_infer(wire, timeout=self._remaining(deadline)))
         except grpc.RpcError as exc:
@@ -256,8 +254,7 @@ class AsyncDetectorClient(_ClientBase):
                           deadline: float) -> grpcclient.InferResult:
         """``ModelInfer`` with a serialized request on the loop's tritonclient channel (its TLS and options)."""
         if self._model_infer is None or self._model_infer[0] is not client:
-            self._model_infer = (client, client._channel.unary_unary(
-                MODEL_INFER, request_serializer=None, response_deserializer=service_pb2.ModelInferResponse.FromString))
+            self._model_infer = (client, model_infer_rpc(client._channel))
         try:
             return grpcclient.InferResult(await self._model_infer[1](wire, timeout=self._remaining(deadline)))
         except grpc.RpcError as exc:

@@ -24,6 +24,15 @@ _RAW_INPUT_CONTENTS = bytes([(7 << 3) | 2])  # field 7 of ModelInferRequest, wir
 RESERVED_PARAMETERS = ("sequence_id", "priority", "binary_data_output")
 
 
+def model_infer_rpc(channel):
+    """``ModelInfer`` on a gRPC channel (sync or asyncio) taking :func:`model_infer_request`'s bytes
+    as they are and answering the parsed ``ModelInferResponse``."""
+    from tritonclient.grpc import service_pb2
+
+    return channel.unary_unary(MODEL_INFER, request_serializer=None,
+                               response_deserializer=service_pb2.ModelInferResponse.FromString)
+
+
 def varint(n: int) -> bytes:
     """Protobuf's base-128 varint of a non-negative integer."""
     if n < 0:

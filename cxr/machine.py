@@ -53,6 +53,7 @@ def cpu_info() -> dict:
 # (https://uxlfoundation.github.io/oneDNN/dev_guide_cpu_dispatcher_control.html); a figure taken under
 # it is not this CPU's: isa_line says so.  ONNX Runtime's MLAS kernels have no such cap.
 ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+_CAP_MARK = "; oneDNN capped at "
 
 
 def isa_cap(environ=None) -> str | None:
@@ -70,7 +71,12 @@ def isa_line(cpu: dict, environ=None) -> str:
     line = (f"AVX2 {yes('avx2' in simd)}, AVX-512 {yes(cpu.get('avx512'))}, VNNI {yes(cpu.get('vnni'))}, "
             f"BF16 {yes(bool({'avx512_bf16', 'amx_bf16'} & simd))}, AMX {yes(cpu.get('amx'))}")
     cap = isa_cap(environ)
-    return line if cap is None else f"{line}; oneDNN capped at {cap} (ONEDNN_MAX_CPU_ISA)"
+    return line if cap is None else f"{line}{_CAP_MARK}{cap} (ONEDNN_MAX_CPU_ISA)"
+
+
+def line_cap(line: str) -> str | None:
+    """The oneDNN cap an :func:`isa_line` names (``AVX512_CORE_VNNI`` ...), or None."""
+    return line.partition(_CAP_MARK)[2].split(" ")[0] or None
 
 
 def cpu_kind(cpu: dict) -> str:

@@ -75,7 +75,7 @@ class Checkpoint:
                                                       "model_version": self.model_version, "rpn_post_nms_top_n_test": [old, n]}]
         base = re.sub(r"\+p\d+$", "", self.model_version)  # derived again: one +p suffix, the latest
         return replace(self, model_config=replace(self.model_config, rpn_post_nms_top_n_test=n),
-                                   model_version=f"{base}+p{n}", meta=meta, train_state=None)
+                       model_version=f"{base}+p{n}", meta=meta, train_state=None)
 
     def metadata(self) -> dict:
         """The fields every exported artifact carries (JSON-serialisable)."""

@@ -24,6 +24,7 @@ import numpy as np
 
 from cxr.contract import Artifact
 from cxr.errors import InvalidFileError, InvalidOptionError
+from cxr.machine import line_cap
 
 PATHS_FILE = "paths.json"  # in detector/<version>/, beside model.onnx
 RUNTIME_ENV = "CXR_DETECTOR_RUNTIME"  # onnxruntime | openvino, set by `cxr serve` with CXR_DETECTOR_PRECISION
@@ -47,7 +48,7 @@ class ServedPath:
             return f"no {self.file} (cxr export {Artifact.for_cpu(self.precision)})"
         if "bf16" in self.precision and "BF16 yes" not in isa:
             return "the CPU has no BF16 instructions (AVX512-BF16 or AMX)"
-        cap = isa.partition("capped at ")[2].split(" ")[0]  # cxr.machine.isa_line: ONEDNN_MAX_CPU_ISA
+        cap = line_cap(isa)  # ONEDNN_MAX_CPU_ISA, as cxr.machine.isa_line names it
         if "bf16" in self.precision and cap and not any(k in cap for k in ("BF16", "AMX", "AVX10")):
             return f"oneDNN is capped at {cap} (ONEDNN_MAX_CPU_ISA): no BF16 kernels"
         if self.runtime == "openvino" and importlib.util.find_spec("openvino") is None:
