@@ -117,6 +117,9 @@ def serving_split(rows: Mapping[str, dict], points: Mapping[str, Sequence[PointS
     return out
 
 
+REPORTED_NO_AMX = "reported (no AMX: the 1.5x and 60 % targets are AMX's)"
+
+
 def _low_precision_best(rows: Mapping[str, dict]) -> dict | None:
     """The fastest low-precision backend at parity (model-only), or None."""
     ok = [r for r in rows.values() if r["name"] in LOW_PRECISION and r["status"] == BenchStatus.OK and r["model_ms_per_image"]]
@@ -166,14 +169,21 @@ def targets(rows: Mapping[str, dict], points: Mapping[str, Sequence[PointStats]]
     if cpu.get("amx"):
         out.append(("best low-precision path, fraction of its measured peak", low and low["fraction_of_peak"], ">= 0.40",
                     lambda v: v >= 0.40))
-    if cpu.get("amx") and not small:  # issue 26, on the seed's model: INT8 should pay for its 2x peak over BF16
+    if not small:  # issue 26, on the seed's model: INT8 should pay for its peak over BF16
         int8 = [get(n, "model_ms_per_image") for n in (RuntimeVariant.OPENVINO_INT8, RuntimeVariant.OPENVINO_INT8_BF16)
                 if get(n, "status") == BenchStatus.OK and get(n, "model_ms_per_image")]
-        out += [("OpenVINO INT8 (faster of int8, int8-bf16) / OpenVINO BF16, model-only",
-                 _ratio(get(RuntimeVariant.OPENVINO_BF16, "model_ms_per_image"), min(int8, default=None)),
-                 ">= 1.5", lambda v: v >= 1.5),
-                ("best low-precision path, fraction of its measured peak (seed's model)", low and low["fraction_of_peak"],
-                 ">= 0.60", lambda v: v >= 0.60)]
+        int8_over_bf16 = _ratio(get(RuntimeVariant.OPENVINO_BF16, "model_ms_per_image"), min(int8, default=None))
+        fraction = low and low["fraction_of_peak"]
+        if cpu.get("amx"):
+            out += [("OpenVINO INT8 (faster of int8, int8-bf16) / OpenVINO BF16, model-only", int8_over_bf16,
+                     ">= 1.5", lambda v: v >= 1.5),
+                    ("best low-precision path, fraction of its measured peak (seed's model)", fraction,
+                     ">= 0.60", lambda v: v >= 0.60)]
+        else:  # VNNI-only and AVX2 CPUs: what is reachable, measured; the AMX targets do not apply
+            out += [("OpenVINO INT8 (faster of int8, int8-bf16) / OpenVINO BF16, model-only", int8_over_bf16,
+                     REPORTED_NO_AMX, None),
+                    ("best low-precision path, fraction of its measured peak (seed's model)", fraction,
+                     REPORTED_NO_AMX, None)]
     if trained:
         out += [("ORT INT8 |delta mAP@0.5|", None if int8_delta is None else abs(int8_delta), "<= 0.01", lambda v: v <= 0.01),
                 ("backends within export parity tolerance",
