@@ -120,6 +120,11 @@ def serving_split(rows: Mapping[str, dict], points: Mapping[str, Sequence[PointS
 REPORTED_NO_AMX = "reported (no AMX: the 1.5x and 60 % targets are AMX's)"
 
 
+def is_reported(target: Mapping) -> bool:
+    """A figure measured with no target on this CPU (e.g. INT8 / BF16 without AMX)."""
+    return target["met"] is None and target["value"] is not None and str(target["need"]).startswith("reported")
+
+
 def _low_precision_best(rows: Mapping[str, dict]) -> dict | None:
     """The fastest low-precision backend at parity (model-only), or None."""
     ok = [r for r in rows.values() if r["name"] in LOW_PRECISION and r["status"] == BenchStatus.OK and r["model_ms_per_image"]]

@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from cxr.benchmarks.report import STEPS, UNTRAINED
+from cxr.benchmarks.report import STEPS, UNTRAINED, is_reported
 from cxr.benchmarks.vocab import BenchStatus
 
 
@@ -142,7 +142,7 @@ def targets_table(targets: Sequence[Mapping]) -> str:
     lines = ["| target | value | need | met |", "| --- | ---: | --- | --- |"]
     for t in targets:
         met = {True: "yes", False: "no", None: "not measured"}[t["met"]]
-        if t["met"] is None and t["value"] is not None and str(t["need"]).startswith("reported"):
+        if is_reported(t):
             met = "reported"
         lines.append(f"| {t['target'].replace('|', chr(92) + '|')} | {_f(t['value'], '.3f')} | {t['need']} | {met} |")
     return "\n".join(lines)
