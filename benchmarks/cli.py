@@ -306,7 +306,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """CLI entry: run, print the joined table (or the JSON), exit 0 when the report is written."""
-    from cxr.benchmarks.report import is_reported
+    from cxr.benchmarks.report import met_word
     from cxr.benchmarks.report_md import isa_header, joined_table, steps_table
 
     from cxr.benchmarks.runner import run_bench
@@ -324,9 +324,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(steps_table(section["serving"]))
             print("targets:")
             for t in section["targets"]:
-                met = "reported" if is_reported(t) else {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
                 value = "n/a" if t["value"] is None else (f"{t['value']:.3f}" if isinstance(t["value"], float) else t["value"])
-                print(f"  {t['target']}: {value} (need {t['need']}) - {met}")
+                print(f"  {t['target']}: {value} (need {t['need']}) - {met_word(t)}")
         print(f"\nwrote {', '.join(report['written'].values())}")
         print("perf_analyzer: " + "\n               ".join(report["perf_analyzer"]["commands"]) + f"   (files in {cfg.out})")
     failed = [f"{s['name']}/{r['name']}" for s in report["models"] for r in s["backends"] if r["status"] == BenchStatus.FAILED_PARITY]

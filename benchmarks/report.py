@@ -125,6 +125,11 @@ def is_reported(target: Mapping) -> bool:
     return target["met"] is None and target["value"] is not None and str(target["need"]).startswith("reported")
 
 
+def met_word(target: Mapping, yes: str = "met", no: str = "NOT met") -> str:
+    """How a target's verdict reads: yes / no, "reported" (measured, no target here) or "not measured"."""
+    return "reported" if is_reported(target) else {True: yes, False: no, None: "not measured"}[target["met"]]
+
+
 def _low_precision_best(rows: Mapping[str, dict]) -> dict | None:
     """The fastest low-precision backend at parity (model-only), or None."""
     ok = [r for r in rows.values() if r["name"] in LOW_PRECISION and r["status"] == BenchStatus.OK and r["model_ms_per_image"]]

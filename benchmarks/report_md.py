@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from cxr.benchmarks.report import STEPS, UNTRAINED, is_reported
+from cxr.benchmarks.report import STEPS, UNTRAINED, met_word
 from cxr.benchmarks.vocab import BenchStatus
 
 
@@ -141,10 +141,8 @@ def targets_table(targets: Sequence[Mapping]) -> str:
     """The targets as a markdown table; a figure measured with no target on this CPU says "reported"."""
     lines = ["| target | value | need | met |", "| --- | ---: | --- | --- |"]
     for t in targets:
-        met = {True: "yes", False: "no", None: "not measured"}[t["met"]]
-        if is_reported(t):
-            met = "reported"
-        lines.append(f"| {t['target'].replace('|', chr(92) + '|')} | {_f(t['value'], '.3f')} | {t['need']} | {met} |")
+        lines.append(f"| {t['target'].replace('|', chr(92) + '|')} | {_f(t['value'], '.3f')} | {t['need']} | "
+                     f"{met_word(t, 'yes', 'no')} |")
     return "\n".join(lines)
 
 
