@@ -46,7 +46,6 @@ def test_without_amx_int8_over_bf16_and_peak_are_reported_not_judged():
     assert not any(t["need"] == ">= 0.40" for t in found.values())  # the AMX 40 % target is not applied either
 
 
-
 def test_reported_targets_render_as_reported():
     from cxr.benchmarks.report_md import targets_table
 
